@@ -1,0 +1,3 @@
+from relayguard.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The only place that reads time.
+
+The live server uses `SystemClock`; tests and the replay use `VirtualClock`,
+whose `sleep_until` jumps time forward instead of waiting, so a day of retries
+runs in milliseconds while the same scheduling code runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """POSIX seconds."""
+        ...
+
+    async def sleep_until(self, when: float, wake: asyncio.Event | None = None) -> None:
+        """Return at `when`, or earlier if `wake` is set."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep_until(self, when: float, wake: asyncio.Event | None = None) -> None:
+        delay = max(0.0, when - time.time())
+        if wake is None:
+            await asyncio.sleep(delay)
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=delay)
+        except TimeoutError:
+            return
+
+
+class VirtualClock:
+    """Time that moves only when every sleeper is waiting on it.
+
+    A sleeper registers its wake-up time; `advance_when_idle` (run as a task)
+    jumps to the earliest registered time once the event loop has nothing else
+    ready to run, which is how real I/O (sockets on 127.0.0.1) and virtual
+    time coexist in the integration tests.
+    """
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    def set(self, when: float) -> None:
+        """Move time forward (never back) and wake whoever is due."""
+        self._now = max(self._now, when)
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    def advance(self, seconds: float) -> None:
+        self.set(self._now + seconds)
+
+    def next_wakeup(self) -> float | None:
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        return self._sleepers[0][0] if self._sleepers else None
+
+    async def sleep_until(self, when: float, wake: asyncio.Event | None = None) -> None:
+        if when <= self._now:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (when, next(self._seq), fut))
+        if wake is None:
+            await fut
+            return
+        waiter = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not fut.done():
+                fut.cancel()
+
+    async def run_to(self, when: float, settle: float = 0.02) -> None:
+        """Advance virtual time to `when`, stopping at each wake-up and letting the
+        woken work (including real socket I/O) finish before jumping again.
+
+        `settle` is real seconds of quiet the loop gets between jumps, enough
+        for loopback SMTP exchanges to complete.
+        """
+        while True:
+            await asyncio.sleep(settle)
+            nxt = self.next_wakeup()
+            if nxt is None or nxt > when:
+                self.set(when)
+                await asyncio.sleep(settle)
+                return
+            self.set(nxt)

@@ -1,0 +1,393 @@
+"""TOML configuration → validated, typed settings.
+
+Every error names the file, the key (as a dotted path, `route[1].port`) and what
+was expected, because the operator reading it has the file open beside them.
+Unknown keys are errors: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_CONFIG_PATH = "/etc/relayguard/relayguard.toml"
+TLS_MODES = ("none", "opportunistic", "required")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the operator."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """'5m' → 300.0; plain numbers are seconds. Raises ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("a duration like '90s', '5m', '4h', '5d'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration that is not negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError("a duration like '90s', '5m', '4h', '5d'")
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """'127.0.0.1:25', '[::1]:25', 'host' (with a default port)."""
+    v = value.strip()
+    if v.startswith("["):
+        host, sep, rest = v[1:].partition("]")
+        if not sep:
+            raise ValueError("host:port, with IPv6 addresses in brackets ([::1]:10025)")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif v.count(":") == 1:
+        host, _, port_s = v.partition(":")
+    elif ":" in v:
+        raise ValueError("host:port, with IPv6 addresses in brackets ([::1]:10025)")
+    else:
+        host, port_s = v, ""
+    if not host:
+        raise ValueError("host:port with a host")
+    if not port_s:
+        if default_port is None:
+            raise ValueError("host:port with a port")
+        return host, default_port
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError("a port number from 0 to 65535")
+    return host, int(port_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: tuple[str, int] = ("127.0.0.1", 10025)
+    hostname: str = "localhost"
+    spool: Path = Path("./var/spool")
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    max_message_size: int = 36_700_160
+    max_recipients: int = 1000
+    max_connections: int = 500
+    max_connections_per_client: int = 100
+    idle_timeout: float = 300.0
+    data_timeout: float = 600.0
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    name: str
+    host: str
+    port: int = 25
+    source_address: str | None = None
+    tls: str = "opportunistic"
+    tls_verify: bool = False
+    tls_ca_file: Path | None = None
+    max_connections: int = 20
+    helo_name: str | None = None
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    messages_per_connection: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    max_lifetime: float = 5 * 86400.0
+    backoff_start: float = 300.0
+    backoff_max: float = 4000.0  # Postfix's maximal_backoff_time
+    delay_warning: float = 0.0  # off, like Postfix's default
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NdrSettings:
+    route: str | None = None
+    record_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings
+    routes: tuple[RouteSettings, ...]
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    ndr: NdrSettings = field(default_factory=NdrSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    source: Path | None = None
+
+    def route(self, name: str) -> RouteSettings:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+class _Section:
+    """Reads one TOML table, remembering which keys were used."""
+
+    def __init__(self, file: str, path: str, table: object) -> None:
+        self.file = file
+        self.path = path
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: {path or 'top level'}: expected a table")
+        self.table: dict[str, Any] = table
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, expected: str, got: object = None) -> ConfigError:
+        suffix = f", got {got!r}" if got is not None else ""
+        return ConfigError(f"{self.file}: {self.key(name)}: expected {expected}{suffix}")
+
+    def get(self, name: str, convert: Callable[[object], T], default: T, expected: str) -> T:
+        self.used.add(name)
+        if name not in self.table:
+            return default
+        raw = self.table[name]
+        try:
+            return convert(raw)
+        except (ValueError, TypeError) as exc:
+            detail = str(exc) if str(exc).startswith(("a ", "an ", "host", "one ")) else expected
+            raise self.fail(name, detail, raw) from None
+
+    def require(self, name: str, convert: Callable[[object], T], expected: str) -> T:
+        if name not in self.table:
+            raise ConfigError(f"{self.file}: {self.key(name)}: required key is missing ({expected})")
+        return self.get(name, convert, None, expected)  # type: ignore[arg-type]
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used))
+            raise ConfigError(
+                f"{self.file}: {self.key(unknown[0])}: unknown key (known keys here: {known})"
+            )
+
+
+def _str(v: object) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError
+    return v
+
+
+def _opt_str(v: object) -> str | None:
+    return _str(v)
+
+
+def _bool(v: object) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError
+    return v
+
+
+def _int_range(lo: int, hi: int) -> Callable[[object], int]:
+    def conv(v: object) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError
+        return v
+
+    return conv
+
+
+def _hostport(default_port: int | None) -> Callable[[object], tuple[str, int]]:
+    def conv(v: object) -> tuple[str, int]:
+        return parse_hostport(_str(v), default_port)
+
+    return conv
+
+
+def _networks(v: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if not isinstance(v, list):
+        raise ValueError
+    out = []
+    for item in v:
+        try:
+            out.append(ipaddress.ip_network(_str(item), strict=False))
+        except ValueError:
+            raise ValueError(f"a list of networks like '127.0.0.0/8', not {item!r}") from None
+    return tuple(out)
+
+
+def _ip(v: object) -> str:
+    return str(ipaddress.ip_address(_str(v)))
+
+
+def _tls_mode(v: object) -> str:
+    if v not in TLS_MODES:
+        raise ValueError
+    return str(v)
+
+
+def _path(v: object) -> Path:
+    return Path(_str(v))
+
+
+def _paths(v: object) -> tuple[Path, ...]:
+    if not isinstance(v, list):
+        raise ValueError
+    return tuple(Path(_str(x)) for x in v)
+
+
+def _route_name(v: object) -> str:
+    s = _str(v)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", s):
+        raise ValueError
+    return s
+
+
+def _read_server(file: str, table: object) -> ServerSettings:
+    s = _Section(file, "server", table)
+    d = ServerSettings()
+    out = ServerSettings(
+        listen=s.get("listen", _hostport(None), d.listen, "host:port, e.g. '127.0.0.1:10025'"),
+        hostname=s.get("hostname", _str, d.hostname, "a host name"),
+        spool=s.get("spool", _path, d.spool, "a directory path"),
+        allowed_networks=s.get(
+            "allowed_networks", _networks, d.allowed_networks, "a list of networks"
+        ),
+        max_message_size=s.get(
+            "max_message_size", _int_range(1024, 2**40), d.max_message_size,
+            "a size in bytes from 1024",
+        ),
+        max_recipients=s.get(
+            "max_recipients", _int_range(1, 100_000), d.max_recipients, "a number from 1 to 100000"
+        ),
+        max_connections=s.get(
+            "max_connections", _int_range(1, 100_000), d.max_connections, "a number from 1"
+        ),
+        max_connections_per_client=s.get(
+            "max_connections_per_client", _int_range(1, 100_000), d.max_connections_per_client,
+            "a number from 1",
+        ),
+        idle_timeout=s.get("idle_timeout", parse_duration, d.idle_timeout, "a duration"),
+        data_timeout=s.get("data_timeout", parse_duration, d.data_timeout, "a duration"),
+        shutdown_grace=s.get("shutdown_grace", parse_duration, d.shutdown_grace, "a duration"),
+    )
+    s.finish()
+    return out
+
+
+def _read_route(file: str, index: int, table: object) -> RouteSettings:
+    s = _Section(file, f"route[{index}]", table)
+    name = s.require("name", _route_name, "a route name of letters, digits, '.', '_' or '-'")
+    d = RouteSettings(name=name, host="")
+    out = RouteSettings(
+        name=name,
+        host=s.require("host", _str, "the smarthost's host name or address"),
+        port=s.get("port", _int_range(1, 65535), d.port, "a port from 1 to 65535"),
+        source_address=s.get("source_address", _ip, d.source_address, "an IP address"),
+        tls=s.get("tls", _tls_mode, d.tls, "one of none, opportunistic, required"),
+        tls_verify=s.get("tls_verify", _bool, d.tls_verify, "true or false"),
+        tls_ca_file=s.get("tls_ca_file", _path, d.tls_ca_file, "a file path"),
+        max_connections=s.get(
+            "max_connections", _int_range(1, 10_000), d.max_connections, "a number from 1"
+        ),
+        helo_name=s.get("helo_name", _opt_str, d.helo_name, "a host name"),
+        connect_timeout=s.get("connect_timeout", parse_duration, d.connect_timeout, "a duration"),
+        command_timeout=s.get("command_timeout", parse_duration, d.command_timeout, "a duration"),
+        messages_per_connection=s.get(
+            "messages_per_connection", _int_range(1, 1_000_000), d.messages_per_connection,
+            "a number from 1",
+        ),
+    )
+    s.finish()
+    return out
+
+
+def load_settings_text(text: str, file: str = "<config>") -> Settings:
+    """Parse config text. Relative paths (spool, policy files) are relative to the
+    working directory, as `make run` and the systemd unit both set it."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    top = _Section(file, "", data)
+    server = _read_server(file, top.get("server", lambda v: v, {}, "a table"))
+
+    raw_routes = top.get("route", lambda v: v, [], "an array of tables [[route]]")
+    if not isinstance(raw_routes, list) or not raw_routes:
+        raise ConfigError(f"{file}: route: expected at least one [[route]] table")
+    routes = tuple(_read_route(file, i, r) for i, r in enumerate(raw_routes))
+    names = [r.name for r in routes]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(f"{file}: route[{i}].name: expected a unique name, {n!r} is used twice")
+
+    q = _Section(file, "queue", top.get("queue", lambda v: v, {}, "a table"))
+    dq = QueueSettings()
+    queue = QueueSettings(
+        max_lifetime=q.get("max_lifetime", parse_duration, dq.max_lifetime, "a duration"),
+        backoff_start=q.get("backoff_start", parse_duration, dq.backoff_start, "a duration"),
+        backoff_max=q.get("backoff_max", parse_duration, dq.backoff_max, "a duration"),
+        delay_warning=q.get("delay_warning", parse_duration, dq.delay_warning, "a duration"),
+    )
+    q.finish()
+
+    p = _Section(file, "policy", top.get("policy", lambda v: v, {}, "a table"))
+    files = p.get("files", _paths, (), "a list of policy file paths")
+    p.finish()
+
+    n = _Section(file, "ndr", top.get("ndr", lambda v: v, {}, "a table"))
+    ndr = NdrSettings(
+        route=n.get("route", _route_name, None, "a route name"),
+        record_file=n.get("record_file", _path, None, "a file path"),
+    )
+    n.finish()
+    if ndr.route is not None and ndr.route not in names:
+        raise ConfigError(f"{file}: ndr.route: expected one of the routes {names}, got {ndr.route!r}")
+
+    m = _Section(file, "metrics", top.get("metrics", lambda v: v, {}, "a table"))
+    metrics = MetricsSettings(listen=m.get("listen", _hostport(None), None, "host:port"))
+    m.finish()
+    top.finish()
+
+    return Settings(
+        server=server,
+        routes=routes,
+        queue=queue,
+        policy=PolicySettings(files=files),
+        ndr=ndr,
+        metrics=metrics,
+        source=Path(file) if file != "<config>" else None,
+    )
+
+
+def load_settings(path: str | Path) -> Settings:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: expected UTF-8 text") from None
+    return load_settings_text(text, str(p))

@@ -1,0 +1,347 @@
+"""The aiosmtplib adapter: one SMTP transaction through one route, outcome → Reply.
+
+It decides nothing. Every way a transaction can end (a reply, a refused or
+timed-out connection, a TLS failure, a drop after the final dot) becomes a
+`Reply` per recipient; nothing above this module catches socket exceptions.
+
+Connections are kept per route and reused for several messages, up to the
+route's `max_connections` at once and `messages_per_connection` each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+from relayguard.config import RouteSettings
+from relayguard.model import Phase, Reply, network_reply
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    sender: str
+    recipients: Sequence[tuple[str, Sequence[str]]]  # address, RCPT parameters
+    body: bytes
+    mail_options: Sequence[str] = ()  # parameters for MAIL FROM, passed when the peer has them
+    dsn_mail_options: Sequence[str] = ()  # RET=, ENVID=: only when the peer offers DSN
+    dsn_rcpt: bool = False  # whether RCPT parameters are DSN ones (dropped without DSN)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Per-recipient replies of one transaction, and facts about the session."""
+
+    replies: dict[str, Reply]
+    remote_host: str
+    peer_has_dsn: bool = False
+    tls: bool = False
+    possible_duplicate: bool = False
+
+
+class _SessionFailedError(Exception):
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.render())
+        self.reply = reply
+
+
+@dataclass(slots=True)
+class _Connection:
+    smtp: aiosmtplib.SMTP
+    tls: bool
+    used: int = 0
+
+
+@dataclass(slots=True)
+class RouteConnections:
+    """The connections of one route: a cap on how many, and the idle ones for reuse."""
+
+    route: RouteSettings
+    local_hostname: str
+    slots: asyncio.Semaphore = field(init=False)
+    idle: list[_Connection] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.route.max_connections)
+
+    @property
+    def peer(self) -> str:
+        r = self.route
+        return f"{r.host}[{r.host}]:{r.port}"
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self.route.tls_verify:
+            ctx = ssl.create_default_context(
+                cafile=str(self.route.tls_ca_file) if self.route.tls_ca_file else None
+            )
+        else:
+            # Like Postfix's "may"/"encrypt" levels: encryption without
+            # authentication of the peer unless the operator asks for it.
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def _open(self) -> _Connection:
+        r = self.route
+        smtp = aiosmtplib.SMTP(
+            hostname=r.host,
+            port=r.port,
+            local_hostname=r.helo_name or self.local_hostname,
+            source_address=(r.source_address, 0) if r.source_address else None,
+            timeout=r.command_timeout,
+            start_tls=False,
+        )
+        try:
+            await smtp.connect(timeout=r.connect_timeout)
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            raise _SessionFailedError(
+                Reply.parse(exc.code, exc.message, Phase.GREETING, r.host)
+            ) from None
+        except (aiosmtplib.SMTPConnectTimeoutError, TimeoutError):
+            raise _SessionFailedError(
+                network_reply("4.4.1", f"connect to {self.peer}: Connection timed out",
+                              Phase.CONNECT, r.host)
+            ) from None
+        except (aiosmtplib.SMTPConnectError, OSError) as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            text = getattr(cause, "strerror", None) or str(cause) or "connection failed"
+            raise _SessionFailedError(
+                network_reply("4.4.1", f"connect to {self.peer}: {text}", Phase.CONNECT, r.host)
+            ) from None
+        try:
+            await self._hello(smtp)
+            tls = await self._starttls(smtp)
+        except BaseException:
+            smtp.close()
+            raise
+        return _Connection(smtp, tls)
+
+    async def _hello(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError as exc:
+            try:
+                await smtp.helo()
+            except aiosmtplib.SMTPHeloError:
+                raise _SessionFailedError(
+                    Reply.parse(exc.code, exc.message, Phase.HELO, self.route.host)
+                ) from None
+
+    async def _starttls(self, smtp: aiosmtplib.SMTP) -> bool:
+        mode = self.route.tls
+        if mode == "none":
+            return False
+        if not smtp.supports_extension("starttls"):
+            if mode == "required":
+                raise _SessionFailedError(
+                    Reply(421, "4.7.4", f"TLS is required, but was not offered by host {self.peer}",
+                          Phase.STARTTLS, self.route.host, synthetic=True)
+                )
+            return False
+        try:
+            await smtp.starttls(tls_context=self._tls_context())
+        except aiosmtplib.SMTPResponseException as exc:
+            if mode == "required":
+                raise _SessionFailedError(
+                    Reply.parse(exc.code, exc.message, Phase.STARTTLS, self.route.host)
+                ) from None
+            return False
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+            # The session is unusable after a failed handshake; opportunistic
+            # TLS reconnects in plaintext, required TLS gives up on this host.
+            raise _SessionFailedError(
+                Reply(421, "4.7.5", f"Cannot start TLS: handshake failure with {self.peer}: {exc}",
+                      Phase.STARTTLS, self.route.host, synthetic=True)
+            ) from None
+        return True
+
+    async def _acquire(self) -> _Connection:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.smtp.is_connected:
+                return conn
+            conn.smtp.close()
+        try:
+            return await self._open()
+        except _SessionFailedError as exc:
+            if (
+                self.route.tls == "opportunistic"
+                and exc.reply.phase is Phase.STARTTLS
+                and exc.reply.enhanced == "4.7.5"
+            ):
+                return await self._open_plain()
+            raise
+
+    async def _open_plain(self) -> _Connection:
+        saved = self.route
+        self.route = _without_tls(saved)
+        try:
+            return await self._open()
+        finally:
+            self.route = saved
+
+    def _release(self, conn: _Connection, *, reusable: bool) -> None:
+        conn.used += 1
+        if reusable and conn.used < self.route.messages_per_connection and conn.smtp.is_connected:
+            self.idle.append(conn)
+        else:
+            asyncio.get_running_loop().create_task(_quit(conn.smtp))
+
+    async def close(self) -> None:
+        idle, self.idle = self.idle, []
+        await asyncio.gather(*(_quit(c.smtp) for c in idle), return_exceptions=True)
+
+    async def send(self, tx: Transaction) -> Outcome:
+        """Run one transaction; never raises for anything the peer or network does."""
+        async with self.slots:
+            return await self._send(tx)
+
+    async def _send(self, tx: Transaction) -> Outcome:
+        addresses = [a for a, _ in tx.recipients]
+        for fresh_retry in (False, True):
+            try:
+                conn = await self._acquire()
+            except _SessionFailedError as exc:
+                return Outcome(dict.fromkeys(addresses, exc.reply), self.route.host)
+            reused = conn.used > 0
+            try:
+                outcome = await self._transaction(conn, tx)
+            except _SessionFailedError as exc:
+                conn.smtp.close()
+                if reused and not fresh_retry and exc.reply.phase is Phase.MAIL:
+                    # An idle connection the peer closed meanwhile: not the
+                    # peer's answer to this message. Try once on a new one.
+                    continue
+                return Outcome(dict.fromkeys(addresses, exc.reply), self.route.host, tls=conn.tls,
+                               possible_duplicate=exc.reply.phase is Phase.AFTER_DATA)
+            except Exception:
+                conn.smtp.close()
+                raise
+            self._release(conn, reusable=True)
+            return outcome
+        raise AssertionError("unreachable")
+
+    def _lost(self, phase: Phase, exc: BaseException) -> _SessionFailedError:
+        host = self.route.host
+        if phase is Phase.AFTER_DATA:
+            text = (f"lost connection with {self.peer} while sending end of data"
+                    " -- message may be sent more than once")
+        elif isinstance(exc, TimeoutError):
+            text = f"conversation with {self.peer} timed out while sending {phase.value}"
+        else:
+            text = f"lost connection with {self.peer} while sending {phase.value}"
+        return _SessionFailedError(network_reply("4.4.2", text, phase, host))
+
+    async def _command(self, smtp: aiosmtplib.SMTP, phase: Phase, *args: bytes) -> Reply:
+        try:
+            resp = await smtp.execute_command(*args)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise self._lost(phase, exc) from None
+        return Reply.parse(resp.code, resp.message, phase, self.route.host)
+
+    async def _transaction(self, conn: _Connection, tx: Transaction) -> Outcome:
+        smtp = conn.smtp
+        has_dsn = smtp.supports_extension("dsn")
+        mail_params = [o for o in tx.mail_options if _peer_supports(smtp, o)]
+        if has_dsn:
+            mail_params += tx.dsn_mail_options
+        if smtp.supports_extension("size"):
+            mail_params.append(f"SIZE={len(tx.body)}")
+        mail = await self._command(
+            smtp, Phase.MAIL, b"MAIL", b"FROM:<" + tx.sender.encode() + b">",
+            *(p.encode() for p in mail_params),
+        )
+        replies: dict[str, Reply] = {}
+        if mail.code != 250:
+            await self._rset(smtp)
+            return Outcome(dict.fromkeys((a for a, _ in tx.recipients), mail), self.route.host,
+                           has_dsn, conn.tls)
+        accepted: list[str] = []
+        for address, params in tx.recipients:
+            sent = list(params) if (has_dsn or not tx.dsn_rcpt) else []
+            reply = await self._command(
+                smtp, Phase.RCPT, b"RCPT", b"TO:<" + address.encode() + b">",
+                *(p.encode() for p in sent),
+            )
+            replies[address] = reply
+            if reply.code in (250, 251):
+                accepted.append(address)
+        if not accepted:
+            await self._rset(smtp)
+            return Outcome(replies, self.route.host, has_dsn, conn.tls)
+        final = await self._data(smtp, tx.body)
+        for address in accepted:
+            replies[address] = final
+        return Outcome(replies, self.route.host, has_dsn, conn.tls)
+
+    async def _data(self, smtp: aiosmtplib.SMTP, body: bytes) -> Reply:
+        go_ahead = await self._command(smtp, Phase.DATA, b"DATA")
+        if go_ahead.code != 354:
+            return go_ahead
+        protocol = smtp.protocol
+        if protocol is None:
+            raise self._lost(Phase.DATA, ConnectionError())
+        try:
+            protocol.write(_dot_stuffed(body))
+            resp = await protocol.read_response(timeout=self.route.command_timeout)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            # We cannot tell whether the peer took it: at-least-once says retry.
+            smtp.close()
+            raise self._lost(Phase.AFTER_DATA, exc) from None
+        return Reply.parse(resp.code, resp.message, Phase.AFTER_DATA, self.route.host)
+
+    async def _rset(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.execute_command(b"RSET")
+        except (aiosmtplib.SMTPException, OSError):
+            smtp.close()
+
+
+def _dot_stuffed(body: bytes) -> bytes:
+    """The body as it goes on the wire: leading dots doubled, then CRLF.CRLF.
+
+    The spool keeps bodies with CRLF line ends (the front end refuses bare CR
+    and LF), so nothing else needs rewriting.
+    """
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    if body.startswith(b"."):
+        body = b"." + body
+    return body.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+def _peer_supports(smtp: aiosmtplib.SMTP, option: str) -> bool:
+    keyword = option.partition("=")[0].lower()
+    if keyword == "body":
+        return smtp.supports_extension("8bitmime")
+    return smtp.supports_extension(keyword)
+
+
+def _without_tls(route: RouteSettings) -> RouteSettings:
+    from dataclasses import replace  # noqa: PLC0415 - only on this rare path
+
+    return replace(route, tls="none")
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    try:
+        await asyncio.wait_for(smtp.quit(), timeout=5)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        smtp.close()
+
+
+class Delivery:
+    """All routes' connections. The relay calls `send(route_name, tx)`."""
+
+    def __init__(self, routes: Sequence[RouteSettings], local_hostname: str) -> None:
+        self.routes = {r.name: RouteConnections(r, local_hostname) for r in routes}
+
+    async def send(self, route: str, tx: Transaction) -> Outcome:
+        return await self.routes[route].send(tx)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(r.close() for r in self.routes.values()))

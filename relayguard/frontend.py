@@ -1,0 +1,484 @@
+"""The SMTP front end: aiosmtpd, with the checks and limits of a relay.
+
+`RelaySMTP` is aiosmtpd's protocol with the parts a relay needs done
+differently: MAIL/RCPT parameters (SIZE, BODY, SMTPUTF8 and the DSN ones,
+whose values keep their case), DATA read in large pieces (one `readuntil`
+per chunk instead of one per line), enhanced status codes on every reply,
+connection caps and a 421 on timeouts. `RelayHandler` decides what to accept
+and answers 250 only once the spool has the message on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+
+from relayguard import __version__
+from relayguard.clock import Clock
+from relayguard.config import ServerSettings
+from relayguard.dsn import parse_mail_params, parse_rcpt_params, ParamError
+from relayguard.model import Envelope, QueuedMessage, Recipient
+from relayguard.spool import NewMessage, Spool, SpoolFullError
+from relayguard.spool.sqlite import new_queue_id
+
+log = structlog.get_logger("relayguard.frontend")
+
+# Replies that carry no enhanced status code by RFC 2034 convention.
+_NO_ENHANCED = (b"220", b"354", b"334")
+_DEFAULT_ENHANCED = {
+    b"221": b"2.0.0", b"250": b"2.0.0", b"251": b"2.1.5", b"252": b"2.0.0",
+    b"421": b"4.3.0", b"450": b"4.2.0", b"451": b"4.3.0", b"452": b"4.3.1",
+    b"454": b"4.7.0", b"500": b"5.5.2", b"501": b"5.5.4", b"502": b"5.5.1",
+    b"503": b"5.5.1", b"504": b"5.5.4", b"530": b"5.7.0", b"535": b"5.7.8",
+    b"550": b"5.0.0", b"552": b"5.3.4", b"553": b"5.1.3", b"554": b"5.0.0",
+    b"555": b"5.5.4",
+}
+_HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
+_MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(<[^>\r\n]{1,900}>)")
+DATA_CHUNK_LIMIT = 1 << 20  # the stream's buffer limit while reading DATA
+
+
+def with_enhanced_code(reply: bytes) -> bytes:
+    """Add an RFC 3463 code to replies that lack one (aiosmtpd's own ones)."""
+    code = reply[:3]
+    if code in _NO_ENHANCED or _HAS_ENHANCED.match(reply):
+        return reply
+    enhanced = _DEFAULT_ENHANCED.get(code)
+    if enhanced is None:
+        return reply
+    return code + reply[3:4] + enhanced + b" " + reply[4:].lstrip()
+
+
+@dataclass(slots=True)
+class ConnectionLimits:
+    """Connection caps shared by all sessions of one listener."""
+
+    total: int
+    per_client: int
+    active: int = 0
+    by_client: dict[str, int] = field(default_factory=dict)
+
+    def admit(self, client: str) -> str | None:
+        """Count the connection in; return why it is refused, or None."""
+        if self.active >= self.total:
+            return "Too many connections, try again later"
+        if self.by_client.get(client, 0) >= self.per_client:
+            return f"Too many connections from {client}, try again later"
+        self.active += 1
+        self.by_client[client] = self.by_client.get(client, 0) + 1
+        return None
+
+    def release(self, client: str) -> None:
+        self.active -= 1
+        left = self.by_client.get(client, 1) - 1
+        if left <= 0:
+            self.by_client.pop(client, None)
+        else:
+            self.by_client[client] = left
+
+
+class DataError(Exception):
+    """A DATA problem with its SMTP reply."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+def unstuff_and_check(raw: bytes) -> bytes:
+    """Undo dot-stuffing and refuse what must not be relayed.
+
+    `raw` is the DATA content up to, not including, the final `.CRLF`. Bare CR
+    or LF could make an upstream see a different end of data than we did
+    (SMTP smuggling), and NUL breaks many MTAs: both are refused.
+    """
+    if b"\x00" in raw:
+        raise DataError("550 5.6.0 Message content rejected: NUL character in message")
+    crlf = raw.count(b"\r\n")
+    if crlf != raw.count(b"\r") or crlf != raw.count(b"\n"):
+        raise DataError("550 5.6.0 Message content rejected: bare CR or LF in message")
+    if raw.startswith(b"."):
+        raw = raw[1:]
+    return raw.replace(b"\r\n.", b"\r\n")
+
+
+class RelaySMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's protocol with a relay's limits and reply conventions."""
+
+    def __init__(self, handler: RelayHandler, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+        self._client = ""
+        self._refusal: str | None = None
+        self._counted = False
+        self._settings: ServerSettings = handler.settings
+
+    # -- connections ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        if first:
+            peer = transport.get_extra_info("peername")
+            self._client = str(peer[0]) if peer else ""
+            self._refusal = self._limits.admit(self._client)
+            self._counted = self._refusal is None
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._limits.release(self._client)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._refusal is not None:
+            log.warning("connection_refused", client=self._client, reason=self._refusal)
+            await self.push(f"421 4.7.0 {self.hostname} {self._refusal}")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd just closes; Postfix says why first, and so do we.
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(
+                f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode()
+            )
+        super()._timeout_cb()
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace")
+        await super().push(status if self._greeting_reply else with_enhanced_code(status))
+
+    # RFC 2034: EHLO/HELO replies carry no enhanced codes (their lines are keywords).
+    _greeting_reply = False
+
+    async def smtp_EHLO(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's naming
+        await self._without_enhanced(super().smtp_EHLO, arg)
+
+    async def smtp_HELO(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's naming
+        await self._without_enhanced(super().smtp_HELO, arg)
+
+    async def _without_enhanced(self, command: Callable[[str | None], Any], arg: str | None) -> None:
+        self._greeting_reply = bool(arg)  # a syntax error still gets its code
+        try:
+            await command(arg)
+        finally:
+            self._greeting_reply = False
+
+    # -- MAIL and RCPT ----------------------------------------------------------
+
+    async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's naming
+        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        assert self.envelope is not None
+        if self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: nested MAIL command")
+            return
+        parsed = await self._parse_path("FROM:", arg)
+        if parsed is None:
+            return
+        address, rest = parsed
+        try:
+            params = parse_mail_params(rest, max_size=self.data_size_limit)
+        except ParamError as exc:
+            await self.push(exc.reply)
+            return
+        if params.smtputf8 and not self.enable_SMTPUTF8:
+            await self.push("555 5.5.4 SMTPUTF8 is not enabled")
+            return
+        self.envelope.mail_from = address
+        self.envelope.smtp_utf8 = params.smtputf8
+        self.envelope.mail_options = list(params.upstream)
+        self.session.relay_mail_params = params  # type: ignore[union-attr]
+        await self.push("250 2.1.0 Ok")
+
+    async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's naming
+        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+            return
+        assert self.envelope is not None
+        if self.envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        parsed = await self._parse_path("TO:", arg)
+        if parsed is None:
+            return
+        address, rest = parsed
+        if not address:
+            await self.push("501 5.1.3 Bad recipient address syntax: empty address")
+            return
+        try:
+            params = parse_rcpt_params(rest)
+        except ParamError as exc:
+            await self.push(exc.reply)
+            return
+        status = await self.event_handler.handle_RCPT(self, self.session, self.envelope, address,
+                                                      params)
+        await self.push(status)
+
+    async def _parse_path(self, keyword: str, arg: str | None) -> tuple[str, str] | None:
+        """'FROM:<a@b> PARAMS' → ('a@b', 'PARAMS'), or None after answering the error."""
+        syntax = f"501 5.5.4 Syntax: {'MAIL FROM' if keyword == 'FROM:' else 'RCPT TO'}: <address>"
+        if arg is None:
+            await self.push(syntax)
+            return None
+        raw = self._strip_command_keyword(keyword, arg)
+        if raw is None or not raw:
+            await self.push(syntax)
+            return None
+        if any(c in raw for c in "\r\n\x00"):
+            await self.push("501 5.1.3 Bad address syntax: control character in address")
+            return None
+        if raw.startswith("<@"):
+            await self.push("501 5.1.3 Bad address syntax: source routes are not accepted")
+            return None
+        if raw.startswith("<>"):
+            return "", raw[2:].strip()
+        address, rest = self._getaddr(raw)
+        if address is None or not address or "@" not in address and keyword == "TO:" and (
+            address.lower() != "postmaster"
+        ):
+            await self.push("501 5.1.3 Bad address syntax")
+            return None
+        if not self.session.extended_smtp and rest:  # type: ignore[union-attr]
+            await self.push(syntax)
+            return None
+        return address, rest or ""
+
+    # -- DATA -------------------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's naming
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            async with asyncio.timeout(self._settings.data_timeout):
+                raw, too_big = await self._read_data()
+        except TimeoutError:
+            await self.push(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if too_big:
+            self._set_post_data_state()
+            await self.push("552 5.3.4 Message size exceeds fixed limit")
+            return
+        try:
+            content = unstuff_and_check(raw)
+        except DataError as exc:
+            self._set_post_data_state()
+            await self.push(exc.reply)
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_data(self) -> tuple[bytes, bool]:
+        """Read up to the lone dot in as few calls as the stream allows.
+
+        Each `readuntil(b".\\r\\n")` ends at the next dot-CRLF; we are done when
+        that dot stands alone on its line (the CRLF that ended the DATA command
+        counts as the line before the first one).
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        saved_limit = reader._limit  # noqa: SLF001 - aiosmtpd sizes it for command lines
+        reader._limit = DATA_CHUNK_LIMIT  # noqa: SLF001
+        chunks: list[bytes] = []
+        size = 0
+        too_big = False
+        tail = b"\r\n"  # the last bytes seen, to recognise CRLF . CRLF across chunks
+        try:
+            while True:
+                try:
+                    chunk = await reader.readuntil(b".\r\n")
+                except asyncio.LimitOverrunError as exc:
+                    chunk = await reader.readexactly(exc.consumed)
+                    done = False
+                except asyncio.IncompleteReadError:
+                    raise asyncio.CancelledError from None
+                else:
+                    done = (tail + chunk)[-5:] == b"\r\n.\r\n"
+                size += len(chunk)
+                if limit and size > limit + 3:
+                    too_big = True
+                    chunks.clear()
+                elif not too_big:
+                    chunks.append(chunk)
+                tail = (tail + chunk)[-4:]
+                if done:
+                    break
+        finally:
+            reader._limit = saved_limit  # noqa: SLF001
+        if too_big:
+            return b"", True
+        data = b"".join(chunks)
+        return data[:-3], False
+
+
+@dataclass(slots=True)
+class RelayHandler:
+    """Decides what to accept; answers 250 only after the spool committed."""
+
+    settings: ServerSettings
+    spool: Spool
+    clock: Clock
+    on_accepted: Callable[[QueuedMessage], None] = lambda _m: None
+    accepting: bool = True
+    accepted_count: int = 0
+    _networks: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        self._networks = self.settings.allowed_networks
+
+    def client_allowed(self, client: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._networks)
+
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
+        self, server: RelaySMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        last = responses.pop()  # "250 HELP"
+        responses.extend(["250-ENHANCEDSTATUSCODES", "250-DSN", "250-PIPELINING"])
+        responses.append(last)
+        return responses
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: RelaySMTP, session: Session, envelope: SmtpEnvelope, address: str,
+        params: Any,
+    ) -> str:
+        client = session.peer[0] if session.peer else ""
+        if not self.client_allowed(str(client)):
+            log.warning("relay_denied", client=client, recipient=address)
+            return f"554 5.7.1 <{address}>: Relay access denied"
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return "452 4.5.3 Error: too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.append(params)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: RelaySMTP, session: Session, envelope: SmtpEnvelope
+    ) -> str:
+        if not self.accepting:
+            return f"421 4.3.2 {self.settings.hostname} Service shutting down, try again later"
+        try:
+            message = self._new_message(server, session, envelope)
+            queued = await self.spool.accept(message)
+        except SpoolFullError:
+            log.error("spool_full", client=session.peer)
+            return "452 4.3.1 Insufficient system storage"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("accept_failed", error=repr(exc), traceback=traceback.format_exc())
+            return "451 4.3.0 Error: queue file write error"
+        self.accepted_count += 1
+        log.info(
+            "accepted", queue_id=queued.queue_id, message_id=queued.message_id,
+            sender=queued.envelope.sender, recipients=len(queued.envelope.recipients),
+            size=queued.size, client=message.envelope.client_address,
+        )
+        self.on_accepted(queued)
+        return f"250 2.0.0 Ok: queued as {queued.queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("session_error", error=repr(error),
+                  traceback="".join(traceback.format_exception(error)))
+        return "451 4.3.0 Error: internal error, try again later"
+
+    def _new_message(self, server: RelaySMTP, session: Session, envelope: SmtpEnvelope) -> NewMessage:
+        now = self.clock.now()
+        queue_id = new_queue_id()
+        client = str(session.peer[0]) if session.peer else ""
+        helo = session.host_name or ""
+        params = getattr(session, "relay_mail_params", None)
+        recipients = tuple(
+            Recipient(address=a, orcpt=p.orcpt, notify=p.notify)
+            for a, p in zip(envelope.rcpt_tos, envelope.rcpt_options, strict=True)
+        )
+        content: bytes = envelope.original_content or b""
+        received = self._received_header(server, helo, client, queue_id, recipients, now)
+        head_end = content.find(b"\r\n\r\n")
+        head = content if head_end < 0 else content[:head_end]
+        m = _MESSAGE_ID.search(head)
+        env = Envelope(
+            sender=envelope.mail_from or "",
+            recipients=recipients,
+            mail_options=tuple(envelope.mail_options),
+            ret=params.ret if params else None,
+            envid=params.envid if params else None,
+            client_address=client,
+            client_helo=helo,
+        )
+        return NewMessage(
+            envelope=env,
+            body=received + content,
+            arrival_at=now,
+            message_id=m.group(1).decode("utf-8", "replace") if m else "",
+            queue_id=queue_id,
+        )
+
+    def _received_header(
+        self, server: RelaySMTP, helo: str, client: str, queue_id: str,
+        recipients: tuple[Recipient, ...], now: float,
+    ) -> bytes:
+        proto = "ESMTPS" if server.session is not None and server.session.ssl else "ESMTP"
+        if server.session is not None and not server.session.extended_smtp:
+            proto = "SMTP"
+        for_clause = f"\r\n\tfor <{recipients[0].address}>" if len(recipients) == 1 else ""
+        date = format_datetime(datetime.fromtimestamp(now, UTC))
+        safe_helo = re.sub(r"[^\x21-\x7e]", "?", helo)[:255]
+        text = (
+            f"Received: from {safe_helo} ([{client}])\r\n"
+            f"\tby {self.settings.hostname} (relayguard {__version__}) with {proto}"
+            f" id {queue_id}{for_clause};\r\n\t{date}\r\n"
+        )
+        return text.encode("utf-8", "replace")
+
+
+def make_protocol_factory(
+    handler: RelayHandler, limits: ConnectionLimits, *, enable_smtputf8: bool = True
+) -> Callable[[], RelaySMTP]:
+    s = handler.settings
+
+    def factory() -> RelaySMTP:
+        return RelaySMTP(
+            handler,
+            limits,
+            hostname=s.hostname,
+            ident=f"ESMTP relayguard {__version__}",
+            data_size_limit=s.max_message_size,
+            enable_SMTPUTF8=enable_smtputf8,
+            decode_data=False,
+            timeout=s.idle_timeout,
+        )
+
+    return factory

@@ -1,0 +1,386 @@
+"""The queue manager: takes due messages, delivers them, applies the policy's decisions.
+
+Like Postfix's qmgr, it owns the in-memory view of the queue (the scheduler)
+and hands transactions to the delivery adapter; the spool stays the truth.
+Time comes from the injected clock, so the replay runs this same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+
+from relayguard.clock import Clock
+from relayguard.config import Settings
+from relayguard.delivery import Outcome, Transaction
+from relayguard.dsn import rcpt_upstream_params
+from relayguard.model import (
+    Action,
+    Attempt,
+    Decision,
+    MessageState,
+    Phase,
+    QueuedMessage,
+    Recipient,
+    RecipientState,
+    Reply,
+)
+from relayguard.policy import Policy, RouteView, decide
+from relayguard.scheduler import DueQueue, RouteTable
+from relayguard.spool import NewMessage, Spool
+
+log = structlog.get_logger("relayguard.queue")
+
+PROBE_WAIT = 30.0  # seconds a message waits while another probes a route that just came back
+
+
+class Sender:
+    """What the queue manager needs of delivery: the live adapter or the replay's simulation."""
+
+    async def send(self, route: str, tx: Transaction) -> Outcome:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+ReportBuilder = Callable[[QueuedMessage, bytes, Sequence[Recipient], str, float], list[NewMessage]]
+
+
+def _no_reports(
+    _m: QueuedMessage, _b: bytes, _r: Sequence[Recipient], _kind: str, _now: float
+) -> list[NewMessage]:
+    return []
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one delivery round of one message produced."""
+
+    recipients: dict[str, Recipient]
+    attempts: list[Attempt] = field(default_factory=list)
+    next_times: list[float] = field(default_factory=list)
+
+
+@dataclass
+class QueueManager:
+    settings: Settings
+    spool: Spool
+    sender: Any  # Sender
+    clock: Clock
+    policy: Policy
+    build_reports: ReportBuilder = _no_reports
+    max_in_flight: int = 0
+    due: DueQueue = field(default_factory=DueQueue)
+    routes: RouteTable = field(init=False)
+    on_event: Callable[[str, dict[str, Any]], None] = lambda _e, _f: None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopping: bool = False
+    _route_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self._route_names = tuple(r.name for r in self.settings.routes)
+        self.routes = RouteTable(self._route_names)
+        if not self.max_in_flight:
+            self.max_in_flight = 2 * sum(r.max_connections for r in self.settings.routes)
+
+    # -- feeding the scheduler -----------------------------------------------------
+
+    async def load(self) -> int:
+        """Read the spool's index: messages caught mid-delivery are simply due again."""
+        count = 0
+        for entry in await self.spool.index():
+            if entry.state is MessageState.ACTIVE:
+                self.due.schedule(entry.seq, entry.next_attempt_at)
+                count += 1
+        log.info("queue_loaded", messages=count)
+        return count
+
+    def enqueue(self, message: QueuedMessage) -> None:
+        self.due.schedule(message.seq, message.next_attempt_at)
+        self._wake.set()
+
+    def retry_now(self, seqs: Sequence[int]) -> None:
+        now = self.clock.now()
+        for seq in seqs:
+            self.due.schedule(seq, now)
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # -- the loop -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self._stopping:
+            now = self.clock.now()
+            room = self.max_in_flight - len(self._tasks)
+            if room > 0:
+                for seq in self.due.pop_due(now, room):
+                    task = asyncio.create_task(self._deliver_guarded(seq))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._task_done)
+            nxt = self.due.next_due()
+            room = self.max_in_flight - len(self._tasks)
+            if nxt is not None and nxt <= now and room > 0:
+                await asyncio.sleep(0)
+                continue
+            self._wake.clear()
+            until = nxt if (nxt is not None and room > 0) else now + 3600.0
+            await self.clock.sleep_until(until, self._wake)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Take nothing new; give in-flight deliveries `grace` seconds, then cancel.
+        Whatever is cancelled stays queued in the spool and is due at next start."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def drain(self) -> None:
+        """Wait for the in-flight deliveries (tests and replay)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # -- one message ---------------------------------------------------------------
+
+    async def _deliver_guarded(self, seq: int) -> None:
+        try:
+            await self.deliver(seq)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug must not lose the message: it stays in the spool, due again later.
+            log.exception("delivery_error", seq=seq, error=repr(exc))
+            self.due.schedule(seq, self.clock.now() + self.settings.queue.backoff_start)
+
+    async def deliver(self, seq: int) -> None:
+        loaded = await self.spool.load(seq)
+        if loaded is None:
+            return
+        message, body = loaded
+        if message.state is not MessageState.ACTIVE:
+            return
+        before = {r.address: r.state for r in message.envelope.recipients}
+        rnd = _Round({r.address: r for r in message.envelope.recipients})
+        rng = random.Random(f"{message.queue_id}/{len(message.attempts)}")  # noqa: S311
+        by_domain: dict[str, list[Recipient]] = {}
+        for r in message.pending:
+            by_domain.setdefault(r.domain, []).append(r)
+        await asyncio.gather(
+            *(self._deliver_domain(message, body, d, rs, rnd, rng) for d, rs in by_domain.items())
+        )
+        await self._finish(message, body, before, rnd)
+
+    async def _finish(
+        self, message: QueuedMessage, body: bytes, before: dict[str, RecipientState], rnd: _Round
+    ) -> None:
+        now = self.clock.now()
+        message.envelope = message.envelope.with_recipients(
+            tuple(rnd.recipients[r.address] for r in message.envelope.recipients)
+        )
+        message.attempts.extend(rnd.attempts)
+        newly_failed = [
+            r for r in message.envelope.recipients
+            if r.state is RecipientState.FAILED and before[r.address] is RecipientState.QUEUED
+        ]
+        if message.pending:
+            message.next_attempt_at = min(rnd.next_times) if rnd.next_times else now
+        else:
+            message.state = MessageState.DONE
+        reports = self.build_reports(message, body, newly_failed, "bounce", now) if newly_failed else []
+        queued = await self.spool.finish_with_reports(message, rnd.attempts, reports)
+        for report in queued:
+            self.enqueue(report)
+        if message.state is MessageState.ACTIVE:
+            self.due.schedule(message.seq, message.next_attempt_at)
+            self._wake.set()
+
+    async def _deliver_domain(
+        self, message: QueuedMessage, body: bytes, domain: str, recipients: list[Recipient],
+        rnd: _Round, rng: random.Random,
+    ) -> None:
+        tried: set[str] = set()
+        prefer: tuple[str, ...] = message.envelope.pinned_routes
+        todo = recipients
+        while todo:
+            now = self.clock.now()
+            route = self.routes.choose(domain, now, exclude=tried, prefer=prefer)
+            if route is not None and message.envelope.pinned_routes and (
+                route not in message.envelope.pinned_routes
+            ):
+                route = None
+            if route is None:
+                self._hold(message, domain, todo, rnd, now, after_attempt=bool(tried))
+                return
+            await self._wait_for_slot(route, domain)
+            probe = self.routes.begin(route, domain)
+            started = self.clock.now()
+            outcome = await self.sender.send(route, self._transaction(message, body, todo))
+            finished = self.clock.now()
+            success = any(rp.is_success for rp in outcome.replies.values())
+            self.routes.end(route, domain, probe=probe, success=success)
+            self._slot_freed.set()
+            self._slot_freed.clear()
+            tried.add(route)
+            todo, prefer = self._apply(message, route, domain, todo, outcome, rnd, rng,
+                                       (started, finished), tried=frozenset(tried), probe=probe)
+
+    async def _wait_for_slot(self, route: str, domain: str) -> None:
+        while self.routes.at_cap(route, domain, self.clock.now()):
+            await self.clock.sleep_until(self.clock.now() + 1.0, self._slot_freed)
+
+    def _transaction(self, message: QueuedMessage, body: bytes, todo: list[Recipient]) -> Transaction:
+        env = message.envelope
+        dsn_mail = []
+        if env.ret:
+            dsn_mail.append(f"RET={env.ret}")
+        if env.envid:
+            dsn_mail.append(f"ENVID={env.envid}")
+        return Transaction(
+            sender=env.sender,
+            recipients=[(r.address, rcpt_upstream_params(r.notify, r.orcpt)) for r in todo],
+            body=body,
+            mail_options=env.mail_options,
+            dsn_mail_options=tuple(dsn_mail),
+            dsn_rcpt=True,
+        )
+
+    def _hold(
+        self, message: QueuedMessage, domain: str, todo: list[Recipient], rnd: _Round, now: float,
+        *, after_attempt: bool,
+    ) -> None:
+        """No route may take this destination now: wait, spending no attempt."""
+        wait = self.routes.wait_until(domain, now)
+        at = wait if wait is not None else now + PROBE_WAIT
+        if now - message.arrival_at >= self.policy.max_lifetime:
+            for r in todo:
+                last = rnd.recipients[r.address].last_reply or Reply(
+                    421, "4.4.7", "message expired while every route was suspended",
+                    Phase.CONNECT, synthetic=True)
+                rnd.recipients[r.address] = _failed(rnd.recipients[r.address], last, "lifetime")
+            log.info("bounced", queue_id=message.queue_id, message_id=message.message_id,
+                     recipients=[r.address for r in todo], rule="lifetime",
+                     reason="message lifetime expired while held")
+            return
+        rnd.next_times.append(at)
+        if not after_attempt:
+            log.info("held", queue_id=message.queue_id, destination=domain, until=at,
+                     recipients=len(todo))
+
+    def _apply(
+        self, message: QueuedMessage, route: str, domain: str, todo: list[Recipient],
+        outcome: Outcome, rnd: _Round, rng: random.Random, span: tuple[float, float],
+        *, tried: frozenset[str], probe: bool,
+    ) -> tuple[list[Recipient], tuple[str, ...]]:
+        """Turn replies into recipient states and attempts; return what to try next, where."""
+        started, finished = span
+        groups: dict[Reply, list[Recipient]] = {}
+        for r in todo:
+            groups.setdefault(outcome.replies[r.address], []).append(r)
+        reroute: list[Recipient] = []
+        prefer: tuple[str, ...] = ()
+        history = [*message.attempts, *rnd.attempts]
+        for reply, rcpts in groups.items():
+            addresses = tuple(r.address for r in rcpts)
+            if reply.is_success:
+                for r in rcpts:
+                    rnd.recipients[r.address] = _delivered(rnd.recipients[r.address], reply, route)
+                rnd.attempts.append(Attempt(started, route, addresses, reply, "delivered", "",
+                                            finished - started))
+                self._log("delivered", message, route, addresses, reply, finished - started,
+                          probe=probe, possible_duplicate=outcome.possible_duplicate)
+                continue
+            view = RouteView(
+                route=route, destination=domain, routes=self._route_names,
+                tried_now=tried,
+                suspended=self.routes.suspended_routes(domain, finished),
+            )
+            decision = decide(reply, history, view, finished, self.policy,
+                              arrival_at=message.arrival_at, rng=rng)
+            self._apply_route_effects(decision)
+            rnd.attempts.append(Attempt(started, route, addresses, reply, decision.action.value,
+                                        decision.rule, finished - started))
+            event = {Action.DEFER: "deferred", Action.REROUTE: "rerouted",
+                     Action.BOUNCE: "bounced"}[decision.action]
+            self._log(event, message, route, addresses, reply, finished - started,
+                      decision=decision, probe=probe,
+                      possible_duplicate=outcome.possible_duplicate)
+            for r in rcpts:
+                cur = rnd.recipients[r.address]
+                if decision.action is Action.BOUNCE:
+                    rnd.recipients[r.address] = _failed(cur, reply, decision.rule)
+                elif decision.action is Action.REROUTE:
+                    rnd.recipients[r.address] = _with_reply(cur, reply)
+                    reroute.append(rnd.recipients[r.address])
+                    prefer = decision.reroute_to
+                else:
+                    rnd.recipients[r.address] = _with_reply(cur, reply)
+            if decision.action is Action.DEFER:
+                rnd.next_times.append(decision.retry_at or finished + self.settings.queue.backoff_start)
+        return reroute, prefer
+
+    def _apply_route_effects(self, decision: Decision) -> None:
+        if decision.suspend is not None:
+            self.routes.suspend(decision.suspend)
+            log.warning("route_suspended", route=decision.suspend.route,
+                        destination=decision.suspend.destination, until=decision.suspend.until,
+                        reason=decision.suspend.reason, rule=decision.suspend.rule)
+            self.on_event("route_suspended", {"route": decision.suspend.route})
+        if decision.throttle is not None:
+            self.routes.throttle(decision.throttle)
+            log.warning("route_throttled", route=decision.throttle.route,
+                        destination=decision.throttle.destination,
+                        max_connections=decision.throttle.max_connections,
+                        until=decision.throttle.until, rule=decision.throttle.rule)
+
+    def _log(
+        self, event: str, message: QueuedMessage, route: str, recipients: tuple[str, ...],
+        reply: Reply, duration: float, *, decision: Decision | None = None, probe: bool = False,
+        possible_duplicate: bool = False,
+    ) -> None:
+        fields: dict[str, Any] = {
+            "queue_id": message.queue_id, "message_id": message.message_id, "route": route,
+            "recipients": list(recipients), "code": reply.code, "enhanced": reply.enhanced,
+            "text": reply.text, "remote_host": reply.remote_host, "phase": reply.phase.value,
+            "duration": round(duration, 4),
+        }
+        if decision is not None:
+            fields["rule"] = decision.rule
+            fields["reason"] = decision.reason
+            if decision.retry_at is not None:
+                fields["retry_at"] = decision.retry_at
+            if decision.reroute_to:
+                fields["reroute_to"] = list(decision.reroute_to)
+        if probe:
+            fields["probe"] = True
+        if possible_duplicate:
+            fields["possible_duplicate"] = True
+        log.info(event, **fields)
+        self.on_event(event, fields)
+
+
+def _delivered(r: Recipient, reply: Reply, route: str) -> Recipient:
+    return replace(r, state=RecipientState.DELIVERED, last_reply=reply, delivered_via=route)
+
+
+def _failed(r: Recipient, reply: Reply, rule: str) -> Recipient:
+    return replace(r, state=RecipientState.FAILED, last_reply=reply, failed_rule=rule)
+
+
+def _with_reply(r: Recipient, reply: Reply) -> Recipient:
+    return replace(r, last_reply=reply)
+

@@ -1,0 +1,191 @@
+"""What is due next, and where each route stands with each destination.
+
+Pure data structures, no I/O and no clock: every method takes `now`.
+
+- `DueQueue`: a heap on next_attempt_at with lazy invalidation, O(log n).
+- `RouteTable`: suspensions (route × destination, or route × '*'), the single
+  probe after a suspension ends, and throttles (a lowered per-destination
+  connection cap).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from relayguard.model import Suspension, Throttle
+
+ALL_DESTINATIONS = "*"
+
+
+class DueQueue:
+    """Message sequence numbers keyed by when they are next due."""
+
+    __slots__ = ("_due", "_heap")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int]] = []
+        self._due: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._due
+
+    def schedule(self, seq: int, at: float) -> None:
+        """(Re)schedule; a later call replaces an earlier one."""
+        self._due[seq] = at
+        heapq.heappush(self._heap, (at, seq))
+
+    def remove(self, seq: int) -> None:
+        self._due.pop(seq, None)
+
+    def next_due(self) -> float | None:
+        heap = self._heap
+        while heap:
+            at, seq = heap[0]
+            if self._due.get(seq) == at:
+                return at
+            heapq.heappop(heap)
+        return None
+
+    def pop_due(self, now: float, limit: int) -> list[int]:
+        """Up to `limit` messages due at `now`, earliest first; they leave the queue."""
+        out: list[int] = []
+        heap = self._heap
+        while heap and len(out) < limit:
+            at, seq = heap[0]
+            if at > now:
+                break
+            heapq.heappop(heap)
+            if self._due.get(seq) == at:
+                del self._due[seq]
+                out.append(seq)
+        return out
+
+
+@dataclass(slots=True)
+class _Probe:
+    in_flight: bool = False
+
+
+@dataclass(slots=True)
+class RouteTable:
+    """Suspensions, probes and throttles, per route and destination."""
+
+    routes: tuple[str, ...]
+    suspensions: dict[tuple[str, str], Suspension] = field(default_factory=dict)
+    throttles: dict[tuple[str, str], Throttle] = field(default_factory=dict)
+    # (route, destination) whose suspension ended and that have not yet had a
+    # successful probe: one message at a time until one gets through.
+    probing: dict[tuple[str, str], _Probe] = field(default_factory=dict)
+    active: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def _expire(self, now: float) -> None:
+        for key, s in list(self.suspensions.items()):
+            if s.until <= now:
+                del self.suspensions[key]
+                self.probing.setdefault(key, _Probe())
+        for key, t in list(self.throttles.items()):
+            if t.until <= now:
+                del self.throttles[key]
+
+    def suspension(self, route: str, destination: str, now: float) -> Suspension | None:
+        self._expire(now)
+        return self.suspensions.get((route, destination)) or self.suspensions.get(
+            (route, ALL_DESTINATIONS)
+        )
+
+    def suspended_routes(self, destination: str, now: float) -> frozenset[str]:
+        return frozenset(r for r in self.routes if self.suspension(r, destination, now))
+
+    def _probe_key(self, route: str, destination: str) -> tuple[str, str] | None:
+        for key in ((route, destination), (route, ALL_DESTINATIONS)):
+            if key in self.probing:
+                return key
+        return None
+
+    def unavailable(self, route: str, destination: str, now: float) -> bool:
+        """Suspended, or its probe is out and not yet back."""
+        if self.suspension(route, destination, now) is not None:
+            return True
+        key = self._probe_key(route, destination)
+        return key is not None and self.probing[key].in_flight
+
+    def choose(
+        self, destination: str, now: float, *, exclude: Iterable[str] = (),
+        prefer: Sequence[str] = (),
+    ) -> str | None:
+        """The first usable route, `prefer`red ones first; None if all are held back."""
+        excluded = set(exclude)
+        order = [*prefer, *(r for r in self.routes if r not in prefer)]
+        for route in order:
+            if route in excluded or route not in self.routes:
+                continue
+            if not self.unavailable(route, destination, now):
+                return route
+        return None
+
+    def wait_until(self, destination: str, now: float) -> float | None:
+        """When the earliest suspension for this destination ends (for held mail)."""
+        ends = [s.until for r in self.routes if (s := self.suspension(r, destination, now))]
+        return min(ends) if ends else None
+
+    def begin(self, route: str, destination: str) -> bool:
+        """Count a transaction in; True if it is the probe after a suspension."""
+        key = (route, destination)
+        self.active[key] = self.active.get(key, 0) + 1
+        pkey = self._probe_key(route, destination)
+        if pkey is not None and not self.probing[pkey].in_flight:
+            self.probing[pkey].in_flight = True
+            return True
+        return False
+
+    def end(self, route: str, destination: str, *, probe: bool, success: bool) -> None:
+        key = (route, destination)
+        left = self.active.get(key, 1) - 1
+        if left:
+            self.active[key] = left
+        else:
+            self.active.pop(key, None)
+        if probe:
+            pkey = self._probe_key(route, destination)
+            if pkey is not None:
+                if success:
+                    del self.probing[pkey]
+                else:
+                    self.probing[pkey].in_flight = False
+
+    def connection_cap(self, route: str, destination: str, now: float) -> int | None:
+        self._expire(now)
+        t = self.throttles.get((route, destination)) or self.throttles.get(
+            (route, ALL_DESTINATIONS)
+        )
+        return t.max_connections if t else None
+
+    def at_cap(self, route: str, destination: str, now: float) -> bool:
+        cap = self.connection_cap(route, destination, now)
+        return cap is not None and self.active.get((route, destination), 0) >= cap
+
+    def suspend(self, s: Suspension) -> None:
+        key = (s.route, s.destination)
+        current = self.suspensions.get(key)
+        if current is None or current.until < s.until:
+            self.suspensions[key] = s
+        self.probing.pop(key, None)
+
+    def throttle(self, t: Throttle) -> None:
+        key = (t.route, t.destination)
+        current = self.throttles.get(key)
+        if current is None or current.until < t.until or current.max_connections > t.max_connections:
+            self.throttles[key] = t
+
+    def resume(self, route: str, destination: str | None = None) -> int:
+        """Lift suspensions early (an operator's `routes resume`); returns how many."""
+        keys = [k for k in self.suspensions if k[0] == route and destination in (None, k[1])]
+        for k in keys:
+            del self.suspensions[k]
+            self.probing.pop(k, None)
+        return len(keys)

@@ -1,0 +1,191 @@
+"""The front end over real sockets: what a sending MTA is told, and what reaches the spool."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from support import (
+    free_port,
+    make_message,
+    raw_session,
+    relay_settings,
+    running_relay,
+    send,
+    strip_received,
+    upstream,
+)
+
+from relayguard.spool.sqlite import SqliteSpool
+
+EHLO = b"EHLO client.test\r\n"
+MAIL = b"MAIL FROM:<s@example.org>\r\n"
+RCPT = b"RCPT TO:<r@example.com>\r\n"
+
+
+def _settings(tmp_path: Path, extra: str = "", port: int | None = None):
+    return relay_settings(
+        tmp_path, [{"name": "primary", "host": "127.0.0.1", "port": port or free_port()}], extra
+    )
+
+
+async def test_message_arrives_byte_exact_with_received_header(tmp_path: Path) -> None:
+    async with upstream() as up, running_relay(_settings(tmp_path, port=up.port)) as relay:
+        body = "Line one\r\n.leading dot survives\r\n..two dots\r\n\r\n8bit: caf\u00e9\r\n"
+        original = make_message(1, body=body)
+        refused, reply = await send(relay.address, "s@example.org",
+                                    ["a@example.com", "b@example.com"], original)
+        assert refused == {}
+        assert "queued as" in reply
+        [got] = await up.wait_for(1)
+        assert got.mail_from == "s@example.org"
+        assert sorted(got.rcpt_tos) == ["a@example.com", "b@example.com"]
+        assert got.content.startswith(b"Received: from ")
+        assert b"by relay.test (relayguard" in got.content
+        # Everything after our Received header is what the client sent, byte for byte.
+        assert strip_received(got.content) == original
+
+
+async def test_enhanced_codes_on_every_reply(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path)) as relay:
+        replies = await raw_session(relay.address, [
+            EHLO, b"FOO bar\r\n", MAIL, RCPT, b"RSET\r\n", b"NOOP\r\n", b"QUIT\r\n"])
+    assert replies[0].startswith("220 relay.test ESMTP")
+    assert "250-ENHANCEDSTATUSCODES" in replies[1]
+    assert "250-DSN" in replies[1]
+    assert replies[2].startswith("500 5.5.2")
+    assert replies[3].startswith("250 2.1.0")
+    assert replies[4].startswith("250 2.1.5")
+    assert replies[5].startswith("250 2.0.0")
+    assert replies[6].startswith("250 2.0.0")
+    assert replies[7].startswith("221 2.0.0")
+
+
+async def test_address_validation(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path)) as relay:
+        replies = await raw_session(relay.address, [
+            EHLO, MAIL,
+            b"RCPT TO:<@hop1,@hop2:user@example.com>\r\n",
+            b"RCPT TO:<>\r\n",
+            b"RCPT TO:<a\x00b@example.com>\r\n",
+            b"RCPT TO:<a\rb@example.com>\r\n",
+            b"RCPT TO:<no-domain>\r\n",
+            b"RCPT TO:<ok@example.com> FOO=BAR\r\n",
+            b"RCPT TO:<ok@example.com> NOTIFY=SOMETIMES\r\n",
+            RCPT,
+        ])
+    assert [r[:9] for r in replies[3:]] == [
+        "501 5.1.3", "501 5.1.3", "501 5.1.3", "501 5.1.3", "501 5.1.3",
+        "555 5.5.4", "501 5.5.4", "250 2.1.5",
+    ]
+
+
+async def test_relay_denied_outside_allowed_networks(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, 'allowed_networks = ["192.0.2.0/24"]')
+    async with running_relay(settings) as relay:
+        replies = await raw_session(relay.address, [EHLO, MAIL, RCPT])
+    assert replies[3].startswith("554 5.7.1 <r@example.com>: Relay access denied")
+
+
+async def test_too_many_recipients(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path, "max_recipients = 2")) as relay:
+        replies = await raw_session(relay.address, [
+            EHLO, MAIL, RCPT, b"RCPT TO:<r2@example.com>\r\n", b"RCPT TO:<r3@example.com>\r\n"])
+    assert replies[3].startswith("250")
+    assert replies[4].startswith("250")
+    assert replies[5].startswith("452 4.5.3")
+
+
+async def test_oversize_message_refused(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path, "max_message_size = 2048")) as relay:
+        big = b"Subject: big\r\n\r\n" + b"x" * 100 + b"\r\n"
+        replies = await raw_session(relay.address, [
+            EHLO, b"MAIL FROM:<s@example.org> SIZE=4096\r\n", MAIL, RCPT, b"DATA\r\n",
+            big * 40 + b".\r\n", b"QUIT\r\n"])
+        spool = relay.spool
+        assert await spool.index() == []
+    assert "250-SIZE 2048" in replies[1]
+    assert replies[2].startswith("552 5.3.4")
+    assert replies[5].startswith("354")
+    assert replies[6].startswith("552 5.3.4")
+
+
+async def test_bare_lf_cr_and_nul_refused(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path)) as relay:
+        for bad in (b"Subject: x\r\n\r\nsmuggle\n.\r\nMAIL FROM:<evil@x>\r\n",
+                    b"Subject: x\r\n\r\nbare\rcr\r\n", b"Subject: x\r\n\r\nnul\x00\r\n"):
+            replies = await raw_session(relay.address, [
+                EHLO, MAIL, RCPT, b"DATA\r\n", bad + b".\r\n"])
+            assert replies[5].startswith("550 5.6.0"), replies
+        assert await relay.spool.index() == []
+
+
+async def test_empty_body_and_dot_lines(tmp_path: Path) -> None:
+    async with upstream() as up, running_relay(_settings(tmp_path, port=up.port)) as relay:
+        replies = await raw_session(relay.address, [EHLO, MAIL, RCPT, b"DATA\r\n", b".\r\n"])
+        assert replies[5].startswith("250 2.0.0 Ok: queued as")
+        replies = await raw_session(relay.address, [
+            EHLO, MAIL, RCPT, b"DATA\r\n", b"a.\r\n..\r\nb.\r\n.\r\n"])
+        assert replies[5].startswith("250 2.0.0")
+        got = await up.wait_for(2)
+    assert sorted(strip_received(g.content) for g in got) == [b"", b"a.\r\n.\r\nb.\r\n"]
+
+
+async def test_internal_error_answers_451_and_keeps_session(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path)) as relay:
+        async def broken(_message: object) -> object:
+            raise RuntimeError("simulated bug")
+
+        relay.handler.spool = type("Broken", (), {"accept": staticmethod(broken)})()
+        replies = await raw_session(relay.address, [
+            EHLO, MAIL, RCPT, b"DATA\r\n", b"Subject: x\r\n\r\nhi\r\n.\r\n", b"NOOP\r\n"])
+    assert replies[5].startswith("451 4.3.0")
+    assert replies[6].startswith("250")
+
+
+async def test_disk_full_answers_452(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path)) as relay:
+        full = SqliteSpool(tmp_path / "tiny", max_page_count=12)
+        relay.handler.spool = full
+        big = b"Subject: x\r\n\r\n" + (b"y" * 998 + b"\r\n") * 200 + b".\r\n"
+        replies = await raw_session(relay.address, [EHLO, MAIL, RCPT, b"DATA\r\n", big])
+        await full.close()
+    assert replies[5].startswith("452 4.3.1"), replies
+
+
+async def test_connection_caps(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, "max_connections_per_client = 2")
+    async with running_relay(settings) as relay:
+        host, port = relay.address
+        held = [await asyncio.open_connection(host, port) for _ in range(2)]
+        for r, _ in held:
+            assert (await r.readline()).startswith(b"220")
+        r3, w3 = await asyncio.open_connection(host, port)
+        line = await asyncio.wait_for(r3.readline(), 5)
+        assert line.startswith(b"421 4.7.0")
+        for _, w in [*held, (r3, w3)]:
+            w.close()
+
+
+async def test_idle_timeout_says_421(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path, 'idle_timeout = "0.3s"')) as relay:
+        r, w = await asyncio.open_connection(*relay.address)
+        assert (await r.readline()).startswith(b"220")
+        line = await asyncio.wait_for(r.readline(), 5)
+        w.close()
+    assert line.startswith(b"421 4.4.2")
+
+
+async def test_shutdown_refuses_new_mail_with_421(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path)) as relay:
+        r, w = await asyncio.open_connection(*relay.address)
+        await r.readline()
+        relay.handler.accepting = False
+        for cmd in (EHLO, MAIL, RCPT, b"DATA\r\n", b"Subject: x\r\n\r\nhi\r\n.\r\n"):
+            w.write(cmd)
+            while True:
+                line = await r.readline()
+                if line[3:4] != b"-":
+                    break
+        w.close()
+    assert line.startswith(b"421 4.3.2")
