@@ -157,6 +157,7 @@ class RouteConnections:
                 Reply(421, "4.7.5", f"Cannot start TLS: handshake failure with {self.peer}: {exc}",
                       Phase.STARTTLS, self.route.host, synthetic=True)
             ) from None
+        await self._hello(smtp)  # RFC 3207: the session starts over after STARTTLS
         return True
 
     async def _acquire(self) -> _Connection:

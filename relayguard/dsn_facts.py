@@ -169,8 +169,8 @@ def typed_address(address: str, *, utf8: bool, addr_type: str = "rfc822") -> str
         return f"{addr_type}; {address}"
     if addr_type == "rfc822" and address.isascii():
         return f"rfc822; {address}"
-    if utf8 and not any(_needs_escape(ch, ascii_only=False) for ch in address):
-        return f"utf-8; {address}"
+    if utf8 and not any(ord(ch) <= 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in address):
+        return f"utf-8; {address}"  # the plain utf-8-address (Mailbox) form
     return f"utf-8; {unitext_encode(address, ascii_only=not utf8)}"
 
 

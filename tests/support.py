@@ -88,7 +88,9 @@ class UpstreamHandler:
             self.concurrent -= 1
         if reply:
             return reply
-        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+        # aiosmtpd keeps the null sender as "<>"
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        self.received.append(Received(sender, list(envelope.rcpt_tos),
                                       envelope.original_content, peer,
                                       list(envelope.mail_options), list(envelope.rcpt_options)))
         self.arrived.set()

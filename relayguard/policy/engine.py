@@ -1,4 +1,4 @@
-# ruff: noqa: CPY001
+# Copyright (c) 2026 the relayguard authors. MIT License.
 """decide(reply, history, route_state, now, policy) -> Decision.
 
 Pure: no clock, no I/O, all randomness from the rng handed in. The order is
@@ -141,7 +141,7 @@ class _Context:
         return hint + self.rng.uniform(0.0, min(_HINT_JITTER_MAX, hint * _HINT_JITTER))
 
     def apply(self, rule: Rule) -> Decision:
-        what = rule.description or f"matched rule {rule.id}"
+        what = base = rule.description or f"matched rule {rule.id}"
         if rule.bounces:
             return Decision(Action.BOUNCE, rule.id, self.last_real_reply(), reason=what)
 
@@ -185,7 +185,7 @@ class _Context:
             cap = started + rule.give_up_after
             if cap < deadline:
                 deadline = cap
-                cap_reason = f"gave up after {format_duration(rule.give_up_after)}: {what}"
+                cap_reason = f"gave up after {format_duration(rule.give_up_after)}: {base}"
         return self.defer(
             rule_id=rule.id,
             what=what,

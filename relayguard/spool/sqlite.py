@@ -196,6 +196,10 @@ class SqliteSpool:
     async def index(self, after_seq: int = 0) -> list[IndexEntry]:
         return await self._run(lambda c: list(_index(c, after_seq)))
 
+    async def messages(self, where: str = "1=1", params: Sequence[object] = ()) -> list[QueuedMessage]:
+        """Messages matching an SQL condition over the messages table (queue tools)."""
+        return await self._run(lambda c: find_messages(c, where, params))
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -1,0 +1,191 @@
+"""Delivery through smarthost routes over real sockets, time on a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import trustme
+from support import (
+    UpstreamHandler,
+    free_port,
+    make_message,
+    relay_settings,
+    running_relay,
+    send,
+    strip_received,
+    upstream,
+)
+
+from relayguard.clock import VirtualClock
+from relayguard.model import MessageState, RecipientState
+
+
+async def _until(predicate, clock: VirtualClock | None = None, timeout: float = 15.0) -> None:
+    """Wait (real time, a little at a time) until predicate() holds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def _queued(relay) -> list:
+    return await relay.spool.messages()
+
+
+async def test_partial_rcpt_rejection_keeps_only_refused(tmp_path: Path) -> None:
+    handler = UpstreamHandler(
+        on_rcpt=lambda peer, rcpt: "550 5.1.1 <bad@example.com>: User unknown"
+        if rcpt.startswith("bad") else ("450 4.2.0 Greylisted" if rcpt.startswith("grey") else None)
+    )
+    clock = VirtualClock()
+    async with upstream(handler) as up:
+        settings = relay_settings(tmp_path, [{"name": "primary", "host": "127.0.0.1",
+                                              "port": up.port}])
+        async with running_relay(settings, clock) as relay:
+            await send(relay.address, "s@example.org",
+                       ["good@example.com", "bad@example.com", "grey@example.com"],
+                       make_message(1))
+            [got] = await up.wait_for(1)
+            assert got.rcpt_tos == ["good@example.com"]
+            await _until(lambda: relay.manager.in_flight == 0)
+            [msg] = await _queued(relay)
+            states = {r.address: r.state for r in msg.envelope.recipients}
+            assert states == {"good@example.com": RecipientState.DELIVERED,
+                              "bad@example.com": RecipientState.FAILED,
+                              "grey@example.com": RecipientState.QUEUED}
+            # Greylisting lifts; the deferred recipient goes alone, once.
+            handler.on_rcpt = lambda peer, rcpt: None
+            await clock.run_to(clock.now() + 3600)
+            await up.wait_for(3)
+            mail = [g for g in up.received if g.mail_from]
+            [ndr] = [g for g in up.received if not g.mail_from]
+            assert [g.rcpt_tos for g in mail] == [["good@example.com"], ["grey@example.com"]]
+            # The sender learns about the unknown user, once.
+            assert ndr.rcpt_tos == ["s@example.org"]
+            assert "bad@example.com" in ndr.content.decode()
+            await _until(lambda: relay.manager.in_flight == 0)
+
+
+async def test_4xx_then_success_with_backoff(tmp_path: Path) -> None:
+    answers = ["451 4.3.0 Temporary local problem", "451 4.3.0 Temporary local problem"]
+    handler = UpstreamHandler(on_data=lambda peer, content: answers.pop(0) if answers else None)
+    clock = VirtualClock()
+    async with upstream(handler) as up:
+        settings = relay_settings(tmp_path, [{"name": "primary", "host": "127.0.0.1",
+                                              "port": up.port}])
+        async with running_relay(settings, clock) as relay:
+            t0 = clock.now()
+            await send(relay.address, "s@example.org", ["r@example.com"], make_message(7))
+            await _until(lambda: not answers[1:])  # first attempt refused
+            await _until(lambda: relay.manager.in_flight == 0)
+            [msg] = await _queued(relay)
+            # Postfix-like: first retry 5 minutes later, then 10.
+            assert msg.next_attempt_at - t0 == 300
+            await clock.run_to(t0 + 299)
+            assert answers  # not retried early
+            await clock.run_to(t0 + 301)
+            await _until(lambda: not answers)
+            await _until(lambda: relay.manager.in_flight == 0)
+            [msg] = await _queued(relay)
+            assert msg.next_attempt_at - t0 == 300 + 600
+            await clock.run_to(t0 + 901)
+            [got] = await up.wait_for(1)
+            assert got.message_id == "<msg-7@test.example>"
+            await _until(lambda: relay.manager.in_flight == 0)
+            assert await _queued(relay) == []
+
+
+async def test_connection_refused_falls_back_to_next_route(tmp_path: Path) -> None:
+    async with upstream() as up:
+        settings = relay_settings(tmp_path, [
+            {"name": "primary", "host": "127.0.0.1", "port": free_port()},
+            {"name": "backup", "host": "127.0.0.1", "port": up.port},
+        ])
+        async with running_relay(settings) as relay:
+            await send(relay.address, "s@example.org", ["r@example.com"], make_message(2))
+            [got] = await up.wait_for(1)
+            assert got.message_id == "<msg-2@test.example>"
+            await _until(lambda: relay.manager.in_flight == 0)
+            assert await _queued(relay) == []
+
+
+async def test_tls_required_but_not_offered_defers_without_sending(tmp_path: Path) -> None:
+    async with upstream() as up:
+        settings = relay_settings(tmp_path, [
+            {"name": "primary", "host": "127.0.0.1", "port": up.port, "tls": "required"}])
+        async with running_relay(settings) as relay:
+            await send(relay.address, "s@example.org", ["r@example.com"], make_message(3))
+            await _until(lambda: len(up.handler.connections) >= 1)
+            await _until(lambda: relay.manager.in_flight == 0)
+            [msg] = await _queued(relay)
+            assert msg.state is MessageState.ACTIVE
+            [rcpt] = msg.envelope.recipients
+            assert rcpt.state is RecipientState.QUEUED
+            assert rcpt.last_reply is not None
+            assert rcpt.last_reply.enhanced == "4.7.4"
+            assert "TLS is required" in rcpt.last_reply.text
+        assert up.received == []
+
+
+async def test_tls_required_and_offered_delivers_encrypted(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    async with upstream(tls_context=server_ctx) as up:
+        settings = relay_settings(tmp_path, [
+            {"name": "primary", "host": "127.0.0.1", "port": up.port, "tls": "required",
+             "tls_verify": True, "tls_ca_file": str(ca_file)}])
+        async with running_relay(settings) as relay:
+            await send(relay.address, "s@example.org", ["r@example.com"], make_message(4))
+            [got] = await up.wait_for(1)
+    assert strip_received(got.content) == make_message(4)
+
+
+async def test_connections_are_reused_for_several_messages(tmp_path: Path) -> None:
+    async with upstream() as up:
+        settings = relay_settings(tmp_path, [
+            {"name": "primary", "host": "127.0.0.1", "port": up.port, "max_connections": 2}])
+        async with running_relay(settings) as relay:
+            for i in range(10):
+                await send(relay.address, "s@example.org", ["r@example.com"], make_message(i))
+            await up.wait_for(10)
+    assert len(up.handler.connections) <= 3
+    assert sorted(g.message_id for g in up.received) == sorted(
+        f"<msg-{i}@test.example>" for i in range(10))
+
+
+async def test_route_binds_source_address(tmp_path: Path) -> None:
+    async with upstream() as up:
+        settings = relay_settings(tmp_path, [
+            {"name": "primary", "host": "127.0.0.1", "port": up.port,
+             "source_address": "127.0.0.2"}])
+        async with running_relay(settings) as relay:
+            await send(relay.address, "s@example.org", ["r@example.com"], make_message(5))
+            [got] = await up.wait_for(1)
+    assert got.peer == "127.0.0.2"
+
+
+async def test_restart_delivers_what_was_queued(tmp_path: Path) -> None:
+    port = free_port()
+    settings = relay_settings(tmp_path, [{"name": "primary", "host": "127.0.0.1", "port": port}])
+    async with running_relay(settings) as relay:
+        for i in range(3):
+            await send(relay.address, "s@example.org", ["r@example.com"], make_message(i))
+    # Now the smarthost is up, on the same port; a fresh relay finds the spool.
+    handler = UpstreamHandler()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: __import__("support").ScriptedSMTP(handler, dsn=False, starttls=False,
+                                                   hostname="up"), "127.0.0.1", port)
+    try:
+        async with running_relay(settings) as relay:
+            relay.manager.retry_now([m.seq for m in await _queued(relay)])
+            async with asyncio.timeout(15):
+                while len(handler.received) < 3:
+                    await asyncio.sleep(0.05)
+    finally:
+        server.close()
+    assert sorted(r.message_id for r in handler.received) == [
+        f"<msg-{i}@test.example>" for i in range(3)]
