@@ -21,6 +21,8 @@ from relayguard.dsn_facts import (
     RecipientFacts,
     ReportContext,
     ReportKind,
+    clean,
+    format_fields,
     iso_utc,
     parse_orcpt,
     recipient_facts,
@@ -30,7 +32,7 @@ from relayguard.dsn_facts import (
     typed_address,
     xtext_decode,
 )
-from relayguard.dsn_text import clean, human_text
+from relayguard.dsn_text import human_text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,7 +53,6 @@ __all__ = [
 ]
 
 CRLF = b"\r\n"
-FOLD_AT = 78
 SUBJECTS = {
     ReportKind.BOUNCE: "Undelivered Mail Returned to Sender",
     ReportKind.DELAY: "Delayed Mail (still being retried)",
@@ -257,8 +258,10 @@ def _status_part(
     fields.append(("X-Relayguard-Queue-ID", message.queue_id))
     fields.append(("X-Relayguard-Sender", typed_address(env.sender, utf8=utf8)))
     fields.append(("Arrival-Date", rfc5322_date(message.arrival_at)))
-    blocks = [_fields(fields, utf8=utf8)]
-    blocks += [_fields(_recipient_fields(f, utf8=utf8, until=until), utf8=utf8) for f in facts]
+    blocks = [format_fields(fields, utf8=utf8)]
+    blocks += [
+        format_fields(_recipient_fields(f, utf8=utf8, until=until), utf8=utf8) for f in facts
+    ]
     content = (CRLF + CRLF).join(blocks) + CRLF
     kind = b"message/global-delivery-status" if utf8 else b"message/delivery-status"
     headers = [b"Content-Description: Delivery report", b"Content-Type: " + kind]
@@ -315,31 +318,6 @@ def _original_part(
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _fields(fields: Sequence[tuple[str, str]], *, utf8: bool) -> bytes:
-    lines: list[str] = []
-    for name, value in fields:
-        text = clean(value)
-        if not utf8:
-            text = text.encode("ascii", errors="replace").decode("ascii")
-        lines += _fold(f"{name}: {text}")
-    return "\r\n".join(lines).encode()
-
-
-def _fold(line: str) -> list[str]:
-    """Fold before existing spaces, so unfolding gives the value back unchanged."""
-    out: list[str] = []
-    while len(line) > FOLD_AT:
-        cut = line.rfind(" ", 0, FOLD_AT)
-        if cut <= 0 or not line[:cut].strip():
-            cut = line.find(" ", FOLD_AT)
-            if cut <= 0:
-                break
-        out.append(line[:cut])
-        line = line[cut:]
-    out.append(line)
-    return out
 
 
 def _headers_of(body: bytes) -> bytes:

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from relayguard.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings
 
@@ -57,11 +58,64 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_HELP = f"config file (default $RELAYGUARD_CONFIG or {DEFAULT_CONFIG_PATH})"
+
+
+class _Commands:
+    """Subcommands that all take --config, before or after the command name."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+        self._common = argparse.ArgumentParser(add_help=False)
+        self._common.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return self._sub.add_parser(name, parents=[self._common], **kwargs)  # type: ignore[no-any-return]
+
+
+def _optional_settings(args: argparse.Namespace) -> Settings | None:
+    """The config when one is named or installed; the policy tools also work without."""
+    path = _config_path(args)
+    if args.config is None and not os.environ.get("RELAYGUARD_CONFIG") and not path.exists():
+        return None
+    return _load(path)
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from relayguard.policy.commands import check_files  # noqa: PLC0415
+
+    settings = _optional_settings(args)
+    routes = [r.name for r in settings.routes] if settings else None
+    errors = check_files([Path(f) for f in args.files], routes)
+    for error in errors:
+        print(f"relayguard: {error}", file=sys.stderr)
+    if not errors:
+        print(f"ok: {', '.join(args.files)}")
+    return 2 if errors else 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from relayguard.policy import PolicyError, load_policy  # noqa: PLC0415
+    from relayguard.policy.commands import explain  # noqa: PLC0415
+
+    settings = _optional_settings(args)
+    routes = [r.name for r in settings.routes] if settings else [args.route or "primary"]
+    files = [Path(f) for f in args.policy] if args.policy else (
+        list(settings.policy.files) if settings else [])
+    try:
+        policy = load_policy(files, routes)
+    except PolicyError as exc:
+        print(f"relayguard: {exc}", file=sys.stderr)
+        return 2
+    print(explain(policy, code=args.code, text=args.text, domain=args.domain,
+                  route=args.route or routes[0], phase=args.phase, routes=routes))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayguard", description=__doc__)
-    parser.add_argument("--config", help=f"config file (default ${{RELAYGUARD_CONFIG}} or "
-                                         f"{DEFAULT_CONFIG_PATH})")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--config", default=None, help=CONFIG_HELP)
+    sub = _Commands(parser.add_subparsers(dest="command", required=True))
 
     p = sub.add_parser("serve", help="run the relay")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -71,9 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?")
     p.set_defaults(func=cmd_check_config)
 
-    from relayguard import cli_extra  # noqa: PLC0415 - the operator tools register themselves
+    p = sub.add_parser("policy", help="check policy files, explain a decision")
+    psub = _Commands(p.add_subparsers(dest="policy_command", required=True))
+    c = psub.add_parser("check", help="validate policy files")
+    c.add_argument("files", nargs="+")
+    c.set_defaults(func=cmd_policy_check)
+    e = psub.add_parser("explain", help="which rule matches a reply, and what it decides")
+    e.add_argument("--code", type=int, required=True)
+    e.add_argument("--text", default="")
+    e.add_argument("--domain", default="example.com")
+    e.add_argument("--route", default=None)
+    e.add_argument("--phase", default="rcpt")
+    e.add_argument("--policy", action="append", default=None,
+                   help="policy file (repeatable); default: the config's, or the packaged default")
+    e.set_defaults(func=cmd_policy_explain)
+
+    # Operator tools (queue, routes, sink) and the replay register themselves.
+    from relayguard import cli_extra  # noqa: PLC0415
+    from relayguard.replay import cli as replay_cli  # noqa: PLC0415
 
     cli_extra.register(sub)
+    replay_cli.register(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """MAIL FROM and RCPT TO parameters: SIZE, BODY, SMTPUTF8 and DSN (RFC 3461).
 
 Pure parsing, so the front end stays about sessions. Values keep their case:
-ENVID and ORCPT are opaque to us and go back verbatim in reports and upstream.
+ENVID and ORCPT are opaque to us: kept as received (xtext), passed upstream
+verbatim, decoded only when a report shows them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import re
 from dataclasses import dataclass
 
 NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
-_XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
 
 
 class ParamError(ValueError):
@@ -19,26 +19,6 @@ class ParamError(ValueError):
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
         self.reply = reply
-
-
-def xtext_decode(value: str) -> str:
-    """RFC 3461 §4: '+XX' is a hex-escaped byte."""
-    raw = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
-    try:
-        return raw.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return raw
-
-
-def xtext_encode(value: str) -> str:
-    out = []
-    for byte in value.encode("utf-8"):
-        ch = chr(byte)
-        if 33 <= byte <= 126 and ch not in "+=":
-            out.append(ch)
-        else:
-            out.append(f"+{byte:02X}")
-    return "".join(out)
 
 
 def _valid_xtext(value: str) -> bool:
@@ -78,7 +58,7 @@ class MailParams:
 @dataclass(frozen=True, slots=True)
 class RcptParams:
     notify: tuple[str, ...] = ()
-    orcpt: str | None = None  # "rfc822;addr" with the address xtext-decoded
+    orcpt: str | None = None  # "rfc822;addr", xtext as received (decoded only for reports)
 
 
 def _split(params: str) -> list[tuple[str, str | None]]:
@@ -145,7 +125,7 @@ def parse_rcpt_params(params: str) -> RcptParams:
             addr_type, sep, addr = (value or "").partition(";")
             if not sep or not addr or not _valid_xtext(addr) or not addr_type.isascii():
                 raise ParamError("501 5.5.4 Bad ORCPT parameter")
-            orcpt = f"{addr_type.lower()};{xtext_decode(addr)}"
+            orcpt = f"{addr_type};{addr}"
         else:
             raise ParamError(f"555 5.5.4 Unsupported RCPT parameter {key}")
     return RcptParams(notify, orcpt)
@@ -157,6 +137,5 @@ def rcpt_upstream_params(notify: tuple[str, ...], orcpt: str | None) -> tuple[st
     if notify:
         out.append("NOTIFY=" + ",".join(notify))
     if orcpt:
-        addr_type, _, addr = orcpt.partition(";")
-        out.append(f"ORCPT={addr_type};{xtext_encode(addr)}")
+        out.append(f"ORCPT={orcpt}")
     return tuple(out)

@@ -15,6 +15,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from relayguard.model import Attempt, QueuedMessage, Recipient, Reply
 
 # The rule name the policy engine gives a bounce for an expired message lifetime.
@@ -172,6 +174,55 @@ def typed_address(address: str, *, utf8: bool, addr_type: str = "rfc822") -> str
     if utf8 and not any(ord(ch) <= 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in address):
         return f"utf-8; {address}"  # the plain utf-8-address (Mailbox) form
     return f"utf-8; {unitext_encode(address, ascii_only=not utf8)}"
+
+
+# ---------------------------------------------------------------- field syntax
+
+FOLD_AT = 78
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def clean(text: str) -> str:
+    """One line of untrusted text (a remote reply) made safe to print."""
+    return _CONTROL.sub("?", text.replace("\t", " "))
+
+
+def format_fields(fields: Sequence[tuple[str, str]], *, utf8: bool) -> bytes:
+    """DSN fields as CRLF-separated bytes; 7-bit unless `utf8` (RFC 6533)."""
+    lines: list[str] = []
+    for name, value in fields:
+        text = clean(value)
+        if not utf8:
+            text = text.encode("ascii", errors="replace").decode("ascii")
+        lines += fold_field(f"{name}: {text}")
+    return "\r\n".join(lines).encode()
+
+
+def fold_field(line: str) -> list[str]:
+    """Fold before existing spaces, so unfolding gives the value back unchanged."""
+    out: list[str] = []
+    while len(line) > FOLD_AT:
+        cut = line.rfind(" ", 0, FOLD_AT)
+        if cut <= 0 or not line[:cut].strip():
+            cut = line.find(" ", FOLD_AT)
+            if cut <= 0:
+                break
+        out.append(line[:cut])
+        line = line[cut:]
+    out.append(line)
+    return [piece for part in out for piece in hard_split(part, " ")]
+
+
+MAX_LINE = 998  # RFC 5322 octets, without CRLF
+_CHUNK = MAX_LINE // 4 - 2  # characters: safe for any UTF-8 text after a short prefix
+
+
+def hard_split(line: str, prefix: str) -> list[str]:
+    """Split a pathological line (a 1000-character word) so no line exceeds MAX_LINE octets."""
+    if len(line.encode()) <= MAX_LINE:
+        return [line]
+    first, rest = line[:_CHUNK], line[_CHUNK:]
+    return [first, *(prefix + rest[i : i + _CHUNK] for i in range(0, len(rest), _CHUNK))]
 
 
 # ---------------------------------------------------------------- attempts and status

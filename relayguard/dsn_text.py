@@ -8,7 +8,6 @@ can do about this class of failure.
 
 from __future__ import annotations
 
-import re
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,9 @@ from relayguard.dsn_facts import (
     RecipientFacts,
     ReportContext,
     ReportKind,
+    clean,
     duration_words,
+    hard_split,
     rfc5322_date,
 )
 from relayguard.model import Phase, QueuedMessage, Reply, domain_of
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 WIDTH = 78
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _IN_REPLY_TO = {
     Phase.GREETING: "in reply to the initial greeting",
@@ -44,11 +44,6 @@ WARNING_BANNER = (
 )
 
 
-def clean(text: str) -> str:
-    """One line of untrusted text (a remote reply) made safe to print."""
-    return _CONTROL.sub("?", text.replace("\t", " "))
-
-
 def _wrap(text: str, *, indent: str = "") -> list[str]:
     lines = textwrap.wrap(
         text,
@@ -58,7 +53,7 @@ def _wrap(text: str, *, indent: str = "") -> list[str]:
         break_long_words=False,
         break_on_hyphens=False,
     )
-    return lines or [indent.rstrip()]
+    return [piece for line in lines for piece in hard_split(line, indent + "    ")] or [""]
 
 
 def describe_reply(reply: Reply | None) -> str:
@@ -154,6 +149,22 @@ def advice(facts: RecipientFacts, message: QueuedMessage, ctx: ReportContext) ->
     )
 
 
+_DELAY_NOTES: dict[int, str] = {
+    4: "The receiving system cannot be reached at the moment.",
+    7: (
+        "The receiving system is refusing mail from our servers for policy or "
+        "reputation reasons (a block list, or throttling)."
+    ),
+}
+
+
+def delay_note(facts: RecipientFacts) -> str:
+    """Why a delayed recipient is still waiting; nothing for the sender to do yet."""
+    subject, _ = _subject_detail(facts.status)
+    why = _DELAY_NOTES.get(subject, "The receiving system is deferring the message.")
+    return f"{why} We keep trying, through other routes where we have them."
+
+
 def _intro(kind: ReportKind, message: QueuedMessage, ctx: ReportContext) -> list[str]:
     if kind is ReportKind.RELAYED:
         return [
@@ -170,11 +181,14 @@ def _intro(kind: ReportKind, message: QueuedMessage, ctx: ReportContext) -> list
     ]
 
 
-def _about_message(message: QueuedMessage, returned: str) -> list[str]:
+def _about_message(message: QueuedMessage, ctx: ReportContext, returned: str) -> list[str]:
     lines: list[str] = []
     if message.message_id:
         lines.append(f"Message-ID: {clean(message.message_id)}")
-    lines.append(f"Received:   {rfc5322_date(message.arrival_at)} (queue ID {message.queue_id})")
+    age = duration_words(ctx.now - message.arrival_at)
+    lines.append(
+        f"Received:   {rfc5322_date(message.arrival_at)}, {age} ago (queue ID {message.queue_id})"
+    )
     lines.append(f"Attempts:   {len(message.attempts)} delivery attempt(s) so far")
     lines.append(f"Returned:   {returned}")
     return lines
@@ -201,7 +215,7 @@ def human_text(
             "If you do so, please include this problem report.",
         ]
     lines += ["", "                   The mail system", ""]
-    lines += _about_message(message, returned)
+    lines += _about_message(message, ctx, returned)
     for fact in facts:
         lines.append("")
         lines += _wrap(f"<{clean(fact.recipient.address)}>: {describe_reply(fact.reply)}")
@@ -212,4 +226,6 @@ def human_text(
             lines += _wrap(f"Decided by policy rule: {clean(fact.rule)}", indent="    ")
         if kind is ReportKind.BOUNCE:
             lines += _wrap(f"What you can do: {advice(fact, message, ctx)}", indent="    ")
+        elif kind is ReportKind.DELAY:
+            lines += _wrap(f"What happens now: {delay_note(fact)}", indent="    ")
     return "\n".join(lines) + "\n"

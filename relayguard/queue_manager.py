@@ -61,6 +61,7 @@ class _Round:
 
     recipients: dict[str, Recipient]
     attempts: list[Attempt] = field(default_factory=list)
+    relayed_without_dsn: set[str] = field(default_factory=set)
     next_times: list[float] = field(default_factory=list)
 
 
@@ -193,21 +194,42 @@ class QueueManager:
             tuple(rnd.recipients[r.address] for r in message.envelope.recipients)
         )
         message.attempts.extend(rnd.attempts)
-        newly_failed = [
-            r for r in message.envelope.recipients
-            if r.state is RecipientState.FAILED and before[r.address] is RecipientState.QUEUED
-        ]
         if message.pending:
             message.next_attempt_at = min(rnd.next_times) if rnd.next_times else now
         else:
             message.state = MessageState.DONE
-        reports = self.build_reports(message, body, newly_failed, "bounce", now) if newly_failed else []
+        reports = self._reports(message, body, before, rnd, now)
         queued = await self.spool.finish_with_reports(message, rnd.attempts, reports)
         for report in queued:
             self.enqueue(report)
         if message.state is MessageState.ACTIVE:
             self.due.schedule(message.seq, message.next_attempt_at)
             self._wake.set()
+
+    def _reports(
+        self, message: QueuedMessage, body: bytes, before: dict[str, RecipientState],
+        rnd: _Round, now: float,
+    ) -> list[NewMessage]:
+        """NDRs for new failures, a delay warning once past [queue] delay_warning, and
+        'relayed' reports for NOTIFY=SUCCESS through peers without DSN."""
+        recipients = message.envelope.recipients
+        failed = [r for r in recipients
+                  if r.state is RecipientState.FAILED and before[r.address] is RecipientState.QUEUED]
+        relayed = [r for r in recipients
+                   if r.address in rnd.relayed_without_dsn and "SUCCESS" in r.notify]
+        warn_after = self.settings.queue.delay_warning
+        delayed: list[Recipient] = []
+        if warn_after and now - message.arrival_at >= warn_after:
+            delayed = [r for r in message.pending if not r.delay_warned]
+        reports: list[NewMessage] = []
+        for kind, group in (("bounce", failed), ("delay", delayed), ("relayed", relayed)):
+            if group:
+                reports += self.build_reports(message, body, group, kind, now)
+        if delayed:
+            warned = {r.address for r in delayed}
+            message.envelope = message.envelope.with_recipients(tuple(
+                replace(r, delay_warned=True) if r.address in warned else r for r in recipients))
+        return reports
 
     async def _deliver_domain(
         self, message: QueuedMessage, body: bytes, domain: str, recipients: list[Recipient],
@@ -299,6 +321,8 @@ class QueueManager:
             if reply.is_success:
                 for r in rcpts:
                     rnd.recipients[r.address] = _delivered(rnd.recipients[r.address], reply, route)
+                    if not outcome.peer_has_dsn:
+                        rnd.relayed_without_dsn.add(r.address)
                 rnd.attempts.append(Attempt(started, route, addresses, reply, "delivered", "",
                                             finished - started))
                 self._log("delivered", message, route, addresses, reply, finished - started,

@@ -25,7 +25,8 @@ from relayguard.frontend import ConnectionLimits, RelayHandler, make_protocol_fa
 from relayguard.policy import Policy, load_policy
 from relayguard.queue_manager import QueueManager, ReportBuilder
 from relayguard.reports import make_report_builder
-from relayguard.spool.sqlite import SqliteSpool
+from relayguard import systemd
+from relayguard.spool.sqlite import SqliteSpool, spool_usable
 
 log = structlog.get_logger("relayguard.relay")
 
@@ -115,6 +116,13 @@ class Relay:
         await self.spool.close()
         log.info("stopped")
 
+    def healthy(self) -> bool:
+        """The listener is open and the spool answers (for /healthz and the watchdog)."""
+        return (
+            self._server is not None and self._server.is_serving()
+            and spool_usable(self.settings.server.spool)
+        )
+
     def reload(self) -> None:
         """SIGHUP: re-read config and policies; a bad file keeps the old ones."""
         if self.config_path is None:
@@ -137,9 +145,19 @@ async def serve(settings: Settings, config_path: Path | None = None) -> None:
     await relay.start()
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
+
+    def reload() -> None:
+        systemd.notify("RELOADING=1")
+        relay.reload()
+        systemd.notify("READY=1")
+
     loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
     loop.add_signal_handler(signal.SIGINT, stop_requested.set)
-    loop.add_signal_handler(signal.SIGHUP, relay.reload)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    systemd.notify(f"READY=1\nSTATUS=listening on {relay.address[0]}:{relay.address[1]}")
+    watchdog = asyncio.create_task(systemd.run_watchdog(relay.healthy))
     await stop_requested.wait()
+    systemd.notify("STOPPING=1")
     log.info("stopping", grace=settings.server.shutdown_grace)
+    watchdog.cancel()
     await relay.stop()

@@ -25,7 +25,8 @@ def make_report_builder(settings: Settings) -> ReportBuilder:
     def build(
         message: QueuedMessage, body: bytes, recipients: Sequence[Recipient], kind: str, now: float
     ) -> list[NewMessage]:
-        ctx = bounce.ReportContext(reporting_mta=settings.server.hostname, now=now)
+        ctx = bounce.ReportContext(reporting_mta=settings.server.hostname, now=now,
+                                   max_lifetime=settings.queue.max_lifetime)
         record = bounce.bounce_record(message, recipients, kind, ctx, None)
         log.info("report_record", **record)
         if record_file is not None:
@@ -44,7 +45,8 @@ def make_report_builder(settings: Settings) -> ReportBuilder:
                      reason="null sender or NOTIFY")
             return []
         sender, rcpt = bounce.report_envelope(message)
-        env = Envelope(sender=sender, recipients=(Recipient(rcpt),), pinned_routes=pinned)
+        env = Envelope(sender=sender, recipients=(Recipient(rcpt),), pinned_routes=pinned,
+                       mail_options=bounce.report_mail_options(message, report))
         return [NewMessage(envelope=env, body=report, arrival_at=now)]
 
     return build

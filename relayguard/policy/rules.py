@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -46,6 +47,8 @@ class Scope(StrEnum):
 
 def human_duration(seconds: float) -> str:
     """Like format_duration, but for drawn (non-round) values: '7m32s'."""
+    if not math.isfinite(seconds):
+        return str(seconds)
     s = round(seconds)
     if s < 60 or (s == seconds and s % 60 == 0):
         return format_duration(float(s))

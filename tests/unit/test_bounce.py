@@ -450,6 +450,7 @@ def test_delay_warning() -> None:
     assert list(msg.iter_parts())[2].get_content_type() == "text/rfc822-headers"
     text = notification(raw)
     assert "THIS IS A WARNING ONLY" in text
+    assert "policy or reputation reasons" in " ".join(text.split())
     assert "Sun, 19 Nov 2023 22:13:20 +0000" in text
     assert "1 day" in text
 
@@ -598,7 +599,7 @@ def test_notification_explains_what_happened_and_what_to_do() -> None:
         "Recipient address rejected: User unknown (in reply to RCPT TO command)"
     ) in text
     assert "Tried 3 times, through: primary (2 times), backup (1 time)." in text
-    assert "Received: Tue, 14 Nov 2023 22:13:20 +0000 (queue ID ABC123)" in text
+    assert "Received: Tue, 14 Nov 2023 22:13:20 +0000, 1 day ago (queue ID ABC123)" in text
     assert "Message-ID: <orig-1@sender.example>" in text
     assert "Decided by policy rule: builtin:5xx" in text
     assert "Decided by policy rule: policy:default" in text  # carol and dave: the reason rule
@@ -669,3 +670,12 @@ def test_reports_are_deterministic_and_distinct_per_kind() -> None:
 def test_report_envelope_is_from_the_null_sender_to_the_original_sender() -> None:
     assert report_envelope(make_message(queued("bob@example.com"))) == ("", "alice@sender.example")
     assert report_mail_options(make_message(queued("b@example.com")), b"ascii") == ()
+
+
+def test_an_unbreakable_reply_never_makes_a_line_too_long() -> None:
+    reply = Reply(550, "5.7.1", "x" * 3000 + " é" * 5, Phase.RCPT, "mx.example.com")
+    bob = failed("bob@example.com", reply)
+    raw = build_ndr(make_message(bob, mail_options=("SMTPUTF8",)), BODY, [bob], CTX)
+    assert raw is not None
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert len(list(parse(raw).iter_parts())) == 3

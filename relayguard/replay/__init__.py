@@ -1,0 +1,1 @@
+"""Test mode: replay a queue against scripted upstreams on a virtual clock."""

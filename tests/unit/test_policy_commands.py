@@ -1,0 +1,169 @@
+# Copyright (c) 2026 the relayguard authors. MIT License.
+"""Operator tools: check_files and explain."""
+
+from __future__ import annotations
+
+import pytest
+
+from relayguard.policy import load_policy
+from relayguard.policy.commands import check_files, explain
+from relayguard.policy.loader import DEFAULT_POLICY_FILE
+
+ROUTES = ["primary", "backup"]
+
+ROUTED = """
+[[rule]]
+id = "to-backup"
+description = "send Microsoft throttling through the backup route"
+match = { code = "4xx", enhanced = "4.7.*", domain = ["*.outlook.com", "outlook.com"] }
+action = "reroute"
+reroute = ["backup"]
+suspend_for = "5m..10m"
+suspend_scope = "route"
+retry_after = "5m"
+throttle = { max_connections = 2, for = "30m" }
+"""
+
+
+def write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- check_files -------------------------------------------------------------------
+
+
+def test_check_files_passes_the_default_pack_and_its_corpus():
+    assert check_files([], ROUTES) == []
+    assert check_files([DEFAULT_POLICY_FILE], None) == []
+
+
+def test_check_files_reports_each_bad_file(tmp_path):
+    bad_action = write(tmp_path, "a.toml", '[[rule]]\nid = "x"\naction = "explode"\n')
+    bad_regex = write(
+        tmp_path, "b.toml", '[[rule]]\nid = "y"\nmatch = { text = "(" }\naction = "bounce"\n'
+    )
+    errors = check_files([bad_action, bad_regex], ROUTES)
+    assert len(errors) == 2
+    assert errors[0].startswith(f"{bad_action}: rule 'x' (rule[0]): action: unknown action")
+    assert errors[1].startswith(f"{bad_regex}: rule 'y' (rule[0]): match.text: bad regex")
+
+
+def test_check_files_checks_route_names_only_when_given(tmp_path):
+    path = write(tmp_path, "routed.toml", ROUTED)
+    assert check_files([path], None) == []
+    assert check_files([path], ROUTES) == []
+    errors = check_files([path], ["primary", "secondary"])
+    expected = (
+        f"{path}: rule 'to-backup' (rule[0]): reroute: unknown route 'backup' "
+        "(routes: primary, secondary)"
+    )
+    assert errors == [expected]
+
+
+def test_check_files_finds_duplicate_ids_across_files(tmp_path):
+    a = write(tmp_path, "a.toml", ROUTED)
+    b = write(tmp_path, "b.toml", ROUTED)
+    (error,) = check_files([a, b], ROUTES)
+    assert error.startswith(f"{b}: rule 'to-backup' (rule[0]): id: duplicate id")
+
+
+def test_check_files_runs_a_corpus_beside_the_file(tmp_path):
+    path = write(tmp_path, "mine.toml", ROUTED)
+    write(
+        tmp_path,
+        "mine.corpus.toml",
+        'routes = ["primary", "backup"]\n'
+        "[[case]]\n"
+        'reply = "451 4.7.500 Server busy"\n'
+        'domain = "outlook.com"\n'
+        'expect = { rule = "to-backup", action = "reroute", reroute_to = ["backup"] }\n'
+        "[[case]]\n"
+        'reply = "451 4.7.500 Server busy"\n'
+        'expect = { rule = "to-backup", action = "reroute" }\n',
+    )
+    (error,) = check_files([path], None)
+    assert "mine.corpus.toml: case[1]" in error
+    assert "rule 'builtin:4xx', expected 'to-backup'" in error
+
+
+def test_check_files_reports_a_broken_corpus(tmp_path):
+    path = write(tmp_path, "mine.toml", ROUTED)
+    write(tmp_path, "mine.corpus.toml", '[[case]]\nreply = "451 x"\n')
+    (error,) = check_files([path], None)
+    assert "case[0]: expect" in error
+
+
+def test_check_files_reports_an_unreadable_file(tmp_path):
+    (error,) = check_files([tmp_path / "missing.toml"], ROUTES)
+    assert "cannot read" in error
+
+
+# --- explain ------------------------------------------------------------------------
+
+
+def test_explain_a_rule_match():
+    policy = load_policy([], ROUTES)
+    text = explain(
+        policy,
+        code=554,
+        text="5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+        domain="Example.COM",
+        routes=ROUTES,
+        now=1000.0,
+    )
+    assert "reply:     554 5.7.1 Service unavailable" in text
+    assert "route primary, domain example.com" in text
+    assert "rule:      ip-blocklisted (" in text
+    assert "default.toml rule[" in text
+    assert "our egress IP is on a blocklist" in text
+    assert "matches: code is 4xx or 5xx" in text
+    assert "and: text matches /blocked using" in text
+    assert "reroute = next" in text
+    assert "give_up_after = 2d" in text
+    assert "decision:  reroute" in text
+    assert "reroute:   now, via backup" in text
+    assert "suspend:   route primary for example.com until" in text
+    assert "reason:    our egress IP is on a blocklist; rerouting via backup" in text
+
+
+def test_explain_a_deferral_with_throttle(tmp_path):
+    policy = load_policy([write(tmp_path, "p.toml", ROUTED)], ROUTES)
+    text = explain(
+        policy, code=451, text="4.7.500 Server busy", domain="outlook.com", route="backup",
+        routes=ROUTES, now=0.0, seed=3,
+    )
+    assert "rule:      to-backup" in text
+    assert "and: domain is *.outlook.com or outlook.com" in text
+    assert "decision:  defer" in text
+    assert "retry:     at 300 (in 5m)" in text
+    assert "suspend:   route backup for every destination" in text
+    assert "throttle:  route backup for outlook.com to 2 connections until 1800 (for 30m)" in text
+    assert "no other route left" in text
+
+
+def test_explain_builtins():
+    policy = load_policy([], ROUTES)
+    text = explain(policy, code=554, text="5.9.9 odd", routes=ROUTES)
+    assert "rule:      builtin:5xx (built-in)" in text
+    assert "bounce:    NDR with 554 5.9.9 odd" in text
+    text = explain(
+        policy, code=421, text="4.4.1 Connection refused", phase="connect", synthetic=True,
+        routes=ROUTES,
+    )
+    assert "builtin:fallback-relay" in text
+    assert "synthetic" in text
+    assert "reroute:   now, via backup" in text
+
+
+def test_explain_is_reproducible_per_seed():
+    policy = load_policy([], ROUTES)
+    kw = {"code": 451, "text": "4.7.500 Server busy. Please try again later", "routes": ROUTES}
+    assert explain(policy, seed=1, **kw) == explain(policy, seed=1, **kw)
+
+
+def test_explain_rejects_an_unknown_phase():
+    policy = load_policy([], ROUTES)
+    with pytest.raises(ValueError, match="unknown phase 'quit'"):
+        explain(policy, code=550, text="x", phase="quit", routes=ROUTES)

@@ -1,0 +1,223 @@
+# Copyright (c) 2026 the relayguard authors. MIT License.
+"""load_policy(): every bad file gives a PolicyError naming the file, the rule and the key."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from relayguard.policy import PolicyError, load_policy
+from relayguard.policy.loader import DEFAULT_POLICY_FILE
+from relayguard.policy.rules import RuleAction, Scope, TreatAs
+
+ROUTES = ["primary", "backup"]
+
+GOOD = """
+[[rule]]
+id = "ok"
+match = { code = "5xx", text = "blocked" }
+action = "bounce"
+"""
+
+
+def write(tmp_path, text: str, name: str = "x.toml"):
+    path = tmp_path / "policies" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(tmp_path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as info:
+        load_policy([path], ROUTES)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    return message
+
+
+def rule(body: str, rule_id: str = "rbl-block") -> str:
+    return GOOD + f'\n[[rule]]\nid = "{rule_id}"\n{body}\n'
+
+
+def test_default_pack_loads_and_is_used_without_files():
+    policy = load_policy([], ROUTES)
+    assert policy.files == (str(DEFAULT_POLICY_FILE),)
+    assert len(policy.rules) > 5
+    assert len({r.id for r in policy.rules}) == len(policy.rules)
+    # The default pack names no route, so it loads whatever the routes are called.
+    assert load_policy([], ["only"]).rules == policy.rules
+
+
+def test_load_policy_passes_queue_settings_through(tmp_path):
+    policy = load_policy([write(tmp_path, GOOD)], ROUTES, max_lifetime=60, backoff_start=1,
+                         backoff_max=2)
+    assert (policy.max_lifetime, policy.backoff_start, policy.backoff_max) == (60, 1, 2)
+    assert [r.id for r in policy.rules] == ["ok"]
+
+
+def test_a_full_rule_loads(tmp_path):
+    text = rule(
+        """
+        description = "egress IP listed"
+        action = "reroute"
+        reroute = ["backup"]
+        suspend_for = "5m..10m"
+        suspend_scope = "route"
+        treat_as = "temporary"
+        give_up_after = "48h"
+        retry_after = "5m..10m"
+        throttle = { max_connections = 3, for = "1h" }
+        honor_retry_hint = false
+
+        [rule.match]    # the long form of match = { ... }
+        code = ["554", "5xx"]
+        enhanced = "5.7.*"
+        text = "blocked using"
+        phase = ["rcpt", "after-data"]
+        domain = ["*.outlook.com", "Hotmail.COM"]
+        route = "primary"
+        synthetic = false
+        """
+    )
+    (r,) = [x for x in load_policy([write(tmp_path, text)], ROUTES).rules if x.id == "rbl-block"]
+    assert r.action is RuleAction.REROUTE
+    assert r.treat_as is TreatAs.TEMPORARY
+    assert r.reroute == ("backup",)
+    assert not r.reroute_next
+    assert r.suspend_scope is Scope.ROUTE
+    assert (r.suspend_for.low, r.suspend_for.high) == (300, 600)
+    assert r.give_up_after == 48 * 3600
+    assert r.throttle is not None
+    assert r.throttle.max_connections == 3
+    assert not r.honor_retry_hint
+    assert r.match.domains == ("*.outlook.com", "hotmail.com")
+    assert r.source.endswith("x.toml rule[1]")
+
+
+def test_files_load_in_order(tmp_path):
+    a = write(tmp_path, GOOD, "a.toml")
+    b = write(tmp_path, GOOD.replace('"ok"', '"ok2"'), "b.toml")
+    assert [r.id for r in load_policy([b, a], ROUTES).rules] == ["ok2", "ok"]
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "detail"),
+    [
+        ('match = { text = "(unclosed" }\naction = "bounce"', "match.text", "bad regex"),
+        ('action = "explode"', "action", "unknown action 'explode'"),
+        ('action = "bounce"\nretry_afer = "5m"', "retry_afer", "unknown key"),
+        ('action = "bounce"\nmatch = { cdoe = "5xx" }', "match.cdoe", "unknown key"),
+        ('action = "reroute"\nreroute = ["nope"]', "reroute",
+         "unknown route 'nope' (routes: primary, backup)"),
+        ('action = "defer"\nmatch = { route = ["primary", "nope"] }', "match.route",
+         "unknown route 'nope'"),
+        ('action = "defer"\nretry_after = "5 parsecs"', "retry_after", "bad duration"),
+        ('action = "defer"\nretry_after = "10m..5m"', "retry_after", "bad duration range"),
+        ('action = "defer"\ngive_up_after = "-3h"', "give_up_after", "bad duration"),
+        ('action = "suspend"\nsuspend_for = "0s"', "suspend_for", "more than zero"),
+        ('action = "defer"\nbackoff = { start = "5m", factor = 2 }', "backoff.cap", "required"),
+        ('action = "defer"\nbackoff = { start = "1h", cap = "5m" }', "backoff.cap", "not below"),
+        ('action = "defer"\nbackoff = { start = "5m", cap = "1h", factor = 0 }',
+         "backoff.factor", "from 1 to 100"),
+        ('action = "defer"\nbackoff = { start = "5m", cap = "1h", jitter = 1 }',
+         "backoff.jitter", "unknown key"),
+        ('action = "defer"\nretry_after = "5m"\nbackoff = { start = "5m", cap = "1h" }',
+         "backoff", "not both"),
+        ('action = "throttle"', "throttle", "required for action 'throttle'"),
+        ('action = "throttle"\nthrottle = { max_connections = 0, for = "1h" }',
+         "throttle.max_connections", "from 1"),
+        ('action = "throttle"\nthrottle = { max_connections = 2 }', "throttle.for", "required"),
+        ('action = "suspend"', "suspend_for", "required for action 'suspend'"),
+        ('action = "defer"\nsuspend_scope = "route"', "suspend_scope", "only used together"),
+        ('action = "defer"\nsuspend_for = "5m"\nsuspend_scope = "planet"', "suspend_scope",
+         "unknown suspend_scope"),
+        ('action = "reroute"', "reroute", "required for action 'reroute'"),
+        ('action = "defer"\nreroute = "next"', "reroute", "only used with action 'reroute'"),
+        ('action = "reroute"\nreroute = "elsewhere"', "reroute", 'expected "next"'),
+        ('action = "bounce"\nretry_after = "5m"', "retry_after", "not used with action 'bounce'"),
+        ('action = "bounce"\nsuspend_for = "5m"', "suspend_for", "not used with action"),
+        ('action = "defer"\ntreat_as = "permanent"', "treat_as", "'permanent' means bounce"),
+        ('action = "bounce"\ntreat_as = "temporary"', "treat_as", "contradicts"),
+        ('treat_as = "sometimes"', "treat_as", "unknown treat_as"),
+        ('description = "no action"', "action", "required key is missing"),
+        ('action = "defer"\nmatch = { code = "6xx" }', "match.code", "reply code"),
+        ('action = "defer"\nmatch = { code = [] }', "match.code", "non-empty list"),
+        ('action = "defer"\nmatch = { enhanced = "5.7" }', "match.enhanced", "enhanced status"),
+        ('action = "defer"\nmatch = { enhanced = "3.1.1" }', "match.enhanced", "class 2, 4 or 5"),
+        ('action = "defer"\nmatch = { phase = "quit" }', "match.phase", "unknown phase"),
+        ('action = "defer"\nmatch = { domain = "bad domain" }', "match.domain", "glob"),
+        ('action = "defer"\nmatch = { synthetic = "yes" }', "match.synthetic", "true or false"),
+        ('action = "defer"\nhonor_retry_hint = 1', "honor_retry_hint", "true or false"),
+        ('action = "defer"\nmatch = "5xx"', "match", "expected a table"),
+    ],
+)
+def test_bad_rule_names_file_rule_and_key(tmp_path, body, key, detail):
+    message = load_error(tmp_path, rule(body))
+    assert f"rule 'rbl-block' (rule[1]): {key}: " in message, message
+    assert detail in message, message
+
+
+def test_the_issue_example_message(tmp_path):
+    path = write(tmp_path, rule('action = "reroute"\nreroute = ["nope"]'))
+    with pytest.raises(PolicyError) as info:
+        load_policy([path], ROUTES)
+    assert str(info.value) == (
+        f"{path}: rule 'rbl-block' (rule[1]): reroute: unknown route 'nope' "
+        "(routes: primary, backup)"
+    )
+
+
+def test_missing_id(tmp_path):
+    message = load_error(tmp_path, GOOD + '\n[[rule]]\naction = "bounce"\n')
+    assert "rule[1]: id: required key is missing" in message
+
+
+@pytest.mark.parametrize("bad_id", ["builtin:5xx", "has space", "-dash-first"])
+def test_bad_id(tmp_path, bad_id):
+    message = load_error(tmp_path, rule('action = "bounce"', rule_id=bad_id))
+    assert "(rule[1]): id: " in message
+
+
+def test_duplicate_id_in_one_file(tmp_path):
+    message = load_error(tmp_path, rule('action = "bounce"', rule_id="ok"))
+    assert "rule 'ok' (rule[1]): id: duplicate id, first used in" in message
+    assert "x.toml rule[0]" in message
+
+
+def test_duplicate_id_across_files(tmp_path):
+    a = write(tmp_path, GOOD, "a.toml")
+    b = write(tmp_path, GOOD, "b.toml")
+    with pytest.raises(PolicyError, match=r"b\.toml: rule 'ok' \(rule\[0\]\): id: duplicate id"):
+        load_policy([a, b], ROUTES)
+
+
+def test_not_toml(tmp_path):
+    assert "not valid TOML" in load_error(tmp_path, "[[rule]\nid=")
+
+
+def test_unknown_top_level_key(tmp_path):
+    message = load_error(tmp_path, GOOD + "\n[settings]\nx = 1\n")
+    assert "settings: unknown top-level key" in message
+
+
+def test_rule_must_be_an_array_of_tables(tmp_path):
+    assert "rule: expected an array of tables" in load_error(tmp_path, 'rule = "x"\n')
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(PolicyError, match=re.escape(f"{path}: cannot read")):
+        load_policy([path], ROUTES)
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[[rule]]\nid = "caf\xe9"\n')
+    with pytest.raises(PolicyError, match="expected UTF-8"):
+        load_policy([path], ROUTES)
+
+
+def test_empty_file_is_only_the_builtins(tmp_path):
+    assert load_policy([write(tmp_path, "# nothing\n")], ROUTES).rules == ()
