@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """RFC 3464 delivery reports (NDRs, delay warnings, relay reports) and their JSON record.
 
 Pure: time and host names come in through `ReportContext`; nothing here reads

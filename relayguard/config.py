@@ -108,6 +108,7 @@ class RouteSettings:
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
     messages_per_connection: int = 100
+    ndr_only: bool = False  # carries only NDRs and reports (back to the originating MTA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +320,7 @@ def _read_route(file: str, index: int, table: object) -> RouteSettings:
             "messages_per_connection", _int_range(1, 1_000_000), d.messages_per_connection,
             "a number from 1",
         ),
+        ndr_only=s.get("ndr_only", _bool, d.ndr_only, "true or false"),
     )
     s.finish()
     return out
@@ -339,6 +341,8 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
         raise ConfigError(f"{file}: route: expected at least one [[route]] table")
     routes = tuple(_read_route(file, i, r) for i, r in enumerate(raw_routes))
     names = [r.name for r in routes]
+    if all(r.ndr_only for r in routes):
+        raise ConfigError(f"{file}: route: expected at least one route without ndr_only = true")
     for i, n in enumerate(names):
         if n in names[:i]:
             raise ConfigError(f"{file}: route[{i}].name: expected a unique name, {n!r} is used twice")

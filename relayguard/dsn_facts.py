@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """The facts a delivery report states about a message and its recipients (pure).
 
 Shared by the machine-readable part (`bounce`), the human-readable part

@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """The human-readable first part of a delivery report (pure).
 
 Postfix's wording where it fits, plus what relayguard knows that Postfix does

@@ -279,6 +279,15 @@ class Throttle:
     until: float
     rule: str
 
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "route": self.route,
+            "destination": self.destination,
+            "max_connections": self.max_connections,
+            "until": self.until,
+            "rule": self.rule,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -300,6 +309,7 @@ class Decision:
             "retry_at": self.retry_at,
             "reroute_to": list(self.reroute_to),
             "suspend": self.suspend.to_dict() if self.suspend else None,
+            "throttle": self.throttle.to_dict() if self.throttle else None,
             "reason": self.reason,
         }
 

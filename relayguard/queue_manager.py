@@ -85,6 +85,8 @@ class QueueManager:
 
     def __post_init__(self) -> None:
         self._route_names = tuple(r.name for r in self.settings.routes)
+        self._ndr_only = frozenset(r.name for r in self.settings.routes if r.ndr_only)
+        self._mail_routes = tuple(r for r in self._route_names if r not in self._ndr_only)
         self.routes = RouteTable(self._route_names)
         if not self.max_in_flight:
             self.max_in_flight = 2 * sum(r.max_connections for r in self.settings.routes)
@@ -236,15 +238,14 @@ class QueueManager:
         rnd: _Round, rng: random.Random,
     ) -> None:
         tried: set[str] = set()
-        prefer: tuple[str, ...] = message.envelope.pinned_routes
+        pinned = message.envelope.pinned_routes
+        # Ordinary mail never takes an ndr_only route; a report pinned to a route takes only it.
+        barred = self._ndr_only if not pinned else frozenset(self._route_names) - set(pinned)
+        prefer: tuple[str, ...] = pinned
         todo = recipients
         while todo:
             now = self.clock.now()
-            route = self.routes.choose(domain, now, exclude=tried, prefer=prefer)
-            if route is not None and message.envelope.pinned_routes and (
-                route not in message.envelope.pinned_routes
-            ):
-                route = None
+            route = self.routes.choose(domain, now, exclude=tried | barred, prefer=prefer)
             if route is None:
                 self._hold(message, domain, todo, rnd, now, after_attempt=bool(tried))
                 return
@@ -329,7 +330,8 @@ class QueueManager:
                           probe=probe, possible_duplicate=outcome.possible_duplicate)
                 continue
             view = RouteView(
-                route=route, destination=domain, routes=self._route_names,
+                route=route, destination=domain,
+                routes=self._mail_routes if route in self._mail_routes else (route,),
                 tried_now=tried,
                 suspended=self.routes.suspended_routes(domain, finished),
             )
@@ -346,7 +348,8 @@ class QueueManager:
             for r in rcpts:
                 cur = rnd.recipients[r.address]
                 if decision.action is Action.BOUNCE:
-                    rnd.recipients[r.address] = _failed(cur, reply, decision.rule)
+                    # decision.reply: the last real reply when this one was our own synthetic
+                    rnd.recipients[r.address] = _failed(cur, decision.reply, decision.rule)
                 elif decision.action is Action.REROUTE:
                     rnd.recipients[r.address] = _with_reply(cur, reply)
                     reroute.append(rnd.recipients[r.address])

@@ -116,7 +116,22 @@ class ScriptedSMTP(SMTP):  # type: ignore[misc]
         await super()._handle_client()
 
     async def smtp_EHLO(self, arg: str) -> None:  # noqa: N802
-        await super().smtp_EHLO(arg)
+        if not self._dsn:
+            await super().smtp_EHLO(arg)
+            return
+        # Advertise DSN: intercept the final "250 HELP" line.
+        original_push = self.push
+
+        async def push(status: str) -> None:
+            if status == "250 HELP":
+                await original_push("250-DSN")
+            await original_push(status)
+
+        self.push = push
+        try:
+            await super().smtp_EHLO(arg)
+        finally:
+            del self.push
 
     def _getparams(self, params: Any) -> dict[str, Any]:
         result = super()._getparams(params)

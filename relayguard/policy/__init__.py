@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """The policy engine: rules as data, one pure function that decides."""
 
 from relayguard.policy.engine import Policy, PolicyError, RouteView, decide, load_policy

@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """Operator tools behind `relayguard policy check` and `relayguard policy explain`.
 
 Pure functions returning text; the CLI prints it.

@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """Golden corpora: real replies and what a policy file must decide for each.
 
 A corpus is a TOML file beside its policy (`x.toml` → `x.corpus.toml`):

@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """decide(reply, history, route_state, now, policy) -> Decision.
 
 Pure: no clock, no I/O, all randomness from the rng handed in. The order is
@@ -19,7 +18,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relayguard.config import format_duration
-from relayguard.model import Action, Attempt, Decision, Reply, Suspension, Throttle
+from relayguard.model import (
+    Action,
+    Attempt,
+    Decision,
+    Reply,
+    Suspension,
+    Throttle,
+    domain_of,
+)
 from relayguard.policy.hints import retry_hint
 from relayguard.policy.loader import load_policy
 from relayguard.policy.rules import (
@@ -70,7 +77,8 @@ def decide(
     rng: random.Random,
 ) -> Decision:
     """What to do with a recipient after a non-success reply. Never raises."""
-    ctx = _Context(reply, tuple(history), route_state, now, policy, arrival_at, rng)
+    mine = _for_destination(history, route_state.destination)
+    ctx = _Context(reply, mine, route_state, now, policy, arrival_at, rng)
 
     if reply.synthetic and reply.phase in CONNECTION_PHASES:
         targets = route_state.next_routes()
@@ -97,13 +105,23 @@ def decide(
             ctx.last_real_reply(),
             reason="permanent failure (5xx reply)",
         )
-    deferrals = sum(1 for a in history if a.action == Action.DEFER.value)
+    deferrals = sum(1 for a in mine if a.action == Action.DEFER.value)
     return ctx.defer(
         rule_id=BUILTIN_4XX,
         what="temporary failure",
         delay=ctx.hinted(policy.builtin_backoff(deferrals), honor=True),
         deadline=ctx.expiry,
         cap_reason="",
+    )
+
+
+def _for_destination(history: Sequence[Attempt], destination: str) -> tuple[Attempt, ...]:
+    """The attempts that concern this destination: a message's history holds every
+    recipient's, and another domain's deferrals must not speed up this backoff."""
+    return tuple(
+        a
+        for a in history
+        if not a.recipients or any(domain_of(r) == destination for r in a.recipients)
     )
 
 

@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """Retry hints in reply texts: "try again in 5 minutes", "retry in 300 seconds"."""
 
 from __future__ import annotations

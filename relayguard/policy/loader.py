@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """Policy TOML files → validated rules. Every error names the file, the rule and the key.
 
 A policy file is a list of `[[rule]]` tables (see relayguard/policies/default.toml,

@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """The rules model: what a loaded policy file becomes. Plain values, no I/O."""
 
 from __future__ import annotations

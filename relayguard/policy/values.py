@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """Converters for policy file values: each returns the value or raises ValueError
 (or TypeError) with what was expected, and the loader adds file, rule and key."""
 

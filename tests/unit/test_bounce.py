@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """RFC 3464 reports built by relayguard.bounce, read back with the standard email package."""
 
 from __future__ import annotations

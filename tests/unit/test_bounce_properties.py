@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """Properties of relayguard.bounce over generated messages, recipients and replies."""
 
 from __future__ import annotations

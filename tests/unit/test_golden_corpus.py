@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """The default policy against its golden corpus of real upstream replies."""
 
 from __future__ import annotations

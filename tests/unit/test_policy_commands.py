@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """Operator tools: check_files and explain."""
 
 from __future__ import annotations

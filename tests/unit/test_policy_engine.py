@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """decide(): rules, built-ins, caps, reroutes, suspensions and throttles."""
 
 from __future__ import annotations
@@ -532,3 +531,12 @@ def test_decision_to_dict_is_plain_data():
     out = d.to_dict()
     assert out["rule"] == "rbl"
     assert out["action"] == "reroute"
+
+
+def test_only_this_destinations_attempts_count():
+    r = reply("450 4.3.0 try later")
+    other = Attempt(at=NOW - 100, route="primary", recipients=("b@other.example",), reply=r,
+                    action="defer", rule="builtin:4xx")
+    mine = attempt(NOW - 50, r, "defer", "builtin:4xx")
+    d = run(r, Policy(), history=[other, other, mine], arrival_at=NOW - 200)
+    assert d.retry_at == pytest.approx(NOW + 600)  # one earlier deferral, not three

@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """load_policy(): every bad file gives a PolicyError naming the file, the rule and the key."""
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# Copyright (c) 2026 the relayguard authors. MIT License.
 """Properties of decide(): total, in range, reproducible."""
 
 from __future__ import annotations
