@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from relayguard.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings
 
@@ -61,16 +60,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 CONFIG_HELP = f"config file (default $RELAYGUARD_CONFIG or {DEFAULT_CONFIG_PATH})"
 
 
-class _Commands:
+class Commands:
     """Subcommands that all take --config, before or after the command name."""
 
-    def __init__(self, sub: Any) -> None:
+    def __init__(self, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         self._sub = sub
         self._common = argparse.ArgumentParser(add_help=False)
         self._common.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
 
-    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return self._sub.add_parser(name, parents=[self._common], **kwargs)  # type: ignore[no-any-return]
+    def add_parser(self, name: str, *, help: str) -> argparse.ArgumentParser:  # noqa: A002
+        return self._sub.add_parser(name, parents=[self._common], help=help)
 
 
 def _optional_settings(args: argparse.Namespace) -> Settings | None:
@@ -115,7 +114,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayguard", description=__doc__)
     parser.add_argument("--config", default=None, help=CONFIG_HELP)
-    sub = _Commands(parser.add_subparsers(dest="command", required=True))
+    sub = Commands(parser.add_subparsers(dest="command", required=True))
 
     p = sub.add_parser("serve", help="run the relay")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -126,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("policy", help="check policy files, explain a decision")
-    psub = _Commands(p.add_subparsers(dest="policy_command", required=True))
+    psub = Commands(p.add_subparsers(dest="policy_command", required=True))
     c = psub.add_parser("check", help="validate policy files")
     c.add_argument("files", nargs="+")
     c.set_defaults(func=cmd_policy_check)

@@ -39,6 +39,10 @@ class SystemClock:
             return
 
 
+async def _wait_event(event: asyncio.Event) -> None:
+    await event.wait()
+
+
 class VirtualClock:
     """Time that moves only when every sleeper is waiting on it.
 
@@ -81,9 +85,9 @@ class VirtualClock:
         if wake is None:
             await fut
             return
-        waiter = asyncio.ensure_future(wake.wait())
+        waiter: asyncio.Future[None] = asyncio.ensure_future(_wait_event(wake))
         try:
-            await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([fut, waiter], return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             if not fut.done():

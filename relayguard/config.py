@@ -32,7 +32,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None
 def parse_duration(value: object) -> float:
     """'5m' → 300.0; plain numbers are seconds. Raises ValueError otherwise."""
     if isinstance(value, bool):
-        raise ValueError("a duration like '90s', '5m', '4h', '5d'")
+        raise TypeError("a duration like '90s', '5m', '4h', '5d'")
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration that is not negative")
@@ -183,8 +183,18 @@ class _Section:
 
     def require(self, name: str, convert: Callable[[object], T], expected: str) -> T:
         if name not in self.table:
-            raise ConfigError(f"{self.file}: {self.key(name)}: required key is missing ({expected})")
-        return self.get(name, convert, None, expected)  # type: ignore[arg-type]
+            raise ConfigError(
+                f"{self.file}: {self.key(name)}: required key is missing ({expected})"
+            )
+        sentinel = object()
+        value = self.get(name, convert, sentinel, expected)
+        assert value is not sentinel
+        return value  # type: ignore[return-value]
+
+    def raw(self, name: str, default: object) -> object:
+        """A sub-table or array of tables, read by its own _Section."""
+        self.used.add(name)
+        return self.table.get(name, default)
 
     def finish(self) -> None:
         unknown = sorted(set(self.table) - self.used)
@@ -207,7 +217,7 @@ def _opt_str(v: object) -> str | None:
 
 def _bool(v: object) -> bool:
     if not isinstance(v, bool):
-        raise ValueError
+        raise TypeError
     return v
 
 
@@ -229,7 +239,7 @@ def _hostport(default_port: int | None) -> Callable[[object], tuple[str, int]]:
 
 def _networks(v: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     if not isinstance(v, list):
-        raise ValueError
+        raise TypeError
     out = []
     for item in v:
         try:
@@ -255,8 +265,24 @@ def _path(v: object) -> Path:
 
 def _paths(v: object) -> tuple[Path, ...]:
     if not isinstance(v, list):
-        raise ValueError
+        raise TypeError
     return tuple(Path(_str(x)) for x in v)
+
+
+def _opt_route_name(v: object) -> str | None:
+    return _route_name(v)
+
+
+def _opt_path(v: object) -> Path | None:
+    return _path(v)
+
+
+def _opt_hostport(v: object) -> tuple[str, int] | None:
+    return parse_hostport(_str(v), None)
+
+
+def _opt_ip(v: object) -> str | None:
+    return _ip(v)
 
 
 def _route_name(v: object) -> str:
@@ -306,10 +332,10 @@ def _read_route(file: str, index: int, table: object) -> RouteSettings:
         name=name,
         host=s.require("host", _str, "the smarthost's host name or address"),
         port=s.get("port", _int_range(1, 65535), d.port, "a port from 1 to 65535"),
-        source_address=s.get("source_address", _ip, d.source_address, "an IP address"),
+        source_address=s.get("source_address", _opt_ip, d.source_address, "an IP address"),
         tls=s.get("tls", _tls_mode, d.tls, "one of none, opportunistic, required"),
         tls_verify=s.get("tls_verify", _bool, d.tls_verify, "true or false"),
-        tls_ca_file=s.get("tls_ca_file", _path, d.tls_ca_file, "a file path"),
+        tls_ca_file=s.get("tls_ca_file", _opt_path, d.tls_ca_file, "a file path"),
         max_connections=s.get(
             "max_connections", _int_range(1, 10_000), d.max_connections, "a number from 1"
         ),
@@ -334,20 +360,22 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     top = _Section(file, "", data)
-    server = _read_server(file, top.get("server", lambda v: v, {}, "a table"))
+    server = _read_server(file, top.raw("server", {}))
 
-    raw_routes = top.get("route", lambda v: v, [], "an array of tables [[route]]")
+    raw_routes = top.raw("route", [])
     if not isinstance(raw_routes, list) or not raw_routes:
         raise ConfigError(f"{file}: route: expected at least one [[route]] table")
     routes = tuple(_read_route(file, i, r) for i, r in enumerate(raw_routes))
     names = [r.name for r in routes]
     if all(r.ndr_only for r in routes):
         raise ConfigError(f"{file}: route: expected at least one route without ndr_only = true")
-    for i, n in enumerate(names):
-        if n in names[:i]:
-            raise ConfigError(f"{file}: route[{i}].name: expected a unique name, {n!r} is used twice")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(
+                f"{file}: route[{i}].name: expected a unique name, {name!r} is used twice"
+            )
 
-    q = _Section(file, "queue", top.get("queue", lambda v: v, {}, "a table"))
+    q = _Section(file, "queue", top.raw("queue", {}))
     dq = QueueSettings()
     queue = QueueSettings(
         max_lifetime=q.get("max_lifetime", parse_duration, dq.max_lifetime, "a duration"),
@@ -357,21 +385,23 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
     )
     q.finish()
 
-    p = _Section(file, "policy", top.get("policy", lambda v: v, {}, "a table"))
-    files = p.get("files", _paths, (), "a list of policy file paths")
+    p = _Section(file, "policy", top.raw("policy", {}))
+    files: tuple[Path, ...] = p.get("files", _paths, (), "a list of policy file paths")
     p.finish()
 
-    n = _Section(file, "ndr", top.get("ndr", lambda v: v, {}, "a table"))
+    nd = _Section(file, "ndr", top.raw("ndr", {}))
     ndr = NdrSettings(
-        route=n.get("route", _route_name, None, "a route name"),
-        record_file=n.get("record_file", _path, None, "a file path"),
+        route=nd.get("route", _opt_route_name, None, "a route name"),
+        record_file=nd.get("record_file", _opt_path, None, "a file path"),
     )
-    n.finish()
+    nd.finish()
     if ndr.route is not None and ndr.route not in names:
-        raise ConfigError(f"{file}: ndr.route: expected one of the routes {names}, got {ndr.route!r}")
+        raise ConfigError(
+            f"{file}: ndr.route: expected one of the routes {names}, got {ndr.route!r}"
+        )
 
-    m = _Section(file, "metrics", top.get("metrics", lambda v: v, {}, "a table"))
-    metrics = MetricsSettings(listen=m.get("listen", _hostport(None), None, "host:port"))
+    m = _Section(file, "metrics", top.raw("metrics", {}))
+    metrics = MetricsSettings(listen=m.get("listen", _opt_hostport, None, "host:port"))
     m.finish()
     top.finish()
 

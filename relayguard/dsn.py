@@ -69,7 +69,9 @@ def _split(params: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def parse_mail_params(params: str, *, max_size: int | None) -> MailParams:
+def parse_mail_params(  # noqa: C901, PLR0912 - one branch per RFC parameter reads best
+    params: str, *, max_size: int | None
+) -> MailParams:
     size = body = ret = envid = None
     smtputf8 = False
     seen: set[str] = set()

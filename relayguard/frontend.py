@@ -16,17 +16,18 @@ import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from relayguard import __version__
 from relayguard.clock import Clock
 from relayguard.config import ServerSettings
-from relayguard.dsn import parse_mail_params, parse_rcpt_params, ParamError
+from relayguard.dsn import MailParams, ParamError, RcptParams, parse_mail_params, parse_rcpt_params
 from relayguard.model import Envelope, QueuedMessage, Recipient
 from relayguard.spool import NewMessage, Spool, SpoolFullError
 from relayguard.spool.sqlite import new_queue_id
@@ -112,8 +113,20 @@ def unstuff_and_check(raw: bytes) -> bytes:
     return raw.replace(b"\r\n.", b"\r\n")
 
 
-class RelaySMTP(SMTP):  # type: ignore[misc]
+class RelayEnvelope(SmtpEnvelope):
+    """aiosmtpd's envelope plus the parsed parameters, which keep their case."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mail_params: MailParams | None = None
+        self.rcpt_params: list[RcptParams] = []
+
+
+class RelaySMTP(SMTP):
     """aiosmtpd's protocol with a relay's limits and reply conventions."""
+
+    def _create_envelope(self) -> RelayEnvelope:
+        return RelayEnvelope()
 
     def __init__(self, handler: RelayHandler, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -155,7 +168,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             self._writer.write(
                 f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode()
             )
-        super()._timeout_cb()
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
@@ -171,7 +184,9 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
     async def smtp_HELO(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's naming
         await self._without_enhanced(super().smtp_HELO, arg)
 
-    async def _without_enhanced(self, command: Callable[[str | None], Any], arg: str | None) -> None:
+    async def _without_enhanced(
+        self, command: Callable[[str | None], Any], arg: str | None
+    ) -> None:
         self._greeting_reply = bool(arg)  # a syntax error still gets its code
         try:
             await command(arg)
@@ -202,7 +217,8 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         self.envelope.mail_from = address
         self.envelope.smtp_utf8 = params.smtputf8
         self.envelope.mail_options = list(params.upstream)
-        self.session.relay_mail_params = params  # type: ignore[union-attr]
+        assert isinstance(self.envelope, RelayEnvelope)
+        self.envelope.mail_params = params
         await self.push("250 2.1.0 Ok")
 
     async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's naming
@@ -228,7 +244,9 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
                                                       params)
         await self.push(status)
 
-    async def _parse_path(self, keyword: str, arg: str | None) -> tuple[str, str] | None:
+    async def _parse_path(  # noqa: PLR0911 - one early answer per kind of bad path
+        self, keyword: str, arg: str | None
+    ) -> tuple[str, str] | None:
         """'FROM:<a@b> PARAMS' → ('a@b', 'PARAMS'), or None after answering the error."""
         syntax = f"501 5.5.4 Syntax: {'MAIL FROM' if keyword == 'FROM:' else 'RCPT TO'}: <address>"
         if arg is None:
@@ -247,9 +265,9 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         if raw.startswith("<>"):
             return "", raw[2:].strip()
         address, rest = self._getaddr(raw)
-        if address is None or not address or "@" not in address and keyword == "TO:" and (
+        if address is None or not address or ("@" not in address and keyword == "TO:" and (
             address.lower() != "postmaster"
-        ):
+        )):
             await self.push("501 5.1.3 Bad address syntax")
             return None
         if not self.session.extended_smtp and rest:  # type: ignore[union-attr]
@@ -279,18 +297,18 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
                 self.transport.close()
             return
         if too_big:
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push("552 5.3.4 Message size exceeds fixed limit")
             return
         try:
             content = unstuff_and_check(raw)
         except DataError as exc:
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(exc.reply)
             return
         self.envelope.content = self.envelope.original_content = content
         status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
-        self._set_post_data_state()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
     async def _read_data(self) -> tuple[bytes, bool]:
@@ -302,8 +320,9 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         """
         reader = self._reader
         limit = self.data_size_limit or 0
-        saved_limit = reader._limit  # noqa: SLF001 - aiosmtpd sizes it for command lines
-        reader._limit = DATA_CHUNK_LIMIT  # noqa: SLF001
+        # aiosmtpd sizes the stream's limit for command lines; DATA is read in bigger pieces.
+        saved_limit = reader._limit  # type: ignore[attr-defined]  # noqa: SLF001
+        reader._limit = DATA_CHUNK_LIMIT  # type: ignore[attr-defined]  # noqa: SLF001
         chunks: list[bytes] = []
         size = 0
         too_big = False
@@ -329,7 +348,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
                 if done:
                     break
         finally:
-            reader._limit = saved_limit  # noqa: SLF001
+            reader._limit = saved_limit  # type: ignore[attr-defined]  # noqa: SLF001
         if too_big:
             return b"", True
         data = b"".join(chunks)
@@ -372,7 +391,7 @@ class RelayHandler:
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: RelaySMTP, session: Session, envelope: SmtpEnvelope, address: str,
-        params: Any,
+        params: RcptParams,
     ) -> str:
         client = session.peer[0] if session.peer else ""
         if not self.client_allowed(str(client)):
@@ -381,7 +400,8 @@ class RelayHandler:
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return "452 4.5.3 Error: too many recipients"
         envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.append(params)
+        assert isinstance(envelope, RelayEnvelope)
+        envelope.rcpt_params.append(params)
         return "250 2.1.5 Ok"
 
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
@@ -414,15 +434,18 @@ class RelayHandler:
                   traceback="".join(traceback.format_exception(error)))
         return "451 4.3.0 Error: internal error, try again later"
 
-    def _new_message(self, server: RelaySMTP, session: Session, envelope: SmtpEnvelope) -> NewMessage:
+    def _new_message(
+        self, server: RelaySMTP, session: Session, envelope: SmtpEnvelope
+    ) -> NewMessage:
         now = self.clock.now()
         queue_id = new_queue_id()
         client = str(session.peer[0]) if session.peer else ""
         helo = session.host_name or ""
-        params = getattr(session, "relay_mail_params", None)
+        assert isinstance(envelope, RelayEnvelope)
+        params = envelope.mail_params
         recipients = tuple(
             Recipient(address=a, orcpt=p.orcpt, notify=p.notify)
-            for a, p in zip(envelope.rcpt_tos, envelope.rcpt_options, strict=True)
+            for a, p in zip(envelope.rcpt_tos, envelope.rcpt_params, strict=True)
         )
         content: bytes = envelope.original_content or b""
         received = self._received_header(server, helo, client, queue_id, recipients, now)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
 
 from relayguard.clock import Clock, SystemClock
 
 
-def _timestamper(clock: Clock) -> Any:
-    def add_time(_logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _timestamper(clock: Clock) -> structlog.typing.Processor:
+    def add_time(
+        _logger: object, _name: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
         event["ts"] = datetime.fromtimestamp(clock.now(), UTC).isoformat(timespec="milliseconds")
         return event
 

@@ -179,7 +179,7 @@ class QueueManager:
             return
         before = {r.address: r.state for r in message.envelope.recipients}
         rnd = _Round({r.address: r for r in message.envelope.recipients})
-        rng = random.Random(f"{message.queue_id}/{len(message.attempts)}")  # noqa: S311
+        rng = random.Random(f"{message.queue_id}/{len(message.attempts)}")
         by_domain: dict[str, list[Recipient]] = {}
         for r in message.pending:
             by_domain.setdefault(r.domain, []).append(r)
@@ -215,8 +215,10 @@ class QueueManager:
         """NDRs for new failures, a delay warning once past [queue] delay_warning, and
         'relayed' reports for NOTIFY=SUCCESS through peers without DSN."""
         recipients = message.envelope.recipients
-        failed = [r for r in recipients
-                  if r.state is RecipientState.FAILED and before[r.address] is RecipientState.QUEUED]
+        failed = [
+            r for r in recipients
+            if r.state is RecipientState.FAILED and before[r.address] is RecipientState.QUEUED
+        ]
         relayed = [r for r in recipients
                    if r.address in rnd.relayed_without_dsn and "SUCCESS" in r.notify]
         warn_after = self.settings.queue.delay_warning
@@ -266,7 +268,9 @@ class QueueManager:
         while self.routes.at_cap(route, domain, self.clock.now()):
             await self.clock.sleep_until(self.clock.now() + 1.0, self._slot_freed)
 
-    def _transaction(self, message: QueuedMessage, body: bytes, todo: list[Recipient]) -> Transaction:
+    def _transaction(
+        self, message: QueuedMessage, body: bytes, todo: list[Recipient]
+    ) -> Transaction:
         env = message.envelope
         dsn_mail = []
         if env.ret:
@@ -357,7 +361,8 @@ class QueueManager:
                 else:
                     rnd.recipients[r.address] = _with_reply(cur, reply)
             if decision.action is Action.DEFER:
-                rnd.next_times.append(decision.retry_at or finished + self.settings.queue.backoff_start)
+                backoff = self.settings.queue.backoff_start
+                rnd.next_times.append(decision.retry_at or finished + backoff)
         return reroute, prefer
 
     def _apply_route_effects(self, decision: Decision) -> None:

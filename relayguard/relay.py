@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from relayguard import systemd
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings, load_settings
 from relayguard.delivery import Delivery
@@ -25,7 +26,6 @@ from relayguard.frontend import ConnectionLimits, RelayHandler, make_protocol_fa
 from relayguard.policy import Policy, load_policy
 from relayguard.queue_manager import QueueManager, ReportBuilder
 from relayguard.reports import make_report_builder
-from relayguard import systemd
 from relayguard.spool.sqlite import SqliteSpool, spool_usable
 
 log = structlog.get_logger("relayguard.relay")
@@ -50,7 +50,7 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.s
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(1024)
-    sock.setblocking(False)
+    sock.setblocking(False)  # noqa: FBT003 - socket API
     return sock
 
 

@@ -3,7 +3,7 @@
 Pure data structures, no I/O and no clock: every method takes `now`.
 
 - `DueQueue`: a heap on next_attempt_at with lazy invalidation, O(log n).
-- `RouteTable`: suspensions (route × destination, or route × '*'), the single
+- `RouteTable`: suspensions (route and destination, or route and '*'), the single
   probe after a suspension ends, and throttles (a lowered per-destination
   connection cap).
 """
@@ -179,7 +179,8 @@ class RouteTable:
     def throttle(self, t: Throttle) -> None:
         key = (t.route, t.destination)
         current = self.throttles.get(key)
-        if current is None or current.until < t.until or current.max_connections > t.max_connections:
+        if (current is None or current.until < t.until
+                or current.max_connections > t.max_connections):
             self.throttles[key] = t
 
     def resume(self, route: str, destination: str | None = None) -> int:

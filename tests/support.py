@@ -60,7 +60,7 @@ class UpstreamHandler:
     data_delay: float = 0.0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:  # noqa: N802
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         reply = self.on_mail(session.peer[0], address)
         if reply:
             return reply
@@ -68,7 +68,7 @@ class UpstreamHandler:
         envelope.mail_options.extend(options)
         return "250 2.1.0 Ok"
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:  # noqa: N802
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         reply = self.on_rcpt(session.peer[0], address)
         if reply:
             return reply
@@ -76,7 +76,7 @@ class UpstreamHandler:
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Ok"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         peer = session.peer[0]
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
@@ -115,7 +115,7 @@ class ScriptedSMTP(SMTP):  # type: ignore[misc]
             return
         await super()._handle_client()
 
-    async def smtp_EHLO(self, arg: str) -> None:  # noqa: N802
+    async def smtp_EHLO(self, arg: str) -> None:
         if not self._dsn:
             await super().smtp_EHLO(arg)
             return

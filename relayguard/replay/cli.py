@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relayguard.cli import Commands
 
 
-def register(sub: Any) -> None:
+def register(sub: Commands) -> None:
     del sub

@@ -237,10 +237,10 @@ class SmtpClients:
 
     async def _client(self, c: int) -> None:
         host, port = self.address
-        smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, timeout=20)
+        smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, timeout=20,
+                               local_hostname="client.test")
         try:
             await smtp.connect()
-            await smtp.ehlo("client.test")
             for i in range(self.per_client):
                 mid = f"{self.prefix}-c{c:02d}-n{i}"
                 await smtp.mail("sender@example.org")

@@ -18,6 +18,7 @@ from support import (
 )
 
 from relayguard.clock import VirtualClock
+from relayguard.config import load_settings_text
 
 
 async def _until(predicate, timeout: float = 15.0) -> None:
@@ -27,8 +28,6 @@ async def _until(predicate, timeout: float = 15.0) -> None:
 
 
 def _with_ndr(tmp_path: Path, mail_port: int, ndr_port: int, extra: str = "") -> object:
-    from relayguard.config import load_settings_text
-
     text = f"""
 [server]
 listen = "127.0.0.1:0"
