@@ -41,6 +41,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from relayguard import logging as rg_logging  # noqa: PLC0415
+    from relayguard.workers import run_worker  # noqa: PLC0415
+
+    settings = _load(_config_path(args))
+    rg_logging.configure(level="warning")
+    asyncio.run(run_worker(settings, args.host, args.port, args.notify_fd, args.workers,
+                           args.index))
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else _config_path(args)
     settings = _load(path)
@@ -119,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the relay")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by `serve` when workers > 1
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--notify-fd", type=int, required=True)
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--index", type=int, required=True)
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("check-config", help="validate a config file and its policies")
     p.add_argument("file", nargs="?")

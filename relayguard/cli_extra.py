@@ -1,17 +1,32 @@
-"""Operator subcommands beyond serve/check-config; each registers itself here."""
+"""Operator subcommands beyond serve/check-config: queue tools, route state, the demo sink.
+
+`relayguard queue …` and `relayguard routes …` talk to the running relay over
+its control socket (`<spool>/control.sock`); when no relay runs they work on
+the spool directly (relayguard/control.py). Both find the spool through the
+config file: `--config FILE`, else $RELAYGUARD_CONFIG, else the default path.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import json
+import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from relayguard.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    Settings,
+    load_settings,
+    parse_hostport,
+)
 
 if TYPE_CHECKING:
     from relayguard.cli import Commands
-
-from relayguard.config import parse_hostport
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
@@ -23,8 +38,177 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- plumbing
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"relayguard: {message}\n")
+    return 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = Path(getattr(args, "config", None) or os.environ.get("RELAYGUARD_CONFIG")
+                or DEFAULT_CONFIG_PATH)
+    return load_settings(path)
+
+
+def _call(args: argparse.Namespace, op: str, **fields: object) -> dict[str, Any] | int:
+    """The result of one control request, or an exit status after printing the error."""
+    from relayguard import control  # noqa: PLC0415 - keep `relayguard --help` fast
+
+    try:
+        return control.run(_settings(args), control.request_for(op, **fields))
+    except (ConfigError, control.ControlError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+
+def _json(data: object) -> None:
+    _out(json.dumps(data, indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------- queue
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    from relayguard.queue_tools import format_list  # noqa: PLC0415
+
+    result = _call(args, "list", state=args.state, domain=args.domain, route=args.route)
+    if isinstance(result, int):
+        return result
+    if args.json:
+        _json(result["messages"])
+    else:
+        _out(format_list(result["messages"], result["now"]))
+    return 0
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    from relayguard.queue_tools import format_show  # noqa: PLC0415
+
+    result = _call(args, "show", id=args.id)
+    if isinstance(result, int):
+        return result
+    if args.json:
+        _json(result["message"])
+    else:
+        _out(format_show(result["message"], result["now"]))
+    return 0
+
+
+def cmd_queue_shape(args: argparse.Namespace) -> int:
+    from relayguard.queue_tools import format_shape  # noqa: PLC0415
+
+    result = _call(args, "shape", state=args.state)
+    if isinstance(result, int):
+        return result
+    if args.json:
+        _json(result["shape"])
+    else:
+        _out(format_shape(result["shape"]))
+    return 0
+
+
+def cmd_queue_action(args: argparse.Namespace) -> int:
+    from relayguard.queue_tools import format_action  # noqa: PLC0415
+
+    if not args.ids and not args.domain and not args.all:
+        return _fail(f"queue {args.action}: name queue IDs, or --domain D, or --all")
+    if args.ids and (args.domain or args.all):
+        return _fail(f"queue {args.action}: queue IDs, --domain and --all do not mix")
+    result = _call(args, args.action, ids=args.ids, domain=args.domain, all=args.all)
+    if isinstance(result, int):
+        return result
+    if args.json:
+        _json(result)
+    else:
+        _out(format_action(result))
+    return 1 if result["missing"] or result["skipped"] else 0
+
+
+# ---------------------------------------------------------------- routes
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    from relayguard.queue_tools import format_routes  # noqa: PLC0415
+
+    result = _call(args, "routes")
+    if isinstance(result, int):
+        return result
+    if args.json:
+        _json(result)
+    else:
+        _out(format_routes(result))
+    return 0
+
+
+def cmd_routes_resume(args: argparse.Namespace) -> int:
+    result = _call(args, "resume", route=args.name, domain=args.domain)
+    if isinstance(result, int):
+        return result
+    where = f" for {args.domain}" if args.domain else ""
+    if result["lifted"]:
+        _out(f"{args.name}: lifted {result['lifted']} suspension(s){where}")
+    else:
+        _out(f"{args.name}: no suspension{where} to lift")
+    return 0
+
+
+ACTION_HELP = {
+    "retry": "make messages due now, ignoring their backoff",
+    "hold": "keep messages from delivery until released",
+    "release": "release held messages (due now)",
+    "delete": "delete messages without a report",
+    "bounce": "fail messages now and send the sender an NDR",
+}
+
+
 def register(sub: Commands) -> None:
+    from relayguard.cli import Commands  # noqa: PLC0415 - the CLI is loaded when it calls us
+
     p = sub.add_parser("sink", help="a demo upstream that accepts and files everything")
     p.add_argument("--listen", default="127.0.0.1:2526")
     p.add_argument("--maildir", default=None)
     p.set_defaults(func=cmd_sink)
+
+    q = sub.add_parser("queue", help="list, show, retry, hold, release, delete, bounce, shape")
+    qsub = Commands(q.add_subparsers(dest="queue_command", required=True))
+    c = qsub.add_parser("list", help="queued messages, with their recipients' last replies")
+    c.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    c.add_argument("--state", choices=["deferred", "held", "active"],
+                   help="active: due now or being delivered; deferred: waiting for a retry")
+    c.add_argument("--domain", help="with a pending recipient in this domain")
+    c.add_argument("--route", help="with a pending recipient last tried through this route")
+    c.set_defaults(func=cmd_queue_list)
+
+    c = qsub.add_parser("show", help="a message: envelope, headers, every attempt")
+    c.add_argument("id", help="queue ID")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_queue_show)
+
+    for action, text in ACTION_HELP.items():
+        c = qsub.add_parser(action, help=text)
+        c.add_argument("ids", nargs="*", metavar="ID", help="queue IDs")
+        c.add_argument("--domain", help="every message with a pending recipient in this domain")
+        c.add_argument("--all", action="store_true", help="every queued message")
+        c.add_argument("--json", action="store_true")
+        c.set_defaults(func=cmd_queue_action, action=action)
+
+    c = qsub.add_parser("shape", help="messages by destination domain and age (like qshape)")
+    c.add_argument("--state", choices=["deferred", "held", "active"])
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_queue_shape)
+
+    r = sub.add_parser("routes", help="each route's suspensions, connections, recent outcomes")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_routes)
+    rsub = Commands(r.add_subparsers(dest="routes_command"))
+    c = rsub.add_parser("resume", help="lift a route's suspension early")
+    c.add_argument("name", help="route name")
+    c.add_argument("--domain", help="only the suspension for this destination domain")
+    c.set_defaults(func=cmd_routes_resume)

@@ -11,7 +11,11 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Sized
 from typing import Protocol
+
+# Loops without a visible run queue (uvloop): how many turns `settle` gives them.
+_SETTLE_TURNS = 64
 
 
 class Clock(Protocol):
@@ -108,3 +112,43 @@ class VirtualClock:
                 await asyncio.sleep(settle)
                 return
             self.set(nxt)
+
+    # -- deterministic stepping (the replay) ------------------------------------------
+
+    async def settle(self) -> None:
+        """Let every ready callback run, until the loop has nothing ready but the caller.
+
+        For simulations where all work is pure asyncio (no sockets, threads or
+        timers): then an idle loop means every task waits on this clock or on an
+        event another waiting task will set, and it is time to jump. No real
+        sleeps, so the result does not depend on the machine's speed.
+        """
+        loop = asyncio.get_running_loop()
+        ready = getattr(loop, "_ready", None)  # the run queue of asyncio's BaseEventLoop
+        if not isinstance(ready, Sized):
+            for _ in range(_SETTLE_TURNS):
+                await asyncio.sleep(0)
+            return
+        await asyncio.sleep(0)
+        while len(ready):
+            await asyncio.sleep(0)
+
+    def next_event(self, *candidates: float | None) -> float | None:
+        """The earliest future time among the registered wake-ups and `candidates`."""
+        times = [t for t in (self.next_wakeup(), *candidates) if t is not None and t > self._now]
+        return min(times) if times else None
+
+    async def advance_to_next(
+        self, *candidates: float | None, limit: float | None = None
+    ) -> float | None:
+        """Settle, then jump to the next event (a sleeper's wake-up or one of the
+        `candidates`, e.g. the next arrival), never past `limit`. Returns the new
+        time, or None when nothing is left to wait for."""
+        await self.settle()
+        nxt = self.next_event(*candidates)
+        if nxt is None or (limit is not None and self._now >= limit):
+            return None
+        if limit is not None:
+            nxt = min(nxt, limit)
+        self.set(nxt)
+        return nxt

@@ -8,6 +8,7 @@ Unknown keys are errors: a typo must not silently fall back to a default.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Callable
@@ -34,8 +35,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise TypeError("a duration like '90s', '5m', '4h', '5d'")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration that is not negative")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("a duration that is finite and not negative")
         return float(value)
     if isinstance(value, str):
         m = _DURATION.match(value)
@@ -48,7 +49,9 @@ def format_duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:.3f}".rstrip("0") + "s"
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -58,7 +61,9 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
         host, sep, rest = v[1:].partition("]")
         if not sep:
             raise ValueError("host:port, with IPv6 addresses in brackets ([::1]:10025)")
-        port_s = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError("host:port, with IPv6 addresses in brackets ([::1]:10025)")
+        port_s = rest[1:]
     elif v.count(":") == 1:
         host, _, port_s = v.partition(":")
     elif ":" in v:
@@ -71,7 +76,7 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
         if default_port is None:
             raise ValueError("host:port with a port")
         return host, default_port
-    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+    if not (port_s.isascii() and port_s.isdigit()) or not 0 <= int(port_s) <= 65535:
         raise ValueError("a port number from 0 to 65535")
     return host, int(port_s)
 
@@ -92,6 +97,7 @@ class ServerSettings:
     idle_timeout: float = 300.0
     data_timeout: float = 600.0
     shutdown_grace: float = 30.0
+    workers: int = 1  # front-end processes accepting on the same port (this one included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +325,7 @@ def _read_server(file: str, table: object) -> ServerSettings:
         idle_timeout=s.get("idle_timeout", parse_duration, d.idle_timeout, "a duration"),
         data_timeout=s.get("data_timeout", parse_duration, d.data_timeout, "a duration"),
         shutdown_grace=s.get("shutdown_grace", parse_duration, d.shutdown_grace, "a duration"),
+        workers=s.get("workers", _int_range(1, 64), d.workers, "a process count from 1 to 64"),
     )
     s.finish()
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
 
 
@@ -80,7 +81,7 @@ def parse_mail_params(  # noqa: C901, PLR0912 - one branch per RFC parameter rea
             raise ParamError(f"501 5.5.4 Duplicate MAIL parameter {key}")
         seen.add(key)
         if key == "SIZE":
-            if value is None or not value.isdigit():
+            if value is None or not (value.isascii() and value.isdigit()):
                 raise ParamError("501 5.5.4 Bad SIZE parameter")
             size = int(value)
             if max_size and size > max_size:
@@ -125,7 +126,7 @@ def parse_rcpt_params(params: str) -> RcptParams:
             notify = items
         elif key == "ORCPT":
             addr_type, sep, addr = (value or "").partition(";")
-            if not sep or not addr or not _valid_xtext(addr) or not addr_type.isascii():
+            if not sep or not addr or not _valid_xtext(addr) or not _ATOM.fullmatch(addr_type):
                 raise ParamError("501 5.5.4 Bad ORCPT parameter")
             orcpt = f"{addr_type};{addr}"
         else:

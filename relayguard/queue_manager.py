@@ -82,6 +82,7 @@ class QueueManager:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
     _route_names: tuple[str, ...] = ()
+    delivering: set[int] = field(default_factory=set)  # seqs in a delivery round right now
 
     def __post_init__(self) -> None:
         self._route_names = tuple(r.name for r in self.settings.routes)
@@ -104,7 +105,14 @@ class QueueManager:
         return count
 
     def enqueue(self, message: QueuedMessage) -> None:
-        self.due.schedule(message.seq, message.next_attempt_at)
+        self.enqueue_seq(message.seq, message.next_attempt_at)
+
+    def enqueue_seq(self, seq: int, at: float) -> None:
+        """Schedule a message committed elsewhere (a worker process, a poll of the spool).
+        One already scheduled or being delivered is left alone: never two deliveries at once."""
+        if seq in self.delivering or seq in self.due:
+            return
+        self.due.schedule(seq, at)
         self._wake.set()
 
     def retry_now(self, seqs: Sequence[int]) -> None:
@@ -117,6 +125,57 @@ class QueueManager:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    # -- operator actions (relayguard queue ... / routes resume, via the control socket) --
+
+    def hold(self, seq: int) -> None:
+        """Take a message out of the due queue (the spool marks it held). A round already
+        under way finishes; the spool keeps the message held when it records the round."""
+        self.due.remove(seq)
+
+    def schedule_now(self, seq: int) -> bool:
+        """Due now, ignoring backoff (retry, release). False while a round of this message
+        is under way: that round reschedules it itself, and a second must not start."""
+        if seq in self.delivering:
+            return False
+        self.due.schedule(seq, self.clock.now())
+        self._wake.set()
+        return True
+
+    async def bounce(self, seq: int, reply: Reply, rule: str = "operator") -> list[str]:
+        """Fail every pending recipient now with `reply` and queue the NDR, like a policy
+        bounce. The caller holds the message and waits until no round is under way.
+        Returns the recipients failed (empty if the message is gone)."""
+        self.due.remove(seq)
+        loaded = await self.spool.load(seq)
+        if loaded is None:
+            return []
+        message, body = loaded
+        now = self.clock.now()
+        pending = {r.address for r in message.pending}
+        message.envelope = message.envelope.with_recipients(tuple(
+            _failed(r, reply, rule) if r.address in pending else r
+            for r in message.envelope.recipients))
+        failed = [r for r in message.envelope.recipients if r.address in pending]
+        message.state = MessageState.DONE
+        reports = self.build_reports(message, body, failed, "bounce", now) if failed else []
+        for report in await self.spool.finish_with_reports(message, [], reports):
+            self.enqueue(report)
+        addresses = sorted(pending)
+        log.info("bounced", queue_id=message.queue_id, message_id=message.message_id,
+                 recipients=addresses, rule=rule, code=reply.code, enhanced=reply.enhanced,
+                 text=reply.text, reason="bounced by the operator")
+        self.on_event("bounced", {"route": "", "rule": rule, "recipients": addresses})
+        return addresses
+
+    def resume(self, route: str, destination: str | None = None) -> int:
+        """Lift a route's suspensions early (all, or for one destination); how many."""
+        lifted = self.routes.resume(route, destination)
+        if lifted:
+            log.info("route_resumed", route=route, destination=destination or "*",
+                     suspensions=lifted)
+            self._wake.set()
+        return lifted
+
     # -- the loop -----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -125,6 +184,7 @@ class QueueManager:
             room = self.max_in_flight - len(self._tasks)
             if room > 0:
                 for seq in self.due.pop_due(now, room):
+                    self.delivering.add(seq)  # from here on, until the round is recorded
                     task = asyncio.create_task(self._deliver_guarded(seq))
                     self._tasks.add(task)
                     task.add_done_callback(self._task_done)
@@ -169,6 +229,8 @@ class QueueManager:
             # A bug must not lose the message: it stays in the spool, due again later.
             log.exception("delivery_error", seq=seq, error=repr(exc))
             self.due.schedule(seq, self.clock.now() + self.settings.queue.backoff_start)
+        finally:
+            self.delivering.discard(seq)
 
     async def deliver(self, seq: int) -> None:
         loaded = await self.spool.load(seq)
@@ -302,6 +364,8 @@ class QueueManager:
             log.info("bounced", queue_id=message.queue_id, message_id=message.message_id,
                      recipients=[r.address for r in todo], rule="lifetime",
                      reason="message lifetime expired while held")
+            self.on_event("bounced", {"route": "", "rule": "lifetime",
+                                      "recipients": [r.address for r in todo]})
             return
         rnd.next_times.append(at)
         if not after_attempt:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +20,20 @@ import structlog
 from relayguard import systemd
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings, load_settings
+from relayguard.control import Controller, ControlServer, lock_spool_shared, socket_path
 from relayguard.delivery import Delivery
-from relayguard.frontend import ConnectionLimits, RelayHandler, make_protocol_factory
+from relayguard.frontend import RelayHandler, make_protocol_factory
+from relayguard.metrics import MetricsServer, Observer
+from relayguard.model import MessageState, QueuedMessage
 from relayguard.policy import Policy, load_policy
 from relayguard.queue_manager import QueueManager, ReportBuilder
 from relayguard.reports import make_report_builder
 from relayguard.spool.sqlite import SqliteSpool, spool_usable
+from relayguard.workers import WorkerPool, bind_listener, per_worker_limits
 
 log = structlog.get_logger("relayguard.relay")
+
+SPOOL_POLL_INTERVAL = 2.0
 
 
 def policy_for(settings: Settings) -> Policy:
@@ -40,18 +45,6 @@ def policy_for(settings: Settings) -> Policy:
         backoff_start=q.backoff_start,
         backoff_max=q.backoff_max,
     )
-
-
-def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)  # noqa: FBT003 - socket API
-    return sock
 
 
 @dataclass
@@ -66,36 +59,82 @@ class Relay:
     handler: RelayHandler = field(init=False)
     _server: asyncio.Server | None = None
     _run_task: asyncio.Task[None] | None = None
+    _poll_task: asyncio.Task[None] | None = None
+    _workers: WorkerPool | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     on_ready: Callable[[], None] = lambda: None
+    observer: Observer = field(init=False)
+    control: ControlServer | None = None  # the queue tools' Unix socket
+    metrics: MetricsServer | None = None  # /metrics and /healthz, when [metrics] listen is set
+    _spool_lock: int | None = None
 
     async def start(self) -> None:
         s = self.settings
+        # Held while running: the queue tools work on the spool directly only when no
+        # relay holds it (relayguard/control.py).
+        self._spool_lock = await lock_spool_shared(s.server.spool)
         self.spool = SqliteSpool(s.server.spool)
         if self.sender is None:
             self.sender = Delivery(s.routes, s.server.hostname)
         builder = self.build_reports or make_report_builder(s)
         self.manager = QueueManager(s, self.spool, self.sender, self.clock, policy_for(s),
                                     build_reports=builder)
+        self.observer = Observer(self.clock, [r.name for r in s.routes])
+        self.manager.on_event = self.observer.on_event
         await self.manager.load()
         self.handler = RelayHandler(s.server, self.spool, self.clock,
-                                    on_accepted=self.manager.enqueue)
-        limits = ConnectionLimits(s.server.max_connections, s.server.max_connections_per_client)
+                                    on_accepted=self._accepted)
+        workers = s.server.workers if self.config_path is not None else 1
         host, port = s.server.listen
-        sock = bind_listener(host, port)
+        sock = bind_listener(host, port, reuse_port=workers > 1)
         self._server = await asyncio.get_running_loop().create_server(
-            make_protocol_factory(self.handler, limits), sock=sock
+            make_protocol_factory(self.handler, per_worker_limits(s, workers)), sock=sock
         )
         self._run_task = asyncio.create_task(self.manager.run())
+        if workers > 1 and self.config_path is not None:
+            now = self.clock.now
+            self._workers = WorkerPool.start(
+                self.config_path, workers - 1, host, self.address[1],
+                lambda seq: self.manager.enqueue_seq(seq, now()),
+            )
+            self._poll_task = asyncio.create_task(self._poll_spool())
+        self.control = ControlServer(
+            Controller(s, self.spool, self.manager, self.clock, self.observer),
+            socket_path(s.server.spool))
+        await self.control.start()
+        if s.metrics.listen is not None:
+            self.metrics = MetricsServer(self.observer, self.healthy, s.server.spool,
+                                         lambda: list(self.manager.routes.suspensions.values()))
+            await self.metrics.start(*s.metrics.listen)
         log.info("listening", address=self.address, routes=[r.name for r in s.routes],
                  spool=str(s.server.spool), pid=os.getpid())
         self.on_ready()
+
+    async def _poll_spool(self) -> None:
+        """The safety net under the workers' notices: pick up anything committed
+        that the queue manager has not heard of."""
+        mark = max((e.seq for e in await self.spool.index()), default=0)
+        while True:
+            await asyncio.sleep(SPOOL_POLL_INTERVAL)
+            for entry in await self.spool.index(after_seq=mark):
+                mark = max(mark, entry.seq)
+                if entry.state is MessageState.ACTIVE:
+                    self.manager.enqueue_seq(entry.seq, entry.next_attempt_at)
+
+    def _accepted(self, message: QueuedMessage) -> None:
+        self.manager.enqueue(message)
+        self.observer.message_accepted()
 
     @property
     def address(self) -> tuple[str, int]:
         assert self._server is not None
         name = self._server.sockets[0].getsockname()
         return str(name[0]), int(name[1])
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where /metrics and /healthz answer (the bound port when configured as 0)."""
+        return self.metrics.address if self.metrics is not None else None
 
     async def stop(self, grace: float | None = None) -> None:
         """SIGTERM: refuse new mail (421 4.3.2), let deliveries finish, keep the rest."""
@@ -105,6 +144,12 @@ class Relay:
         self.handler.accepting = False
         if self._server is not None:
             self._server.close()
+        if self.control is not None:
+            await self.control.close()
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        if self._workers is not None:
+            await self._workers.stop(self.settings.server.shutdown_grace)
         await self.manager.stop(self.settings.server.shutdown_grace if grace is None else grace)
         if self._run_task is not None:
             self._run_task.cancel()
@@ -114,6 +159,11 @@ class Relay:
         if close is not None:
             await close()
         await self.spool.close()
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self._spool_lock is not None:
+            os.close(self._spool_lock)
+            self._spool_lock = None
         log.info("stopped")
 
     def healthy(self) -> bool:

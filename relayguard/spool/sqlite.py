@@ -188,7 +188,8 @@ class SqliteSpool:
         self, message: QueuedMessage, new_attempts: Sequence[Attempt], reports: Sequence[NewMessage]
     ) -> list[QueuedMessage]:
         def job(c: sqlite3.Connection) -> list[QueuedMessage]:
-            _update(c, message, new_attempts)
+            if not _update(c, message, new_attempts):
+                return []  # deleted by an operator meanwhile: no reports for it either
             return [_insert(c, r) for r in reports]
 
         return await self._run(job)
@@ -201,6 +202,42 @@ class SqliteSpool:
     ) -> list[QueuedMessage]:
         """Messages matching an SQL condition over the messages table (queue tools)."""
         return await self._run(lambda c: find_messages(c, where, params))
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only query on its own connection in a thread (queue tools, metrics):
+        WAL readers see a consistent snapshot and never hold up the writer."""
+        if self._closed:
+            raise SpoolError("spool is closed")
+
+        def job() -> T:
+            conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA busy_timeout=60000")
+                conn.execute("BEGIN")  # one snapshot for the whole read
+                return fn(conn)
+            except sqlite3.Error as exc:
+                raise _map_error(exc) from exc
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(job)
+
+    async def set_state(
+        self, seq: int, state: MessageState, *, next_attempt_at: float | None = None,
+        only_from: MessageState | None = None,
+    ) -> bool:
+        """An operator's hold or release; False if the message is gone (or not in
+        `only_from`)."""
+        return await self._run(lambda c: _set_state(c, seq, state, next_attempt_at, only_from))
+
+    async def set_next_attempt(self, seq: int, at: float) -> bool:
+        """An operator's retry: due at `at`; only for a message that is not held."""
+        return await self._run(lambda c: _set_state(
+            c, seq, MessageState.ACTIVE, at, MessageState.ACTIVE))
+
+    async def delete(self, seq: int) -> bool:
+        """An operator's delete: the message and its attempts; False if already gone."""
+        return await self._run(lambda c: _delete(c, seq))
 
     async def close(self) -> None:
         if self._closed:
@@ -256,7 +293,12 @@ def _insert(conn: sqlite3.Connection, m: NewMessage) -> QueuedMessage:
     )
 
 
-def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[Attempt]) -> None:
+def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[Attempt]) -> bool:
+    """Store what a delivery round did. Two operator races are settled here: a message
+    held while it was being delivered stays held, and one deleted meanwhile is not
+    brought back (nor are attempts stored for it). False if the message is gone."""
+    if conn.execute("SELECT 1 FROM messages WHERE seq=?", (m.seq,)).fetchone() is None:
+        return False
     if new_attempts:
         conn.executemany(
             "INSERT INTO attempts (seq, at, data) VALUES (?,?,?)",
@@ -265,16 +307,42 @@ def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[A
     if m.state is MessageState.DONE:
         conn.execute("DELETE FROM messages WHERE seq=?", (m.seq,))
         conn.execute("DELETE FROM attempts WHERE seq=?", (m.seq,))
-        return
+        return True
     conn.execute(
-        "UPDATE messages SET state=?, next_attempt_at=?, envelope=? WHERE seq=?",
+        "UPDATE messages SET state=CASE WHEN state=? THEN state ELSE ? END,"
+        " next_attempt_at=?, envelope=? WHERE seq=?",
         (
+            MessageState.HELD.value,
             m.state.value,
             m.next_attempt_at,
             json.dumps(m.envelope.to_dict(), separators=(",", ":")),
             m.seq,
         ),
     )
+    return True
+
+
+def _set_state(
+    conn: sqlite3.Connection, seq: int, state: MessageState, next_attempt_at: float | None,
+    only_from: MessageState | None,
+) -> bool:
+    sql = "UPDATE messages SET state=?"
+    params: list[object] = [state.value]
+    if next_attempt_at is not None:
+        sql += ", next_attempt_at=?"
+        params.append(next_attempt_at)
+    sql += " WHERE seq=?"
+    params.append(seq)
+    if only_from is not None:
+        sql += " AND state=?"
+        params.append(only_from.value)
+    return conn.execute(sql, params).rowcount > 0
+
+
+def _delete(conn: sqlite3.Connection, seq: int) -> bool:
+    gone = conn.execute("DELETE FROM messages WHERE seq=?", (seq,)).rowcount > 0
+    conn.execute("DELETE FROM attempts WHERE seq=?", (seq,))
+    return gone
 
 
 _COLUMNS = "seq, queue_id, state, arrival_at, next_attempt_at, message_id, size, envelope"
@@ -337,3 +405,26 @@ def spool_usable(directory: Path) -> bool:
     except sqlite3.Error:
         return False
     return True
+
+
+def queue_stats(directory: Path, now: float) -> dict[str, float]:
+    """For the metrics: messages by state (active = due now, deferred = waiting for a
+    retry, held) and the arrival time of the oldest message (0 when empty). Reads
+    through a connection of its own, using the (state, next_attempt_at) index."""
+    conn = sqlite3.connect(f"file:{Path(directory) / DB_NAME}?mode=ro", uri=True, timeout=5)
+    try:
+        stats = {"active": 0.0, "deferred": 0.0, "held": 0.0, "oldest_arrival": 0.0}
+        for state, due, count in conn.execute(
+            "SELECT state, next_attempt_at <= ?, COUNT(*) FROM messages GROUP BY 1, 2", (now,)
+        ):
+            if state == MessageState.HELD.value:
+                stats["held"] += count
+            elif state == MessageState.ACTIVE.value:
+                stats["active" if due else "deferred"] += count
+        # seq follows arrival, and this is a lookup in the primary key, not a scan.
+        row = conn.execute("SELECT arrival_at FROM messages ORDER BY seq LIMIT 1").fetchone()
+        if row is not None:
+            stats["oldest_arrival"] = float(row[0])
+        return stats
+    finally:
+        conn.close()

@@ -12,10 +12,10 @@ from relayguard.config import (
     ConfigError,
     QueueSettings,
     ServerSettings,
+    format_duration,
     load_settings,
     load_settings_text,
     parse_duration,
-    format_duration,
     parse_hostport,
 )
 
@@ -35,6 +35,7 @@ max_connections_per_client = 4
 idle_timeout = "2m"
 data_timeout = 90
 shutdown_grace = "1.5s"
+workers = 4
 
 [[route]]
 name = "primary"
@@ -61,6 +62,7 @@ name = "third_route.x"
 host = "10.1.2.3"
 port = 2526
 tls = "opportunistic"
+ndr_only = true
 
 [queue]
 max_lifetime = "3d"
@@ -112,6 +114,7 @@ def test_full_config_parses_to_the_right_values():
     assert srv.idle_timeout == 120.0
     assert srv.data_timeout == 90.0
     assert srv.shutdown_grace == 1.5
+    assert srv.workers == 4
 
     assert [r.name for r in s.routes] == ["primary", "backup-2", "third_route.x"]
     p = s.route("primary")
@@ -133,7 +136,9 @@ def test_full_config_parses_to_the_right_values():
     assert b.helo_name is None
     assert b.max_connections == 20
     t = s.route("third_route.x")
-    assert (t.host, t.port, t.tls) == ("10.1.2.3", 2526, "opportunistic")
+    assert (t.host, t.port, t.tls, t.ndr_only) == ("10.1.2.3", 2526, "opportunistic", True)
+    assert not p.ndr_only
+    assert not b.ndr_only
     with pytest.raises(KeyError):
         s.route("nope")
 
@@ -212,11 +217,11 @@ def test_not_toml():
         ('[server]\nlisen = "127.0.0.1:25"\n' + ROUTE, "server.lisen"),
         (ROUTE + "prot = 25\n", "route[0].prot"),
         (ROUTE + '[[route]]\nname = "b"\nhost = "h"\ntsl = "none"\n', "route[1].tsl"),
-        ("[queue]\nmax_lifetim = \"5d\"\n" + ROUTE, "queue.max_lifetim"),
+        ('[queue]\nmax_lifetim = "5d"\n' + ROUTE, "queue.max_lifetim"),
         ('[policy]\nfile = ["a.toml"]\n' + ROUTE, "policy.file"),
         ('[ndr]\nroutes = "r"\n' + ROUTE, "ndr.routes"),
-        ('[metrics]\nport = 9\n' + ROUTE, "metrics.port"),
-        ('servr = 1\n' + ROUTE, "servr"),
+        ("[metrics]\nport = 9\n" + ROUTE, "metrics.port"),
+        ("servr = 1\n" + ROUTE, "servr"),
         ('[servers]\nlisten = "a:1"\n' + ROUTE, "servers"),
     ],
 )
@@ -235,31 +240,31 @@ def test_unknown_key_lists_the_known_ones():
 @pytest.mark.parametrize(
     ("text", "key", "expected"),
     [
-        ('server = 5\n' + ROUTE, "server", "expected a table"),
+        ("server = 5\n" + ROUTE, "server", "expected a table"),
         ('queue = "x"\n' + ROUTE, "queue", "expected a table"),
-        ('[server]\nlisten = 10025\n' + ROUTE, "server.listen", "host:port"),
-        ('[server]\nhostname = 3\n' + ROUTE, "server.hostname", "a host name"),
+        ("[server]\nlisten = 10025\n" + ROUTE, "server.listen", "host:port"),
+        ("[server]\nhostname = 3\n" + ROUTE, "server.hostname", "a host name"),
         ('[server]\nhostname = "  "\n' + ROUTE, "server.hostname", "a host name"),
         ('[server]\nmax_recipients = "10"\n' + ROUTE, "server.max_recipients", "a number"),
-        ('[server]\nmax_connections = true\n' + ROUTE, "server.max_connections", "a number"),
-        ('[server]\nmax_message_size = 1.5e6\n' + ROUTE, "server.max_message_size", "bytes"),
+        ("[server]\nmax_connections = true\n" + ROUTE, "server.max_connections", "a number"),
+        ("[server]\nmax_message_size = 1.5e6\n" + ROUTE, "server.max_message_size", "bytes"),
         ('[server]\nallowed_networks = "10.0.0.0/8"\n' + ROUTE, "server.allowed_networks",
          "a list of networks"),
-        ('[server]\nidle_timeout = true\n' + ROUTE, "server.idle_timeout", "a duration"),
+        ("[server]\nidle_timeout = true\n" + ROUTE, "server.idle_timeout", "a duration"),
         (ROUTE + 'port = "25"\n', "route[0].port", "a port from 1 to 65535"),
         (ROUTE + 'tls_verify = "yes"\n', "route[0].tls_verify", "true or false"),
         (ROUTE + "tls_ca_file = 1\n", "route[0].tls_ca_file", "a file path"),
         (ROUTE + '[[route]]\nname = "b"\nhost = 4\n', "route[1].host", "host name or address"),
         (ROUTE + "helo_name = 7\n", "route[0].helo_name", "a host name"),
-        (ROUTE + 'max_connections = 0\n', "route[0].max_connections", "a number from 1"),
-        (ROUTE + 'messages_per_connection = -1\n', "route[0].messages_per_connection",
+        (ROUTE + "max_connections = 0\n", "route[0].max_connections", "a number from 1"),
+        (ROUTE + "messages_per_connection = -1\n", "route[0].messages_per_connection",
          "a number from 1"),
         ('[policy]\nfiles = "a.toml"\n' + ROUTE, "policy.files", "a list of policy file paths"),
-        ('[policy]\nfiles = [1]\n' + ROUTE, "policy.files", "a list of policy file paths"),
-        ('[ndr]\nrecord_file = false\n' + ROUTE, "ndr.record_file", "a file path"),
+        ("[policy]\nfiles = [1]\n" + ROUTE, "policy.files", "a list of policy file paths"),
+        ("[ndr]\nrecord_file = false\n" + ROUTE, "ndr.record_file", "a file path"),
         ('[ndr]\nroute = "a b"\n' + ROUTE, "ndr.route", "a route name"),
         ('[metrics]\nlisten = "localhost"\n' + ROUTE, "metrics.listen", "host:port with a port"),
-        ('[queue]\nbackoff_start = [1]\n' + ROUTE, "queue.backoff_start", "a duration"),
+        ("[queue]\nbackoff_start = [1]\n" + ROUTE, "queue.backoff_start", "a duration"),
     ],
 )
 def test_wrong_types(text, key, expected):
@@ -279,17 +284,25 @@ def test_wrong_types(text, key, expected):
          "a port number from 0 to 65535"),
         ('[server]\nlisten = "127.0.0.1:x"\n' + ROUTE, "server.listen",
          "a port number from 0 to 65535"),
-        ('[server]\nmax_message_size = 1023\n' + ROUTE, "server.max_message_size",
+        ("[server]\nmax_message_size = 1023\n" + ROUTE, "server.max_message_size",
          "a size in bytes from 1024, got 1023"),
-        ('[server]\nmax_recipients = 100001\n' + ROUTE, "server.max_recipients",
+        ("[server]\nmax_recipients = 100001\n" + ROUTE, "server.max_recipients",
          "a number from 1 to 100000"),
-        ('[server]\nmax_connections_per_client = 0\n' + ROUTE,
+        ("[server]\nmax_connections_per_client = 0\n" + ROUTE,
          "server.max_connections_per_client", "a number from 1"),
     ],
 )
 def test_out_of_range(text, key, expected):
     message = error(text)
     assert f"{FILE}: {key}: expected {expected}" in message
+
+
+def test_workers_range():
+    for bad in (0, 65):
+        message = error(f"[server]\nworkers = {bad}\n" + ROUTE)
+        assert f"{FILE}: server.workers: expected " in message
+        assert f"from 1 to 64, got {bad}" in message
+    assert load_settings_text("[server]\nworkers = 64\n" + ROUTE).server.workers == 64
 
 
 @pytest.mark.parametrize(
@@ -372,6 +385,13 @@ def test_no_routes(text):
     assert f"{FILE}: route: expected at least one [[route]] table" in message
 
 
+def test_some_route_must_carry_ordinary_mail():
+    message = error(ROUTE + "ndr_only = true\n")
+    assert f"{FILE}: route: expected at least one route without ndr_only = true" in message
+    message = error(ROUTE + 'ndr_only = "yes"\n')
+    assert f"{FILE}: route[0].ndr_only: expected true or false" in message
+
+
 def test_route_entry_must_be_a_table():
     message = error("route = [1]\n")
     assert f"{FILE}: route[0]: expected a table" in message
@@ -439,7 +459,7 @@ def test_parse_duration_good(value, seconds):
               None, [5], "five"],
 )
 def test_parse_duration_bad(value):
-    with pytest.raises(ValueError, match=r"^a duration"):
+    with pytest.raises((ValueError, TypeError), match=r"^a duration"):
         parse_duration(value)
 
 

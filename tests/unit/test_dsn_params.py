@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relayguard.dsn import (
     MailParams,
@@ -13,9 +14,15 @@ from relayguard.dsn import (
     parse_mail_params,
     parse_rcpt_params,
     rcpt_upstream_params,
-    xtext_decode,
-    xtext_encode,
 )
+from relayguard.dsn_facts import parse_orcpt, xtext_decode
+
+
+def xtext_encode(value: str) -> str:
+    """RFC 3461 section 4 encoder, written from the RFC, to check the decoder against."""
+    return "".join(
+        chr(b) if 33 <= b <= 126 and b not in b"+=" else f"+{b:02X}" for b in value.encode()
+    )
 
 # -- MAIL ------------------------------------------------------------------------
 
@@ -127,11 +134,10 @@ def test_upstream_mail_params():
         ("notify=success,failure", RcptParams(notify=("SUCCESS", "FAILURE"))),
         ("NOTIFY=DELAY,FAILURE,SUCCESS", RcptParams(notify=("DELAY", "FAILURE", "SUCCESS"))),
         ("ORCPT=rfc822;user@example.com", RcptParams(orcpt="rfc822;user@example.com")),
-        ("ORCPT=RFC822;Mixed.Case@Example.COM", RcptParams(orcpt="rfc822;Mixed.Case@Example.COM")),
-        ("ORCPT=rfc822;a+2Bb@example.com", RcptParams(orcpt="rfc822;a+b@example.com")),
-        ("ORCPT=rfc822;a+3Db+20c@x", RcptParams(orcpt="rfc822;a=b c@x")),
-        ("ORCPT=utf-8;caf+C3+A9@x", RcptParams(orcpt="utf-8;caf\u00e9@x")),
-        ("ORCPT=rfc822;a+FFb@x", RcptParams(orcpt="rfc822;a\u00ffb@x")),  # not UTF-8: bytes kept
+        # kept exactly as received: case, type and xtext escapes (decoded only for reports)
+        ("ORCPT=RFC822;Mixed.Case@Example.COM", RcptParams(orcpt="RFC822;Mixed.Case@Example.COM")),
+        ("ORCPT=rfc822;a+2Bb@example.com", RcptParams(orcpt="rfc822;a+2Bb@example.com")),
+        ("ORCPT=utf-8;caf+C3+A9@x", RcptParams(orcpt="utf-8;caf+C3+A9@x")),
         (
             "NOTIFY=FAILURE,DELAY ORCPT=rfc822;r@x.example",
             RcptParams(notify=("FAILURE", "DELAY"), orcpt="rfc822;r@x.example"),
@@ -181,7 +187,7 @@ def test_param_error_is_a_value_error():
     assert issubclass(ParamError, ValueError)
 
 
-# -- xtext -----------------------------------------------------------------------
+# -- xtext and ORCPT decoding ---------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -206,7 +212,8 @@ def test_xtext_table(plain, encoded):
 
 def test_xtext_decode_leaves_non_escapes():
     assert xtext_decode("a+2") == "a+2"
-    assert xtext_decode("a+2b") == "a+2b"  # lower-case hex is not an escape
+    assert xtext_decode("a+") == "a+"
+    assert xtext_decode("a+ZZ") == "a+ZZ"
     assert xtext_decode("+2B41") == "+41"  # one pass only
 
 
@@ -219,22 +226,45 @@ def test_xtext_round_trip(value):
     assert xtext_decode(encoded) == value
 
 
+@pytest.mark.parametrize(
+    ("orcpt", "decoded"),
+    [
+        (None, None),
+        ("", None),
+        ("rfc822;user@example.com", ("rfc822", "user@example.com")),
+        ("RFC822;a+2Bb@example.com", ("rfc822", "a+b@example.com")),
+        ("rfc822;a+3Db+20c@x", ("rfc822", "a=b c@x")),
+        ("utf-8;caf\\x{E9}@x", ("utf-8", "caf\u00e9@x")),
+        ("bare@example.com", ("rfc822", "bare@example.com")),
+        ("x-local;Some+2BThing", ("x-local", "Some+Thing")),
+    ],
+)
+def test_parse_orcpt(orcpt, decoded):
+    assert parse_orcpt(orcpt) == decoded
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=30),
     st.lists(st.sampled_from(["SUCCESS", "FAILURE", "DELAY"]), unique=True, max_size=3),
 )
-def test_orcpt_and_notify_survive_upstream_round_trip(address, notify):
-    orcpt = f"rfc822;{address}"
-    upstream = rcpt_upstream_params(tuple(notify), orcpt)
-    parsed = parse_rcpt_params(" ".join(upstream))
-    assert parsed.orcpt == orcpt
+def test_orcpt_and_notify_survive_the_relay(address, notify):
+    received = f"rfc822;{xtext_encode(address)}"
+    parsed = parse_rcpt_params(" ".join(filter(None, [
+        "NOTIFY=" + ",".join(notify) if notify else "", f"ORCPT={received}",
+    ])))
+    assert parsed.orcpt == received
     assert parsed.notify == tuple(notify)
+    # upstream gets it verbatim; a report shows it decoded
+    upstream = rcpt_upstream_params(parsed.notify, parsed.orcpt)
+    assert upstream[-1] == f"ORCPT={received}"
+    assert parse_rcpt_params(" ".join(upstream)) == parsed
+    assert parse_orcpt(parsed.orcpt) == ("rfc822", address)
 
 
 def test_rcpt_upstream_params():
     assert rcpt_upstream_params((), None) == ()
     assert rcpt_upstream_params(("NEVER",), None) == ("NOTIFY=NEVER",)
-    assert rcpt_upstream_params(("SUCCESS", "FAILURE"), "rfc822;a+b=c@x") == (
-        "NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;a+2Bb+3Dc@x",
+    assert rcpt_upstream_params(("SUCCESS", "FAILURE"), "rfc822;a+2Bb@x") == (
+        "NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;a+2Bb@x",
     )

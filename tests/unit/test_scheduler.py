@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relayguard.model import Suspension, Throttle
 from relayguard.scheduler import ALL_DESTINATIONS, DueQueue, RouteTable

@@ -260,6 +260,7 @@ async def test_failing_job_does_not_fail_the_batch(spool):
         )
         raise ValueError("job failed")
 
+    before_batches, before_jobs = spool.batches, spool.batched_jobs
     jobs = []
     for i in range(30):
         jobs.append(spool.accept(new(f"m{i}".encode())))
@@ -271,6 +272,9 @@ async def test_failing_job_does_not_fail_the_batch(spool):
     assert all(type(e) is ValueError and str(e) == "job failed" for e in errors)
     good = [r for r in results if not isinstance(r, BaseException)]
     assert len(good) == 30
+    # the failing jobs were committed in batches with the others, not on their own
+    assert spool.batched_jobs - before_jobs == 33
+    assert spool.batches - before_batches < 33
     assert len(await spool.index()) == 30
     # the bad job's own insert was rolled back with its savepoint
     n = await spool._run(lambda c: c.execute(

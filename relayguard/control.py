@@ -1,0 +1,429 @@
+"""The control channel: what `relayguard queue …` and `relayguard routes` talk to.
+
+A running relay listens on a Unix socket in its spool directory
+(`<spool>/control.sock`, mode 0660): one JSON request per line, one JSON
+response per line. Every operation that changes a message goes through the
+queue manager as well as the spool, so the in-memory scheduler never disagrees
+with the spool, and operations are applied one at a time.
+
+When no relay runs, the CLI does the same operations directly on the spool,
+with the same `Controller` and an idle queue manager. To be sure nothing runs
+meanwhile, a relay holds a shared `flock` on the spool directory while it is
+up and the CLI takes an exclusive one for a direct operation: if the socket
+does not answer but the lock is taken, the CLI says so instead of racing.
+
+Races with a delivery round that is under way:
+- hold: the message leaves the due queue at once; the round finishes and the
+  spool keeps the message held when it records the round (spool/sqlite.py).
+- retry / release: never start a second round of a message already in one.
+- delete / bounce: hold first, wait for the round to be recorded, then act, so
+  a delivery and an operator's bounce never both happen, and a deleted message
+  is not brought back (the spool records nothing for a message that is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from relayguard.clock import Clock, SystemClock
+from relayguard.config import Settings
+from relayguard.metrics import Observer
+from relayguard.model import MessageState, Phase, QueuedMessage, Reply
+from relayguard.queue_manager import QueueManager
+from relayguard.queue_tools import STATES, detail, matches, shape, summarize
+from relayguard.spool.sqlite import DB_NAME, SqliteSpool, find_messages, load_message
+
+log = structlog.get_logger("relayguard.control")
+
+SOCKET_NAME = "control.sock"
+MAX_LINE = 1 << 20
+SETTLE_TIMEOUT = 120.0  # how long delete/bounce wait for a delivery round under way
+CLIENT_TIMEOUT = SETTLE_TIMEOUT + 60.0
+OPERATOR_REPLY = Reply(550, "5.0.0", "message bounced by the operator", Phase.CONNECT,
+                       synthetic=True)
+ACTIONS = ("retry", "hold", "release", "delete", "bounce")
+
+Json = dict[str, Any]
+
+
+class ControlError(Exception):
+    """A request that cannot be done; the text is for the operator."""
+
+
+def socket_path(spool_dir: Path) -> Path:
+    return Path(spool_dir) / SOCKET_NAME
+
+
+# ---------------------------------------------------------------- the spool lock
+
+
+async def lock_spool_shared(spool_dir: Path) -> int:
+    """For a running relay: a shared lock on the spool directory, held until closed.
+    Waits while a direct CLI operation (exclusive lock) finishes."""
+
+    def lock() -> int:
+        directory = Path(spool_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    return await asyncio.to_thread(lock)
+
+
+def try_lock_exclusive(spool_dir: Path) -> int | None:
+    """For the CLI: an exclusive lock on the spool directory, or None if a relay runs."""
+    fd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+# ---------------------------------------------------------------- operations
+
+
+class Controller:
+    """The operations, on a spool and a queue manager (running, or idle for the CLI)."""
+
+    def __init__(
+        self, settings: Settings, spool: SqliteSpool, manager: QueueManager, clock: Clock,
+        observer: Observer | None = None, *, running: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.manager = manager
+        self.clock = clock
+        self.observer = observer
+        self.running = running
+        self._lock = asyncio.Lock()
+
+    async def handle(self, request: object) -> Json:
+        """One request: {"op": ..., ...} -> the result (JSON-able). Raises ControlError."""
+        if not isinstance(request, dict):
+            raise ControlError("a request is a JSON object")
+        op = request.get("op")
+        reads: dict[str, Callable[[Json], Any]] = {
+            "ping": self._ping, "list": self._list, "show": self._show, "shape": self._shape,
+            "routes": self._routes,
+        }
+        if op in reads:
+            result: Json = await reads[op](request)
+            return result
+        if op in ACTIONS or op == "resume":
+            async with self._lock:
+                if op == "resume":
+                    return self._resume(request)
+                return await self._act(op, request)
+        raise ControlError(f"unknown operation {op!r}")
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def _ping(self, _req: Json) -> Json:
+        return {"pid": os.getpid(), "now": self.clock.now()}
+
+    async def _summaries(self) -> list[Json]:
+        messages = await self.spool.read(find_messages)
+        now = self.clock.now()
+        return [summarize(m, now) for m in messages]
+
+    async def _list(self, req: Json) -> Json:
+        state = req.get("state")
+        if state is not None and state not in STATES:
+            raise ControlError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+        summaries = [s for s in await self._summaries()
+                     if matches(s, state=state, domain=req.get("domain"), route=req.get("route"))]
+        return {"now": self.clock.now(), "messages": summaries}
+
+    async def _find(self, queue_id: str) -> QueuedMessage | None:
+        found = await self.spool.read(
+            lambda c: find_messages(c, "queue_id=?", (queue_id.strip().upper(),)))
+        return found[0] if found else None
+
+    async def _show(self, req: Json) -> Json:
+        queue_id = str(req.get("id") or "")
+        message = await self._find(queue_id)
+        loaded = await self.spool.read(lambda c: load_message(c, message.seq)) if message else None
+        if loaded is None:
+            raise ControlError(f"{queue_id}: not in the queue")
+        now = self.clock.now()
+        return {"now": now, "message": detail(loaded[0], loaded[1], now)}
+
+    async def _shape(self, req: Json) -> Json:
+        state = req.get("state")
+        summaries = [s for s in await self._summaries() if state is None or s["state"] == state]
+        return {"now": self.clock.now(), "shape": shape(summaries)}
+
+    async def _routes(self, _req: Json) -> Json:
+        now = self.clock.now()
+        table = self.manager.routes
+        routes = []
+        for r in self.settings.routes:
+            suspensions = [s.to_dict() for (route, _), s in sorted(table.suspensions.items())
+                           if route == r.name and s.until > now]
+            throttles = [{"destination": t.destination, "max_connections": t.max_connections,
+                          "until": t.until, "rule": t.rule}
+                         for (route, _), t in sorted(table.throttles.items())
+                         if route == r.name and t.until > now]
+            probing = sorted(d for (route, d) in table.probing if route == r.name)
+            obs = self.observer
+            routes.append({
+                "name": r.name, "host": r.host, "port": r.port,
+                "max_connections": r.max_connections,
+                "connections": sum(n for (route, _), n in table.active.items() if route == r.name),
+                "suspensions": suspensions, "throttles": throttles, "probing": probing,
+                "counts": dict(obs.counts.get(r.name, {})) if obs else {},
+                "recent": list(obs.recent.get(r.name, ())) if obs else [],
+            })
+        return {"now": now, "running": self.running, "routes": routes}
+
+    # -- changes ----------------------------------------------------------------------
+
+    def _resume(self, req: Json) -> Json:
+        route = str(req.get("route") or "")
+        if route not in {r.name for r in self.settings.routes}:
+            names = ", ".join(r.name for r in self.settings.routes)
+            raise ControlError(f"no route {route!r} (routes: {names})")
+        if not self.running:
+            raise ControlError("relayguard is not running: suspensions live in the server "
+                               "and ended with it")
+        domain = req.get("domain")
+        lifted = self.manager.resume(route, domain.lower() if domain else None)
+        return {"route": route, "domain": domain, "lifted": lifted}
+
+    async def _select(self, req: Json) -> tuple[list[QueuedMessage], list[str]]:
+        ids = [str(i) for i in req.get("ids") or []]
+        if ids:
+            found, missing = [], []
+            for queue_id in ids:
+                message = await self._find(queue_id)
+                if message is None:
+                    missing.append(queue_id)
+                else:
+                    found.append(message)
+            return found, missing
+        messages = await self.spool.read(find_messages)
+        if req.get("all"):
+            return messages, []
+        domain = req.get("domain")
+        if domain:
+            now = self.clock.now()
+            return [m for m in messages if matches(summarize(m, now), domain=domain)], []
+        raise ControlError("name queue IDs, or --domain D, or --all")
+
+    async def _act(self, op: str, req: Json) -> Json:
+        messages, missing = await self._select(req)
+        action = {"retry": self._retry, "hold": self._hold, "release": self._release,
+                  "delete": self._delete, "bounce": self._bounce}[op]
+        done: list[str] = []
+        skipped: list[Json] = []
+        for message in messages:
+            why = await action(message)
+            if why is None:
+                done.append(message.queue_id)
+            else:
+                skipped.append({"queue_id": message.queue_id, "why": why})
+        if done:
+            log.info("operator_action", op=op, queue_ids=done)
+        return {"op": op, "done": done, "skipped": skipped, "missing": missing}
+
+    async def _retry(self, m: QueuedMessage) -> str | None:
+        if m.state is MessageState.HELD:
+            return "held: release it instead"
+        if m.seq in self.manager.delivering:
+            return "being delivered right now"
+        if not await self.spool.set_next_attempt(m.seq, self.clock.now()):
+            return "no longer queued"
+        self.manager.schedule_now(m.seq)
+        return None
+
+    async def _hold(self, m: QueuedMessage) -> str | None:
+        if m.state is MessageState.HELD:
+            return "already held"
+        self.manager.hold(m.seq)
+        if not await self.spool.set_state(m.seq, MessageState.HELD, only_from=MessageState.ACTIVE):
+            return "no longer queued"
+        return None
+
+    async def _release(self, m: QueuedMessage) -> str | None:
+        if m.state is not MessageState.HELD:
+            return "not held"
+        if not await self.spool.set_state(m.seq, MessageState.ACTIVE,
+                                          next_attempt_at=self.clock.now(),
+                                          only_from=MessageState.HELD):
+            return "no longer held"
+        self.manager.schedule_now(m.seq)  # a round under way reschedules it itself
+        return None
+
+    async def _hold_and_settle(self, m: QueuedMessage) -> bool:
+        """Hold, then wait until no delivery round of this message is under way."""
+        self.manager.hold(m.seq)
+        await self.spool.set_state(m.seq, MessageState.HELD)
+        async with asyncio.timeout(SETTLE_TIMEOUT):
+            while m.seq in self.manager.delivering:  # noqa: ASYNC110 - no per-message event
+                await asyncio.sleep(0.05)
+        self.manager.hold(m.seq)  # the round may have rescheduled it
+        return True
+
+    async def _delete(self, m: QueuedMessage) -> str | None:
+        try:
+            await self._hold_and_settle(m)
+        except TimeoutError:
+            return "still being delivered; it stays held, try again"
+        if not await self.spool.delete(m.seq):
+            return "no longer queued"
+        return None
+
+    async def _bounce(self, m: QueuedMessage) -> str | None:
+        try:
+            await self._hold_and_settle(m)
+        except TimeoutError:
+            return "still being delivered; it stays held, try again"
+        if not await self.manager.bounce(m.seq, OPERATOR_REPLY):
+            return "nothing left to bounce (delivered or gone meanwhile)"
+        return None
+
+
+# ---------------------------------------------------------------- the server
+
+
+class ControlServer:
+    """JSON lines over a Unix socket, for the `relayguard` CLI on the same host."""
+
+    def __init__(self, controller: Controller, path: Path) -> None:
+        self.controller = controller
+        self.path = Path(path)
+        self._server: asyncio.Server | None = None
+        self._inode: int | None = None
+
+    async def start(self) -> bool:
+        """Listen; False (logged) if the socket cannot be made, e.g. a path too long."""
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(self.path), limit=MAX_LINE)
+            self.path.chmod(0o660)  # the relayguard group may use the queue tools
+            self._inode = self.path.stat().st_ino
+        except OSError as exc:
+            log.warning("control_socket_unavailable", path=str(self.path), error=str(exc),
+                        effect="queue tools cannot reach this server")
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        with contextlib.suppress(OSError):
+            st = self.path.stat()
+            if stat.S_ISSOCK(st.st_mode) and st.st_ino == self._inode:
+                self.path.unlink()
+        await self._server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(json.dumps(await self._answer(line)).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, ValueError):
+            pass  # the client went away, or sent a line beyond MAX_LINE
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, line: bytes) -> Json:
+        try:
+            return {"ok": True, "result": await self.controller.handle(json.loads(line))}
+        except json.JSONDecodeError:
+            return {"ok": False, "error": "a request is one line of JSON"}
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("control_error", error=repr(exc))
+            return {"ok": False, "error": f"internal error: {exc!r}"}
+
+
+# ---------------------------------------------------------------- the client
+
+
+class NotRunningError(Exception):
+    """Nothing answers on the control socket."""
+
+
+def call(path: Path, request: Json, timeout: float = CLIENT_TIMEOUT) -> Json:
+    """One request to a running relay; raises NotRunningError if none answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NotRunningError(str(exc)) from None
+        except OSError as exc:  # e.g. a path too long for AF_UNIX
+            raise NotRunningError(str(exc)) from None
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ControlError("relayguard closed the control connection without answering")
+            data += chunk
+    response = json.loads(data)
+    if not response.get("ok"):
+        raise ControlError(str(response.get("error")))
+    result: Json = response["result"]
+    return result
+
+
+async def _direct(settings: Settings, request: Json) -> Json:
+    from relayguard.policy import Policy  # noqa: PLC0415 - only the direct mode needs it
+    from relayguard.reports import make_report_builder  # noqa: PLC0415
+
+    spool = SqliteSpool(settings.server.spool)
+    try:
+        manager = QueueManager(settings, spool, None, SystemClock(), Policy(),
+                               build_reports=make_report_builder(settings))
+        controller = Controller(settings, spool, manager, manager.clock, running=False)
+        return await controller.handle(request)
+    finally:
+        await spool.close()
+
+
+def run(settings: Settings, request: Json) -> Json:
+    """What the CLI calls: through the running relay, or directly on its spool."""
+    spool_dir = Path(settings.server.spool)
+    try:
+        return call(socket_path(spool_dir), request)
+    except NotRunningError:
+        pass
+    if not (spool_dir / DB_NAME).exists():
+        raise ControlError(f"no spool at {spool_dir} (is server.spool right?)")
+    fd = try_lock_exclusive(spool_dir)
+    if fd is None:
+        raise ControlError(f"relayguard is running on {spool_dir} but its control socket "
+                           f"{socket_path(spool_dir)} does not answer")
+    try:
+        return asyncio.run(_direct(settings, request))
+    finally:
+        os.close(fd)
+
+
+def request_for(op: str, **fields: object) -> Json:
+    """A request without the fields left unset (argparse's None and empty lists)."""
+    return {"op": op, **{k: v for k, v in fields.items() if v not in (None, [], False)}}

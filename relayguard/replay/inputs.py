@@ -1,0 +1,297 @@
+"""What the replay replays: messages read from a spool, .eml files, an mbox, a Maildir
+or a Postfix queue (see `postfix_queue`), as envelopes, bodies and arrival times.
+
+Formats without an envelope (.eml, mbox, Maildir) take it from the headers:
+the recipients from X-Envelope-To / Envelope-To / X-Original-To / Delivered-To
+when present (what a delivery agent recorded), else To, Cc and Bcc; the sender
+from Return-Path, else Sender, else From. The arrival time is the Date header,
+else what the format records (the mbox From_ line, the Maildir file name).
+Bodies are stored with CRLF line ends, as the front end would store them.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import getaddresses, parsedate_to_datetime
+from pathlib import Path
+
+from relayguard.model import Envelope, MessageState, Recipient, RecipientState
+
+FORMATS = ("spool", "eml", "mbox", "maildir", "postfix", "postcat")
+_LINE_END = re.compile(rb"\r?\n")
+_ENVELOPE_TO = ("x-envelope-to", "envelope-to", "x-original-to", "delivered-to")
+_MBOXRD_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
+
+
+class InputError(ValueError):
+    """The input cannot be read; names the file and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputMessage:
+    envelope: Envelope
+    body: bytes  # CRLF line ends
+    arrival: float | None  # POSIX time, None if the input does not say
+    message_id: str = ""
+    source: str = ""  # file name or queue id, for messages about it
+
+
+@dataclass(slots=True)
+class Input:
+    path: str
+    format: str
+    messages: list[InputMessage] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "source: why"
+
+
+def read_input(path: str | Path, fmt: str | None = None) -> Input:
+    """Read every message of `path`, in a stable order (file names, queue order)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or directory")
+    fmt = fmt or detect_format(p)
+    readers = {"spool": _read_spool, "eml": _read_eml, "mbox": _read_mbox,
+               "maildir": _read_maildir}
+    if fmt in ("postfix", "postcat"):
+        from relayguard.replay import postfix_queue  # noqa: PLC0415 - only for this format
+
+        return postfix_queue.read(p, fmt)
+    if fmt not in readers:
+        raise InputError(f"{p}: unknown input format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    return readers[fmt](p)
+
+
+def detect_format(p: Path) -> str:
+    if p.is_dir():
+        if (p / "queue.db").exists():
+            return "spool"
+        if (p / "cur").is_dir() and (p / "new").is_dir():
+            return "maildir"
+        if any(p.glob("*.eml")):
+            return "eml"
+        from relayguard.replay import postfix_queue  # noqa: PLC0415
+
+        if postfix_queue.looks_like_queue_dir(p):
+            return "postfix"
+        raise InputError(f"{p}: cannot tell the input format (a relayguard spool has queue.db, "
+                         "a Maildir cur/ and new/, an .eml directory *.eml files); give --format")
+    with p.open("rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"From "):
+        return "mbox"
+    if b"*** ENVELOPE RECORDS " in head:
+        return "postcat"
+    from relayguard.replay import postfix_queue  # noqa: PLC0415
+
+    if postfix_queue.looks_like_queue_file(head):
+        return "postfix"
+    if p.suffix == ".eml" or re.match(rb"[!-9;-~]+:", head):
+        return "eml"
+    raise InputError(f"{p}: cannot tell the input format; give --format")
+
+
+# --- RFC 5322 helpers ------------------------------------------------------------
+
+
+def crlf(data: bytes) -> bytes:
+    """Line ends as the spool keeps them: CRLF, with a final one."""
+    out = _LINE_END.sub(b"\r\n", data)
+    return out if out.endswith(b"\r\n") else out + b"\r\n"
+
+
+def headers_of(body: bytes) -> dict[str, list[str]]:
+    """Header fields (lower-case names → values, unfolded), read only up to the blank line."""
+    end = re.search(rb"\r?\n\r?\n", body)
+    head = body[: end.start()] if end else body
+    fields: dict[str, list[str]] = {}
+    name = ""
+    for raw in _LINE_END.split(head):
+        line = raw.decode("utf-8", "replace")
+        if line[:1] in (" ", "\t") and name:
+            fields[name][-1] += " " + line.strip()
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not key or " " in key:
+            name = ""
+            continue
+        name = key.strip().lower()
+        fields.setdefault(name, []).append(value.strip())
+    return fields
+
+
+def header_date(fields: dict[str, list[str]]) -> float | None:
+    for value in fields.get("date", []):
+        try:
+            dt = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            continue
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
+def _addresses(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for _, addr in getaddresses(values):
+        addr = addr.strip()
+        if addr and "@" in addr and addr not in out:
+            out.append(addr)
+    return out
+
+
+def message_from_bytes(
+    data: bytes, source: str, *, sender: str | None = None, recipients: list[str] | None = None,
+    arrival: float | None = None,
+) -> InputMessage | str:
+    """An InputMessage from a whole RFC 5322 message, or why it cannot be one."""
+    body = crlf(data)
+    fields = headers_of(body)
+    if recipients is None:
+        recipients = []
+        for name in _ENVELOPE_TO:
+            recipients = _addresses(fields.get(name, []))
+            if recipients:
+                break
+        if not recipients:
+            recipients = _addresses(fields.get("to", []) + fields.get("cc", [])
+                                    + fields.get("bcc", []))
+    if not recipients:
+        return f"{source}: no recipients (no To/Cc/Bcc or envelope headers)"
+    if sender is None:
+        sender = _envelope_sender(fields)
+    date = header_date(fields)
+    mid = (fields.get("message-id") or [""])[0]
+    return InputMessage(
+        envelope=Envelope(sender=sender, recipients=tuple(Recipient(a) for a in recipients),
+                          mail_options=_mail_options(body, sender, recipients)),
+        body=body,
+        arrival=date if date is not None else arrival,
+        message_id=mid,
+        source=source,
+    )
+
+
+def _envelope_sender(fields: dict[str, list[str]]) -> str:
+    for value in fields.get("return-path", []):
+        if value.replace(" ", "") == "<>":
+            return ""
+        found = _addresses([value])
+        if found:
+            return found[0]
+    for name in ("sender", "from"):
+        found = _addresses(fields.get(name, []))
+        if found:
+            return found[0]
+    return ""
+
+
+def _mail_options(body: bytes, sender: str, recipients: list[str]) -> tuple[str, ...]:
+    options: list[str] = []
+    if not body.isascii():
+        options.append("BODY=8BITMIME")
+    if not (sender.isascii() and all(r.isascii() for r in recipients)):
+        options.append("SMTPUTF8")
+    return tuple(options)
+
+
+def _add(result: Input, item: InputMessage | str) -> None:
+    if isinstance(item, str):
+        result.skipped.append(item)
+    else:
+        result.messages.append(item)
+
+
+# --- the formats ---------------------------------------------------------------
+
+
+def _read_eml(p: Path) -> Input:
+    result = Input(str(p), "eml")
+    files = sorted(p.glob("*.eml")) if p.is_dir() else [p]
+    for f in files:
+        _add(result, message_from_bytes(f.read_bytes(), f.name))
+    return result
+
+
+def _read_mbox(p: Path) -> Input:
+    """mboxo/mboxrd: messages start at 'From ' lines; '>From ' quoting is undone."""
+    result = Input(str(p), "mbox")
+    data = p.read_bytes()
+    starts = [m.start() for m in re.finditer(rb"(?:^|\n)From ", data)]
+    for n, start in enumerate(starts):
+        begin = start + (1 if data[start : start + 1] == b"\n" else 0)
+        end = starts[n + 1] if n + 1 < len(starts) else len(data)
+        chunk = data[begin:end]
+        from_line, _, message = chunk.partition(b"\n")
+        message = _MBOXRD_FROM.sub(rb"\1", message)
+        if end == len(data) and message.endswith(b"\n\n"):
+            message = message[:-1]  # the blank line that ends the last message
+        sender, when = _from_line(from_line.decode("utf-8", "replace"))
+        fields = headers_of(message)
+        _add(result, message_from_bytes(
+            message, f"message {n + 1}",
+            sender=None if fields.get("return-path") else sender, arrival=when))
+    return result
+
+
+def _from_line(line: str) -> tuple[str | None, float | None]:
+    """'From alice@example.org Mon Jan 15 08:00:00 2024' → sender, time (UTC)."""
+    parts = line.rstrip("\r").split(None, 2)
+    sender = parts[1] if len(parts) > 1 else None
+    if sender == "MAILER-DAEMON":
+        sender = ""
+    when = None
+    if len(parts) > 2:
+        text = " ".join(parts[2].split()[:5])
+        try:
+            when = datetime.strptime(text, "%a %b %d %H:%M:%S %Y").replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            when = None
+    return sender, when
+
+
+def _read_maildir(p: Path) -> Input:
+    result = Input(str(p), "maildir")
+    files = sorted(
+        (f for sub in ("new", "cur") for f in (p / sub).iterdir() if f.is_file()),
+        key=lambda f: (f.name, f.parent.name),
+    )
+    for f in files:
+        stamp = f.name.split(".", 1)[0]
+        arrival = float(stamp) if stamp.isdigit() else None
+        _add(result, message_from_bytes(f.read_bytes(), f"{f.parent.name}/{f.name}",
+                                        arrival=arrival))
+    return result
+
+
+def _read_spool(p: Path) -> Input:
+    """A relayguard spool (read-only): the queued recipients of every active message."""
+    from relayguard.spool.sqlite import DB_NAME, find_messages  # noqa: PLC0415
+
+    result = Input(str(p), "spool")
+    try:
+        conn = sqlite3.connect(f"file:{p / DB_NAME}?mode=ro", uri=True, timeout=30)
+        try:
+            messages = find_messages(conn, "state != ?", [MessageState.DONE.value])
+            bodies = {seq: bytes(body) for seq, body in conn.execute(
+                "SELECT seq, body FROM messages WHERE state != ?", (MessageState.DONE.value,))}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise InputError(f"{p / DB_NAME}: cannot read the spool: {exc}") from None
+    for m in messages:
+        if m.state is MessageState.HELD:
+            result.skipped.append(f"{m.queue_id}: held by an operator")
+            continue
+        pending = tuple(
+            Recipient(r.address, orcpt=r.orcpt, notify=r.notify)
+            for r in m.envelope.recipients if r.state is RecipientState.QUEUED
+        )
+        if not pending:
+            result.skipped.append(f"{m.queue_id}: no queued recipients")
+            continue
+        result.messages.append(InputMessage(
+            envelope=m.envelope.with_recipients(pending), body=bodies[m.seq],
+            arrival=m.arrival_at, message_id=m.message_id, source=m.queue_id))
+    return result
