@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +183,25 @@ class Relay:
         except ValueError as exc:
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             return
+        old = self.settings
+        # Policies, retry timing and reports change at once; the listener, the spool
+        # and the routes' connections are built at start, so those changes wait.
+        needs_restart = [
+            name for name, before, after in (
+                ("server", old.server, settings.server),
+                ("route", old.routes, settings.routes),
+                ("metrics", old.metrics, settings.metrics),
+            ) if before != after
+        ]
+        kept = replace(settings, server=old.server, routes=old.routes, metrics=old.metrics)
+        self.settings = kept
+        self.manager.settings = kept
         self.manager.policy = policy
-        log.info("reloaded", config=str(self.config_path))
+        self.manager.build_reports = self.build_reports or make_report_builder(kept)
+        if needs_restart:
+            log.warning("reload_needs_restart", sections=needs_restart,
+                        reason="these sections are read at start; restart to apply them")
+        log.info("reloaded", config=str(self.config_path), policy_rules=len(policy.rules))
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -192,18 +209,24 @@ class Relay:
 
 async def serve(settings: Settings, config_path: Path | None = None) -> None:
     relay = Relay(settings, config_path=config_path)
-    await relay.start()
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
+    started = asyncio.Event()
 
     def reload() -> None:
+        if not started.is_set():
+            log.warning("reload_ignored", reason="still starting")
+            return
         systemd.notify("RELOADING=1")
         relay.reload()
         systemd.notify("READY=1")
 
+    # Signal handlers go in first: a SIGHUP right after start must not kill us.
     loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
     loop.add_signal_handler(signal.SIGINT, stop_requested.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    await relay.start()
+    started.set()
     systemd.notify(f"READY=1\nSTATUS=listening on {relay.address[0]}:{relay.address[1]}")
     watchdog = asyncio.create_task(systemd.run_watchdog(relay.healthy))
     await stop_requested.wait()
