@@ -237,12 +237,44 @@ class RouteConnections:
             text = f"lost connection with {self.peer} while sending {phase.value}"
         return _SessionFailedError(network_reply("4.4.2", text, phase, host))
 
-    async def _command(self, smtp: aiosmtplib.SMTP, phase: Phase, *args: bytes) -> Reply:
+    async def _exchange(
+        self, smtp: aiosmtplib.SMTP, commands: Sequence[tuple[Phase, bytes]]
+    ) -> list[Reply]:
+        """Write the command lines together, then read one reply each, in order."""
+        protocol = smtp.protocol
+        phase = commands[0][0]
         try:
-            resp = await smtp.execute_command(*args)
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("not connected")
+            protocol.write(b"".join(line for _, line in commands))
+            replies = []
+            for phase, _ in commands:
+                resp = await protocol.read_response(timeout=self.route.command_timeout)
+                replies.append(Reply.parse(resp.code, resp.message, phase, self.route.host))
         except (aiosmtplib.SMTPException, OSError) as exc:
+            smtp.close()
             raise self._lost(phase, exc) from None
-        return Reply.parse(resp.code, resp.message, phase, self.route.host)
+        return replies
+
+    async def _envelope(
+        self, smtp: aiosmtplib.SMTP, commands: list[tuple[Phase, bytes]]
+    ) -> list[Reply]:
+        """MAIL, RCPT… and DATA one at a time, stopping where the peer's answers make
+        going on pointless.
+
+        Not pipelined (RFC 2920), although it would save round trips: aiosmtplib's
+        protocol keeps one parsed reply at a time and drops bytes that arrive while
+        it holds one, so several replies in flight could be lost.
+        """
+        replies: list[Reply] = []
+        for phase, line in commands:
+            if phase is Phase.DATA and not any(r.code in (250, 251) for r in replies[1:]):
+                break
+            [reply] = await self._exchange(smtp, [(phase, line)])
+            replies.append(reply)
+            if phase is Phase.MAIL and reply.code != 250:
+                break
+        return replies
 
     async def _transaction(self, conn: _Connection, tx: Transaction) -> Outcome:
         smtp = conn.smtp
@@ -252,54 +284,44 @@ class RouteConnections:
             mail_params += tx.dsn_mail_options
         if smtp.supports_extension("size"):
             mail_params.append(f"SIZE={len(tx.body)}")
-        mail = await self._command(
-            smtp, Phase.MAIL, b"MAIL", b"FROM:<" + tx.sender.encode() + b">",
-            *(p.encode() for p in mail_params),
-        )
-        replies: dict[str, Reply] = {}
-        if mail.code != 250:
-            await self._rset(smtp)
-            return Outcome(dict.fromkeys((a for a, _ in tx.recipients), mail), self.route.host,
-                           has_dsn, conn.tls)
-        accepted: list[str] = []
+        commands = [(Phase.MAIL, _line(b"MAIL FROM:<" + tx.sender.encode() + b">", mail_params))]
         for address, params in tx.recipients:
             sent = list(params) if (has_dsn or not tx.dsn_rcpt) else []
-            reply = await self._command(
-                smtp, Phase.RCPT, b"RCPT", b"TO:<" + address.encode() + b">",
-                *(p.encode() for p in sent),
-            )
-            replies[address] = reply
-            if reply.code in (250, 251):
-                accepted.append(address)
-        if not accepted:
+            commands.append((Phase.RCPT, _line(b"RCPT TO:<" + address.encode() + b">", sent)))
+        commands.append((Phase.DATA, b"DATA\r\n"))
+        got = await self._envelope(smtp, commands)
+        mail, rcpt_replies = got[0], got[1 : 1 + len(tx.recipients)]
+        go_ahead = got[1 + len(tx.recipients)] if len(got) > 1 + len(tx.recipients) else None
+        addresses = [a for a, _ in tx.recipients]
+        if mail.code != 250:
+            replies = dict.fromkeys(addresses, mail)
+        else:
+            replies = dict(zip(addresses, rcpt_replies, strict=True))
+        accepted = [a for a in addresses if replies[a].code in (250, 251)]
+        if go_ahead is not None and go_ahead.code == 354 and not accepted:
+            # RFC 2920 §3.1: a peer that said 354 anyway gets an empty message, then RSET.
+            await self._exchange(smtp, [(Phase.AFTER_DATA, b".\r\n")])
+        if go_ahead is None or go_ahead.code != 354 or not accepted:
             await self._rset(smtp)
+            for address in accepted:
+                replies[address] = go_ahead or mail
             return Outcome(replies, self.route.host, has_dsn, conn.tls)
-        final = await self._data(smtp, tx.body)
+        # A drop while the peer has the message means "may have been delivered":
+        # the phase says so, and the message is retried (at-least-once).
+        [final] = await self._exchange(smtp, [(Phase.AFTER_DATA, _dot_stuffed(tx.body))])
         for address in accepted:
             replies[address] = final
         return Outcome(replies, self.route.host, has_dsn, conn.tls)
-
-    async def _data(self, smtp: aiosmtplib.SMTP, body: bytes) -> Reply:
-        go_ahead = await self._command(smtp, Phase.DATA, b"DATA")
-        if go_ahead.code != 354:
-            return go_ahead
-        protocol = smtp.protocol
-        if protocol is None:
-            raise self._lost(Phase.DATA, ConnectionError())
-        try:
-            protocol.write(_dot_stuffed(body))
-            resp = await protocol.read_response(timeout=self.route.command_timeout)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            # We cannot tell whether the peer took it: at-least-once says retry.
-            smtp.close()
-            raise self._lost(Phase.AFTER_DATA, exc) from None
-        return Reply.parse(resp.code, resp.message, Phase.AFTER_DATA, self.route.host)
 
     async def _rset(self, smtp: aiosmtplib.SMTP) -> None:
         try:
             await smtp.execute_command(b"RSET")
         except (aiosmtplib.SMTPException, OSError):
             smtp.close()
+
+
+def _line(command: bytes, params: Sequence[str]) -> bytes:
+    return b" ".join([command, *(p.encode() for p in params)]) + b"\r\n"
 
 
 def _dot_stuffed(body: bytes) -> bytes:

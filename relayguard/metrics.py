@@ -18,14 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from relayguard.clock import Clock
 from relayguard.model import Suspension
@@ -84,6 +78,7 @@ class Observer:
         self.recent: dict[str, deque[dict[str, Any]]] = {
             route: deque(maxlen=RECENT) for route in self.routes}
         self.counts: dict[str, dict[str, int]] = {route: {} for route in self.routes}
+        self._last_transaction: tuple[object, ...] = ()
 
     def message_accepted(self) -> None:
         self.accepted.inc()
@@ -101,7 +96,12 @@ class Observer:
             {"deferred": self.deferred, "rerouted": self.rerouted,
              "bounced": self.bounced}[event].labels(route, rule).inc(count)
         if "duration" in fields and route:
-            self.latency.labels(route).observe(float(fields["duration"]))
+            # One transaction whose recipients got different replies is reported as one
+            # event per reply, one after the other, with the same duration: observe once.
+            key = (fields.get("queue_id"), route, fields["duration"])
+            if key != self._last_transaction:
+                self.latency.labels(route).observe(float(fields["duration"]))
+            self._last_transaction = key
         if route in self.recent:
             reply = " ".join(str(fields[k]) for k in ("code", "enhanced", "text")
                              if fields.get(k) not in (None, ""))
@@ -124,8 +124,11 @@ class Observer:
         for route, n in counts.items():
             self.suspensions.labels(route).set(n)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The metrics in the format the scraper asks for (Prometheus text 0.0.4 by
+        default, OpenMetrics on request), and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
 
 class MetricsServer:
@@ -167,13 +170,14 @@ class MetricsServer:
             return
         self.observer.set_queue(stats, now)
 
-    async def _respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+    async def _respond(self, method: str, path: str, accept: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"method not allowed\n"
         path = path.split("?", 1)[0]
         if path == "/metrics":
             await self.refresh()
-            return 200, CONTENT_TYPE_LATEST, self.observer.exposition()
+            body, content_type = self.observer.exposition(accept)
+            return 200, content_type, body
         if path == "/healthz":
             if self.healthy():
                 return 200, "text/plain", b"ok\n"
@@ -184,12 +188,15 @@ class MetricsServer:
         reasons = {200: "OK", 400: "Bad Request", 404: "Not Found",
                    405: "Method Not Allowed", 503: "Service Unavailable"}
         try:
+            accept = ""
             async with asyncio.timeout(10):
                 request = (await reader.readline()).decode("latin-1").split()
-                while (await reader.readline()).strip():
-                    pass  # headers: nothing in them matters here
+                while line := (await reader.readline()).decode("latin-1").strip():
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "accept":
+                        accept = value.strip()
             if len(request) == 3:
-                status, ctype, body = await self._respond(request[0], request[1])
+                status, ctype, body = await self._respond(request[0], request[1], accept)
             else:
                 status, ctype, body = 400, "text/plain", b"bad request\n"
             head = (f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: {ctype}\r\n"

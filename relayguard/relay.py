@@ -92,10 +92,8 @@ class Relay:
         )
         self._run_task = asyncio.create_task(self.manager.run())
         if workers > 1 and self.config_path is not None:
-            now = self.clock.now
             self._workers = WorkerPool.start(
-                self.config_path, workers - 1, host, self.address[1],
-                lambda seq: self.manager.enqueue_seq(seq, now()),
+                self.config_path, workers - 1, host, self.address[1], self._worker_accepted,
             )
             self._poll_task = asyncio.create_task(self._poll_spool())
         self.control = ControlServer(
@@ -123,6 +121,11 @@ class Relay:
 
     def _accepted(self, message: QueuedMessage) -> None:
         self.manager.enqueue(message)
+        self.observer.message_accepted()
+
+    def _worker_accepted(self, seq: int) -> None:
+        """A worker process's notice of a message it committed."""
+        self.manager.enqueue_seq(seq, self.clock.now())
         self.observer.message_accepted()
 
     @property

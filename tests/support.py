@@ -100,10 +100,12 @@ class UpstreamHandler:
 class ScriptedSMTP(SMTP):  # type: ignore[misc]
     """aiosmtpd that can refuse at the greeting (per peer address) and accepts DSN params."""
 
-    def __init__(self, handler: UpstreamHandler, *, dsn: bool, starttls: bool, **kw: Any) -> None:
+    def __init__(self, handler: UpstreamHandler, *, dsn: bool, starttls: bool,
+                 extensions: tuple[str, ...] = (), **kw: Any) -> None:
         super().__init__(handler, decode_data=False, enable_SMTPUTF8=True, **kw)
         self._script = handler
         self._dsn = dsn
+        self._extensions = extensions
 
     async def _handle_client(self) -> None:
         peer = self.session.peer[0]
@@ -116,15 +118,17 @@ class ScriptedSMTP(SMTP):  # type: ignore[misc]
         await super()._handle_client()
 
     async def smtp_EHLO(self, arg: str) -> None:
-        if not self._dsn:
+        extra = [*(["DSN"] if self._dsn else []), *self._extensions]
+        if not extra:
             await super().smtp_EHLO(arg)
             return
-        # Advertise DSN: intercept the final "250 HELP" line.
+        # Advertise more: put the extra keywords before the final "250 HELP" line.
         original_push = self.push
 
         async def push(status: str) -> None:
             if status == "250 HELP":
-                await original_push("250-DSN")
+                for keyword in extra:
+                    await original_push(f"250-{keyword}")
             await original_push(status)
 
         self.push = push
@@ -163,12 +167,13 @@ class Upstream:
 @contextlib.asynccontextmanager
 async def upstream(
     handler: UpstreamHandler | None = None, *, host: str = "127.0.0.1", dsn: bool = False,
-    tls_context: Any = None,
+    tls_context: Any = None, pipelining: bool = False,
 ) -> AsyncIterator[Upstream]:
     h = handler or UpstreamHandler()
 
     def factory() -> ScriptedSMTP:
         return ScriptedSMTP(h, dsn=dsn, starttls=tls_context is not None,
+                            extensions=("PIPELINING",) if pipelining else (),
                             hostname="upstream.test", tls_context=tls_context)
 
     server = await asyncio.get_running_loop().create_server(factory, host, 0)

@@ -22,10 +22,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from relayguard.config import ConfigError, Settings, format_duration, load_settings_text
+from relayguard.config import (
+    ConfigError,
+    Settings,
+    format_duration,
+    load_settings_text,
+    parse_duration,
+)
 from relayguard.model import Phase
 from relayguard.policy.rules import DurationRange
-from relayguard.policy.values import duration, duration_range
 
 # Replies that are not an SMTP reply but something the network does.
 NETWORK_KINDS = ("refused", "timeout", "drop")
@@ -170,16 +175,31 @@ class _Table:
             return default
         try:
             return convert(self.table[key])
-        except (ValueError, TypeError) as exc:
-            detail = str(exc) if str(exc) else expected
-            raise self.fail(key, detail if detail.startswith(("a ", "an ", "bad ")) else expected)\
-                from None
+        except (ValueError, TypeError):
+            raise self.fail(key, expected) from None
 
     def finish(self, known: tuple[str, ...]) -> None:
         unknown = sorted(set(self.table) - set(known))
         if unknown:
             raise ScenarioError(f"{self.file}: {self.path}{unknown[0]}: unknown key "
                                 f"(known keys: {', '.join(known)})")
+
+
+def duration(v: object) -> float:
+    """'90s', '5m', '4h', '2d' or seconds; zero allowed (a window may start at 0)."""
+    return parse_duration(v)
+
+
+def duration_range(v: object) -> DurationRange:
+    """'200ms..1.5s' (drawn uniformly) or one duration."""
+    if isinstance(v, str) and ".." in v:
+        low_s, _, high_s = v.partition("..")
+        low, high = parse_duration(low_s), parse_duration(high_s)
+        if low > high:
+            raise ValueError
+        return DurationRange(low, high)
+    value = parse_duration(v)
+    return DurationRange(value, value)
 
 
 def _strings(v: object) -> tuple[str, ...]:

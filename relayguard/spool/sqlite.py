@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import os
 import queue
@@ -57,9 +58,14 @@ MAX_BATCH = 1024
 DB_NAME = "queue.db"
 
 
+_PROCESS_NONCE = secrets.token_hex(2).upper()
+_ID_COUNTER = itertools.count()
+
+
 def new_queue_id() -> str:
-    """Postfix-like: sortable by arrival, unique across processes and nodes."""
-    return f"{time.time_ns() // 1000:013X}{secrets.token_hex(3).upper()}"
+    """Postfix-like: sortable by arrival, unique across processes and nodes
+    (microseconds, a random per-process part, a counter)."""
+    return f"{time.time_ns() // 1000:013X}{_PROCESS_NONCE}{next(_ID_COUNTER) & 0xFFF:03X}"
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -67,7 +73,34 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc) or "No space" in str(exc)
 
 
-Job = tuple[Callable[[sqlite3.Connection], Any], "concurrent.futures.Future[Any]"]
+# A job's result goes to an asyncio future (the server) or a concurrent one (the CLI).
+Job = tuple[Callable[[sqlite3.Connection], Any], Any]
+Outcome = tuple[Any, Any, BaseException | None]  # waiter, value, error
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for waiter, value, error in outcomes:
+        if waiter.done():
+            continue
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(value)
+
+
+def _deliver_outcomes(outcomes: list[Outcome]) -> None:
+    """Wake the waiters: one call into each event loop per batch, not one per job
+    (each call_soon_threadsafe is a write to the loop's wake-up pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        waiter = outcome[0]
+        if isinstance(waiter, asyncio.Future):
+            by_loop.setdefault(waiter.get_loop(), []).append(outcome)
+        else:
+            _settle([outcome])
+    for loop, group in by_loop.items():
+        with suppress(RuntimeError):  # that loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle, group)
 
 
 class SqliteSpool:
@@ -123,13 +156,13 @@ class SqliteSpool:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
-        results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        results: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, fut in batch:
+            for fn, waiter in batch:
                 conn.execute("SAVEPOINT job")
                 try:
-                    results.append((fut, fn(conn), None))
+                    results.append((waiter, fn(conn), None))
                     conn.execute("RELEASE job")
                 except Exception as exc:
                     if not conn.in_transaction:
@@ -138,31 +171,25 @@ class SqliteSpool:
                         raise
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((fut, None, _map_error(exc)))
+                    results.append((waiter, None, _map_error(exc)))
             conn.execute("COMMIT")
         except Exception as exc:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             err = _map_error(exc)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(err)
+            _deliver_outcomes([(waiter, None, err) for _, waiter in batch])
             return
         self.batches += 1
         self.batched_jobs += len(batch)
-        for fut, value, error in results:
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(value)
+        _deliver_outcomes(results)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise SpoolError("spool is closed")
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._jobs.put((fn, fut))
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, waiter))
         # shield: a client that hangs up after the dot must not cancel the commit.
-        return await asyncio.shield(asyncio.wrap_future(fut))
+        return await asyncio.shield(waiter)
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """For the CLI: one job through the same writer, waited on synchronously."""

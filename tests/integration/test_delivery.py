@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 import trustme
 from support import (
     UpstreamHandler,
@@ -32,13 +33,14 @@ async def _queued(relay) -> list:
     return await relay.spool.messages()
 
 
-async def test_partial_rcpt_rejection_keeps_only_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain-peer", "peer-offers-pipelining"])
+async def test_partial_rcpt_rejection_keeps_only_refused(tmp_path: Path, pipelining: bool) -> None:
     handler = UpstreamHandler(
         on_rcpt=lambda peer, rcpt: "550 5.1.1 <bad@example.com>: User unknown"
         if rcpt.startswith("bad") else ("450 4.2.0 Greylisted" if rcpt.startswith("grey") else None)
     )
     clock = VirtualClock()
-    async with upstream(handler) as up:
+    async with upstream(handler, pipelining=pipelining) as up:
         settings = relay_settings(tmp_path, [{"name": "primary", "host": "127.0.0.1",
                                               "port": up.port}])
         async with running_relay(settings, clock) as relay:
@@ -66,11 +68,12 @@ async def test_partial_rcpt_rejection_keeps_only_refused(tmp_path: Path) -> None
             await _until(lambda: relay.manager.in_flight == 0)
 
 
-async def test_4xx_then_success_with_backoff(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain-peer", "peer-offers-pipelining"])
+async def test_4xx_then_success_with_backoff(tmp_path: Path, pipelining: bool) -> None:
     answers = ["451 4.3.0 Temporary local problem", "451 4.3.0 Temporary local problem"]
     handler = UpstreamHandler(on_data=lambda peer, content: answers.pop(0) if answers else None)
     clock = VirtualClock()
-    async with upstream(handler) as up:
+    async with upstream(handler, pipelining=pipelining) as up:
         settings = relay_settings(tmp_path, [{"name": "primary", "host": "127.0.0.1",
                                               "port": up.port}])
         async with running_relay(settings, clock) as relay:
@@ -189,3 +192,19 @@ async def test_restart_delivers_what_was_queued(tmp_path: Path) -> None:
         server.close()
     assert sorted(r.message_id for r in handler.received) == [
         f"<msg-{i}@test.example>" for i in range(3)]
+
+
+async def test_all_recipients_refused_when_pipelined_sends_no_data(tmp_path: Path) -> None:
+    handler = UpstreamHandler(on_rcpt=lambda peer, rcpt: "550 5.1.1 User unknown")
+    async with upstream(handler, pipelining=True) as up:
+        settings = relay_settings(tmp_path, [{"name": "p", "host": "127.0.0.1", "port": up.port}])
+        async with running_relay(settings) as relay:
+            await send(relay.address, "", ["x@example.com"], make_message(9))
+            await _until(lambda: len(handler.connections) >= 1)
+            await _until(lambda: relay.manager.in_flight == 0)
+            # The connection is still usable afterwards: the next message goes through it.
+            handler.on_rcpt = lambda peer, rcpt: None
+            await send(relay.address, "s@example.org", ["y@example.com"], make_message(10))
+            [got] = await up.wait_for(1)
+    assert got.rcpt_tos == ["y@example.com"]
+    assert len(handler.connections) == 1
