@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 
 class BenchError(RuntimeError):
@@ -51,8 +52,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_banner(host: str, port: int, timeout: float, *, alive: Callable[[], bool] = lambda: True,
-                    what: str = "server") -> None:
+def wait_for_banner(host: str, port: int, timeout: float, *,
+                    alive: Callable[[], bool] = lambda: True, what: str = "server") -> None:
     """Until a TCP connect gets a 220 greeting; QUIT politely."""
     deadline = time.monotonic() + timeout
     last: Exception | str = "no attempt"
@@ -143,7 +144,7 @@ class Sink:
         self._thread: threading.Thread | None = None
         self._tail = b""
 
-    def __enter__(self) -> Sink:
+    def __enter__(self) -> Self:
         user = "nobody" if os.geteuid() == 0 else ""
         argv = [self.exe, "-c", *(["-u", user] if user else []), "-m", "1000",
                 f"127.0.0.1:{self.port}", str(self.backlog)]
@@ -162,7 +163,8 @@ class Sink:
             self._thread.join(timeout=5)
 
     def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
+        assert self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
         while True:
             try:
@@ -275,7 +277,7 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
 
-    def __enter__(self) -> MemorySampler:
+    def __enter__(self) -> Self:
         self._sample()
         self._thread.start()
         return self

@@ -15,6 +15,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 from harness import BenchError, children_of, find_tool, run_checked, wait_for_banner
 
@@ -107,7 +108,7 @@ class PostfixInstance:
                 "default_process_limit": self.process_limit,
                 "maillog_file": "DIR/maillog", "fsync": "Postfix default (one per message)"}
 
-    def __enter__(self) -> PostfixInstance:
+    def __enter__(self) -> Self:
         try:
             self._setup()
             self._start()
@@ -186,11 +187,9 @@ class PostfixInstance:
         try:
             if self.started:
                 master = self.master_pid()
-                try:
+                with contextlib.suppress(BenchError):
                     run_checked([self.postfix, "-c", str(self.etc), "stop"], 60,
                                 "stopping Postfix")
-                except BenchError:
-                    pass
                 # `postfix stop` waits for the master; if it is still there, end its
                 # process group (the master leads it) by id.
                 if master is not None:

@@ -17,8 +17,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
-from harness import PROCS, BenchError, find_tool, vm_hwm_kb, wait_for_banner
+from harness import PROCS, BenchError, children_of, find_tool, vm_hwm_kb, wait_for_banner
 
 CONFIG = """\
 # written by bench/run.py
@@ -28,7 +29,7 @@ hostname = "relayguard.bench.test"
 spool = "{spool}"
 allowed_networks = ["127.0.0.0/8"]
 shutdown_grace = "10s"
-
+{workers}
 [[route]]
 name = "sink"
 host = "127.0.0.1"
@@ -41,8 +42,9 @@ max_connections = {concurrency}
 class RelayguardInstance:
     def __init__(self, sink_port: int, port: int, *, base_dir: str | None = None,
                  concurrency: int = 20, profile: str | None = None,
-                 profile_out: Path | None = None) -> None:
+                 profile_out: Path | None = None, workers: int | None = None) -> None:
         self.sink_port = sink_port
+        self.workers = workers
         self.port = port
         self.base_dir = base_dir
         self.concurrency = concurrency
@@ -60,9 +62,10 @@ class RelayguardInstance:
 
     def settings(self) -> dict[str, object]:
         return {"route.max_connections": self.concurrency, "tls": "none",
-                "log": "JSON lines to a file", "processes": 1}
+                "log": "JSON lines to a file",
+                "server.workers": self.workers if self.workers is not None else "default"}
 
-    def __enter__(self) -> RelayguardInstance:
+    def __enter__(self) -> Self:
         try:
             self._start()
         except BaseException:
@@ -89,7 +92,9 @@ class RelayguardInstance:
         self.dir = Path(tempfile.mkdtemp(prefix="rg-bench-relayguard-", dir=self.base_dir))
         config = self.dir / "relayguard.toml"
         config.write_text(CONFIG.format(port=self.port, spool=self.dir / "spool",
-                                        sink_port=self.sink_port, concurrency=self.concurrency))
+                                        sink_port=self.sink_port, concurrency=self.concurrency,
+                                        workers="" if self.workers is None
+                                        else f"workers = {self.workers}\n"))
         with self.log_path.open("wb") as out, (self.dir / "stderr.log").open("wb") as err:
             self.proc = PROCS.start(self._argv(config), stdout=out, stderr=err,
                                     stdin=subprocess.DEVNULL, cwd=self.dir)
@@ -129,7 +134,10 @@ class RelayguardInstance:
         return self.proc is not None and self.proc.poll() is None
 
     def processes(self) -> list[int]:
-        return [self.pid] if self.pid is not None and self.alive() else []
+        """The relayguard process and its front-end workers (server.workers)."""
+        if self.pid is None or not self.alive():
+            return []
+        return [self.pid, *children_of(self.pid)]
 
     def stderr_tail(self) -> str:
         try:

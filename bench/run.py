@@ -49,8 +49,8 @@ VARIANTS = {
 HEADLINE_VARIANT = "per_connection"  # PERFORMANCE.md's workload: one message per connection
 
 GOALS = {
-    "ingest_ratio": 1.0,  # durable ingest ≥ 1.0× Postfix
-    "end_to_end_ratio": 1.0,  # end to end ≥ 1.0× Postfix
+    "ingest_ratio": 1.0,  # durable ingest ≥ 1.0x Postfix
+    "end_to_end_ratio": 1.0,  # end to end ≥ 1.0x Postfix
     "restart_seconds_1m": 30.0,  # restart with 1M queued ≤ 30 s
     "bytes_per_queued_message": 1024.0,  # ≤ 1 KB per queued message
 }
@@ -140,7 +140,7 @@ def make_instance(system: str, sink_port: int, args: argparse.Namespace, *,
                                concurrency=args.concurrency)
     return RelayguardInstance(sink_port, port, base_dir=args.workdir,
                               concurrency=args.concurrency, profile=profile,
-                              profile_out=profile_out)
+                              profile_out=profile_out, workers=args.workers)
 
 
 def measure_relay(args: argparse.Namespace, system: str, variant: str, *,
@@ -243,13 +243,13 @@ def goals(results: dict[str, object]) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     ratios = results["ratios"]
     assert isinstance(ratios, dict)
-    for key, label in (("ingest_rate", "durable ingest ≥ 1.0× Postfix"),
-                       ("end_to_end_rate", "end-to-end ≥ 1.0× Postfix")):
+    for key, label in (("ingest_rate", "durable ingest ≥ 1.0x Postfix"),
+                       ("end_to_end_rate", "end-to-end ≥ 1.0x Postfix")):
         for variant in VARIANTS:
             v = ratios[variant][key]
             out.append({"goal": label, "workload": variant, "value": v, "target": 1.0,
                         "met": v is not None and v >= 1.0,
-                        "how_far": None if v is None else f"{v:.2f}× ({(v - 1) * 100:+.0f}%)"})
+                        "how_far": None if v is None else f"{v:.2f}x ({(v - 1) * 100:+.0f}%)"})
     scale = results.get("scale")
     if isinstance(scale, dict):
         restart = scale.get("restart", {})
@@ -257,30 +257,34 @@ def goals(results: dict[str, object]) -> list[dict[str, object]]:
         n = int(restart.get("messages", 0) or 0)
         if secs is not None and n:
             est = secs * 1_000_000 / n
+            how = "measured" if n >= 1_000_000 else f"from {n:,}, scaled linearly"
             out.append({"goal": "restart with 1M queued ≤ 30 s", "value": round(est, 2),
                         "target": 30.0, "met": est <= 30.0,
-                        "how_far": f"{est:.1f} s ({'measured' if n >= 1_000_000 else f'from {n:,}, scaled linearly'}; "
-                                   f"{est / 30.0:.0%} of the budget)"})
+                        "how_far": f"{est:.1f} s ({how}; {est / 30.0:.0%} of the budget)"})
         b = restart.get("rss_delta_bytes_per_message")
         if b is not None:
+            traced = restart.get("traced_bytes_per_message", "?")
+            peak = restart.get("peak_rss_delta_bytes_per_message", "?")
             out.append({"goal": "≤ 1 KB of memory per queued message", "value": b,
                         "target": 1024, "met": b <= 1024,
-                        "how_far": f"{b:.0f} B RSS per message ({b / 1024:.0%} of 1 KB; "
-                                   f"Python objects alone {restart.get('traced_bytes_per_message', '?')} B, "
-                                   f"peak during load {restart.get('peak_rss_delta_bytes_per_message', '?')} B)"})
+                        "how_far": f"{b:.0f} B RSS per message ({b / 1024:.0%} of 1 KB; Python "
+                                   f"objects alone {traced} B, peak during load {peak} B)"})
     return out
 
 
 def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
     summary = results["summary"]
     ratios = results["ratios"]
-    assert isinstance(summary, dict) and isinstance(ratios, dict)
-    rows = (("durable ingest, msg/s", "ingest_rate", 0), ("end to end, msg/s", "end_to_end_rate", 0),
-            ("250 latency p50, ms", "latency_p50_ms", 1), ("250 latency p99, ms", "latency_p99_ms", 1),
+    assert isinstance(summary, dict)
+    assert isinstance(ratios, dict)
+    rows = (("durable ingest, msg/s", "ingest_rate", 0),
+            ("end to end, msg/s", "end_to_end_rate", 0),
+            ("250 latency p50, ms", "latency_p50_ms", 1),
+            ("250 latency p99, ms", "latency_p99_ms", 1),
             ("peak RSS, MB (Postfix: all procs)", "peak_rss_kb", 1),
             ("peak PSS, MB (shared pages split)", "peak_pss_kb", 1))
     print()
-    print(f"relayguard vs Postfix {results['postfix_version']}: {args.messages:,} messages × "
+    print(f"relayguard vs Postfix {results['postfix_version']}: {args.messages:,} messages x "
           f"{args.size} B, {args.sessions} sessions, {args.repeat} run(s), medians")
     for variant, (_flags, desc) in VARIANTS.items():
         print(f"\n  {desc:<36}{'Postfix':>12}{'relayguard':>12}{'ratio':>8}")
@@ -295,7 +299,7 @@ def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
                   f"{_fmt(ratio, 2):>8}")
     sl = results["sink_limit_summary"]
     assert isinstance(sl, dict)
-    print(f"\n  sink limit (smtp-source → smtp-sink): "
+    print("\n  sink limit (smtp-source → smtp-sink): "
           + ", ".join(f"{_fmt(sl[v], 0)} msg/s {VARIANTS[v][1]}" for v in VARIANTS))
     scale = results.get("scale")
     if isinstance(scale, dict):
@@ -303,7 +307,8 @@ def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
         r = scale["restart"]
         print(f"\n  scale (relayguard alone, {s['n']:,} deferred): DueQueue enqueue "
               f"{s['enqueue_per_s']:,}/s, dequeue {s['dequeue_drain_per_s']:,}/s "
-              f"(at depth: {s['enqueue_at_depth_per_s']:,}/s in, {s['dequeue_at_depth_per_s']:,}/s out), "
+              f"(at depth: {s['enqueue_at_depth_per_s']:,}/s in, "
+              f"{s['dequeue_at_depth_per_s']:,}/s out), "
               f"{s['bytes_per_entry']} B/entry")
         print(f"  restart with {r['messages']:,} queued: {r['total_seconds']} s (open "
               f"{r['open_seconds']} s, index {r['index_seconds']} s, schedule "
@@ -385,6 +390,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, help="runs per system and workload (default 3; quick 1)")
     p.add_argument("--concurrency", type=int, default=20,
                    help="outbound connections (Postfix destination concurrency, route max)")
+    p.add_argument("--workers", type=int,
+                   help="relayguard server.workers (default: the config's default)")
     p.add_argument("--scale-n", type=int, help="queued messages for the scale figures "
                                                "(default 1000000; quick 20000)")
     p.add_argument("--scale-body", type=int, default=256, help="body bytes of the scale rows")
@@ -430,7 +437,8 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
         raise Missing("no `postfix` user (install Debian's postfix package)") from None
     fs = "?"
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        fs = subprocess.run(["findmnt", "-no", "FSTYPE", "-T", args.workdir or tempfile.gettempdir()],
+        where = args.workdir or tempfile.gettempdir()
+        fs = subprocess.run(["findmnt", "-no", "FSTYPE", "-T", where],
                             capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     return {"postfix_version": version or "?", "workdir_fstype": fs, **tools}
 
@@ -439,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = set(args.only or ["sink", "postfix", "relayguard", "scale"])
     out_dir = Path(args.output)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d-%H%M%S")
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -466,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "postfix_version": facts["postfix_version"],
         "workload": {"messages": args.messages, "size": args.size, "sessions": args.sessions,
                      "repeat": args.repeat, "concurrency": args.concurrency,
+                     "relayguard_workers": args.workers or "config default",
                      "variants": {k: {"smtp_source_flags": list(v[0]), "description": v[1]}
                                   for k, v in VARIANTS.items()},
                      "latency_sampler": {"sessions": args.sample_sessions,
@@ -478,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_kb": "max over samples of summed VmRSS (Postfix: master + children)",
             "peak_pss_kb": "same with Pss from smaps_rollup (shared pages split)",
             "runs": "fresh sink and fresh instance per run; systems interleaved per repetition",
+        },
+        "systems": {
+            "postfix": PostfixInstance(0, 0, concurrency=args.concurrency).settings(),
+            "relayguard": RelayguardInstance(0, 0, concurrency=args.concurrency,
+                                             workers=args.workers).settings(),
         },
         "sink_limit": {v: [] for v in VARIANTS},
         "relay": {v: {"postfix": [], "relayguard": []} for v in VARIANTS},

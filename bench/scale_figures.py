@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import random
@@ -31,10 +32,8 @@ from harness import BenchError, rss_kb, vm_hwm_kb
 
 def _reset_hwm() -> None:
     """Linux: writing 5 to clear_refs resets VmHWM to the current RSS."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 # -- the scheduler ----------------------------------------------------------------
@@ -123,7 +122,8 @@ def scheduler_figures(n: int, *, seed: int = 1) -> dict[str, object]:
 # -- the spool ----------------------------------------------------------------------
 
 
-def build_spool(directory: Path, n: int, *, body_bytes: int = 256, seed: int = 2) -> dict[str, float]:
+def build_spool(directory: Path, n: int, *, body_bytes: int = 256,
+                seed: int = 2) -> dict[str, float]:
     """N deferred messages, one failed attempt each, in relayguard's schema, fast."""
     from relayguard.model import (  # noqa: PLC0415
         Attempt,

@@ -54,6 +54,7 @@ class UpstreamHandler:
     on_rcpt: Callable[[str, str], str | None] = lambda peer, rcpt: None
     on_data: Callable[[str, bytes], str | None] = lambda peer, content: None
     received: list[Received] = field(default_factory=list)
+    dropped: list[bytes] = field(default_factory=list)
     connections: list[str] = field(default_factory=list)
     concurrent: int = 0
     max_concurrent: int = 0
@@ -86,6 +87,10 @@ class UpstreamHandler:
             reply = self.on_data(peer, envelope.original_content)
         finally:
             self.concurrent -= 1
+        if reply == "DROP":  # take the message, then vanish before answering the dot
+            self.dropped.append(envelope.original_content)
+            server.transport.abort()
+            return "250 2.0.0 never sent"
         if reply:
             return reply
         # aiosmtpd keeps the null sender as "<>"

@@ -122,6 +122,7 @@ async def test_sigterm_drains_in_grace_and_keeps_acknowledged(
                                 f"acked {len(clients.acked)}, in flight {handler.concurrent}")
             await first.wait_event("stopping", 5)
 
+            print("DEBUG stopping seen", time.monotonic() - at_term["t"], at_term)
             # After SIGTERM: nothing new is accepted.
             try:
                 greeting = await late.open(address)
@@ -131,6 +132,7 @@ async def test_sigterm_drains_in_grace_and_keeps_acknowledged(
                 late_replies = [greeting]
                 if greeting.startswith("220"):
                     late_replies += await try_mail(late, "late-new", greeted=False)
+            print("DEBUG late", late_replies)
             assert not any(r.startswith("250 2.0.0") for r in late_replies[-1:]), late_replies
             assert late_replies[-1].startswith(("421", "(")), (
                 f"a new connection after SIGTERM got {late_replies}")

@@ -208,3 +208,29 @@ async def test_all_recipients_refused_when_pipelined_sends_no_data(tmp_path: Pat
             [got] = await up.wait_for(1)
     assert got.rcpt_tos == ["y@example.com"]
     assert len(handler.connections) == 1
+
+
+async def test_drop_after_final_dot_is_retried_as_possible_duplicate(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    answers = ["DROP"]
+    handler = UpstreamHandler(on_data=lambda peer, content: answers.pop(0) if answers else None)
+    clock = VirtualClock()
+    async with upstream(handler) as up:
+        settings = relay_settings(tmp_path, [{"name": "p", "host": "127.0.0.1", "port": up.port}])
+        with capture_logs() as logs:
+            async with running_relay(settings, clock) as relay:
+                await send(relay.address, "s@example.org", ["r@example.com"], make_message(11))
+                await _until(lambda: len(handler.dropped) == 1)
+                await _until(lambda: relay.manager.in_flight == 0)
+                [msg] = await _queued(relay)
+                [rcpt] = msg.envelope.recipients
+                assert rcpt.state is RecipientState.QUEUED
+                assert rcpt.last_reply is not None
+                assert rcpt.last_reply.phase.value == "after-data"
+                assert "may be sent more than once" in rcpt.last_reply.text
+                await clock.run_to(clock.now() + 301)
+                [got] = await up.wait_for(1)
+    assert got.message_id == "<msg-11@test.example>"
+    [deferred] = [e for e in logs if e["event"] == "deferred"]
+    assert deferred["possible_duplicate"] is True
