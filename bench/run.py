@@ -248,8 +248,9 @@ def goals(results: dict[str, object]) -> list[dict[str, object]]:
         for variant in VARIANTS:
             v = ratios[variant][key]
             out.append({"goal": label, "workload": variant, "value": v, "target": 1.0,
-                        "met": v is not None and v >= 1.0,
-                        "how_far": None if v is None else f"{v:.2f}x ({(v - 1) * 100:+.0f}%)"})
+                        "met": None if v is None else v >= 1.0,
+                        "how_far": "not measured" if v is None
+                        else f"{v:.2f}x ({(v - 1) * 100:+.0f}%)"})
     scale = results.get("scale")
     if isinstance(scale, dict):
         restart = scale.get("restart", {})
@@ -315,7 +316,7 @@ def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
               f"{r['schedule_seconds']} s); {r['rss_delta_bytes_per_message']} B RSS per message")
     print("\n  goals:")
     for g in results["goals"]:  # type: ignore[attr-defined]
-        mark = "met " if g["met"] else "MISS"
+        mark = {True: "met ", False: "MISS", None: "n/a "}[g["met"]]
         wl = f" [{g['workload']}]" if "workload" in g else ""
         print(f"   {mark} {g['goal']}{wl}: {g['how_far']}")
     print()
@@ -396,7 +397,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                "(default 1000000; quick 20000)")
     p.add_argument("--scale-body", type=int, default=256, help="body bytes of the scale rows")
     p.add_argument("--sample-sessions", type=int, default=1)
-    p.add_argument("--sample-interval", type=float, default=0.05)
+    p.add_argument("--sample-interval", type=float,
+                   help="pause between sampled messages, s (default 0.1; quick 0.05)")
     p.add_argument("--mem-interval", type=float, default=0.25)
     p.add_argument("--timeout", type=float, help="seconds for any one phase of a run")
     p.add_argument("--workdir", default=None,
@@ -413,6 +415,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeat = 1 if args.quick else 3
     if args.scale_n is None:
         args.scale_n = 20_000 if args.quick else 1_000_000
+    if args.sample_interval is None:
+        args.sample_interval = 0.05 if args.quick else 0.1
     if args.timeout is None:
         args.timeout = max(60.0, args.messages / 20)
     return args

@@ -423,12 +423,16 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
     )
 
 
+def read_text_file(path: Path, error: type[ValueError]) -> str:
+    """A config or policy file's text; problems come back as `error`, naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: expected UTF-8 text") from None
+
+
 def load_settings(path: str | Path) -> Settings:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: expected UTF-8 text") from None
-    return load_settings_text(text, str(p))
+    return load_settings_text(read_text_file(p, ConfigError), str(p))

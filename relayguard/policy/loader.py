@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from relayguard.config import read_text_file
 from relayguard.policy import values as v
 from relayguard.policy.rules import (
     Backoff,
@@ -221,14 +222,7 @@ def _check_consistency(t: _Table, rule: Rule) -> None:
 
 def read_policy_file(path: Path, route_names: Sequence[str] | None) -> tuple[Rule, ...]:
     """Read and check one policy file (route names are not checked if None)."""
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"{file}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise PolicyError(f"{file}: expected UTF-8 text") from None
-    return parse_policy_text(text, file, route_names)
+    return parse_policy_text(read_text_file(path, PolicyError), str(path), route_names)
 
 
 def parse_policy_text(text: str, file: str, route_names: Sequence[str] | None) -> tuple[Rule, ...]:

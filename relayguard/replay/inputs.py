@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import getaddresses, parsedate_to_datetime
@@ -132,22 +133,38 @@ def header_date(fields: dict[str, list[str]]) -> float | None:
     return None
 
 
+_SIMPLE_ADDRESS = re.compile(r"^\s*(?:[^<>\",;:()@]*<)?\s*([^<>\s\",;:()@]+@[^<>\s\",;:()@]+)\s*>?\s*$")
+
+
 def _addresses(values: list[str]) -> list[str]:
+    """The addresses of address-list header values (fast path for the plain forms)."""
     out: list[str] = []
-    for _, addr in getaddresses(values):
-        addr = addr.strip()
-        if addr and "@" in addr and addr not in out:
-            out.append(addr)
+    for value in values:
+        found: list[str] = []
+        for part in value.split(","):
+            m = _SIMPLE_ADDRESS.match(part)
+            if m is None:
+                found = [a for _, a in getaddresses([value])]  # quotes, comments, groups
+                break
+            found.append(m.group(1))
+        for addr in found:
+            addr = addr.strip()
+            if addr and "@" in addr and addr not in out:
+                out.append(addr)
     return out
 
 
 def message_from_bytes(
     data: bytes, source: str, *, sender: str | None = None, recipients: list[str] | None = None,
-    arrival: float | None = None,
+    arrival: float | Callable[[], float | None] | None = None,
+    fields: dict[str, list[str]] | None = None,
 ) -> InputMessage | str:
-    """An InputMessage from a whole RFC 5322 message, or why it cannot be one."""
+    """An InputMessage from a whole RFC 5322 message, or why it cannot be one.
+
+    `arrival` (a time, or a function giving one) is used when there is no Date header."""
     body = crlf(data)
-    fields = headers_of(body)
+    if fields is None:
+        fields = headers_of(body)
     if recipients is None:
         recipients = []
         for name in _ENVELOPE_TO:
@@ -162,12 +179,14 @@ def message_from_bytes(
     if sender is None:
         sender = _envelope_sender(fields)
     date = header_date(fields)
+    if date is None and callable(arrival):
+        date = arrival()
     mid = (fields.get("message-id") or [""])[0]
     return InputMessage(
         envelope=Envelope(sender=sender, recipients=tuple(Recipient(a) for a in recipients),
                           mail_options=_mail_options(body, sender, recipients)),
         body=body,
-        arrival=date if date is not None else arrival,
+        arrival=date if (date is not None or callable(arrival)) else arrival,
         message_id=mid,
         source=source,
     )
@@ -227,28 +246,32 @@ def _read_mbox(p: Path) -> Input:
         message = _MBOXRD_FROM.sub(rb"\1", message)
         if end == len(data) and message.endswith(b"\n\n"):
             message = message[:-1]  # the blank line that ends the last message
-        sender, when = _from_line(from_line.decode("utf-8", "replace"))
+        line = from_line.decode("utf-8", "replace")
         fields = headers_of(message)
         _add(result, message_from_bytes(
-            message, f"message {n + 1}",
-            sender=None if fields.get("return-path") else sender, arrival=when))
+            message, f"message {n + 1}", fields=fields,
+            sender=None if fields.get("return-path") else _from_line_sender(line),
+            arrival=lambda line=line: _from_line_time(line)))
     return result
 
 
-def _from_line(line: str) -> tuple[str | None, float | None]:
-    """'From alice@example.org Mon Jan 15 08:00:00 2024' → sender, time (UTC)."""
-    parts = line.rstrip("\r").split(None, 2)
+def _from_line_sender(line: str) -> str | None:
+    """'From alice@example.org Mon Jan 15 08:00:00 2024' → alice@example.org."""
+    parts = line.split(None, 2)
     sender = parts[1] if len(parts) > 1 else None
-    if sender == "MAILER-DAEMON":
-        sender = ""
-    when = None
-    if len(parts) > 2:
-        text = " ".join(parts[2].split()[:5])
-        try:
-            when = datetime.strptime(text, "%a %b %d %H:%M:%S %Y").replace(tzinfo=UTC).timestamp()
-        except ValueError:
-            when = None
-    return sender, when
+    return "" if sender == "MAILER-DAEMON" else sender
+
+
+def _from_line_time(line: str) -> float | None:
+    """The From_ line's asctime date, read as UTC."""
+    parts = line.rstrip("\r").split(None, 2)
+    if len(parts) < 3:
+        return None
+    try:
+        when = datetime.strptime(" ".join(parts[2].split()[:5]), "%a %b %d %H:%M:%S %Y")
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC).timestamp()
 
 
 def _read_maildir(p: Path) -> Input:

@@ -74,7 +74,7 @@ async def try_mail(session: RawSession, mid: str, *, greeted: bool) -> list[str]
         for data in steps:
             reply = await session.step(data)
             replies.append(reply)
-            if not reply[:1] in ("2", "3"):
+            if reply[:1] not in ("2", "3"):
                 break
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
         replies.append(f"({type(exc).__name__})")
@@ -122,17 +122,17 @@ async def test_sigterm_drains_in_grace_and_keeps_acknowledged(
                                 f"acked {len(clients.acked)}, in flight {handler.concurrent}")
             await first.wait_event("stopping", 5)
 
-            print("DEBUG stopping seen", time.monotonic() - at_term["t"], at_term)
             # After SIGTERM: nothing new is accepted.
+            # ("stopping" is logged just before the listener closes, so a connection can
+            # still land in the backlog and be reset when it does: a refusal too.)
             try:
                 greeting = await late.open(address)
-            except ConnectionRefusedError:
-                late_replies = ["(refused)"]
+            except (ConnectionRefusedError, ConnectionResetError) as exc:
+                late_replies = [f"({type(exc).__name__})"]
             else:
                 late_replies = [greeting]
                 if greeting.startswith("220"):
                     late_replies += await try_mail(late, "late-new", greeted=False)
-            print("DEBUG late", late_replies)
             assert not any(r.startswith("250 2.0.0") for r in late_replies[-1:]), late_replies
             assert late_replies[-1].startswith(("421", "(")), (
                 f"a new connection after SIGTERM got {late_replies}")
