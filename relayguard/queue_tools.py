@@ -187,10 +187,11 @@ def format_list(summaries: Sequence[Mapping[str, Any]], now: float) -> str:
     """Like mailq: one line per message, then its recipients and their last replies."""
     if not summaries:
         return "Queue is empty"
-    lines = [f"{'Queue ID':<19} {'State':<8} {'Size':>8}  {'Age':<7} {'Next try':<10} Sender"]
+    w = max(len("Queue ID"), *(len(s["queue_id"]) for s in summaries))
+    lines = [f"{'Queue ID':<{w}} {'State':<8} {'Size':>8}  {'Age':<7} {'Next try':<10} Sender"]
     for s in summaries:
         nxt = "-" if s["state"] == "held" else format_when(s["next_attempt_at"], now)
-        lines.append(f"{s['queue_id']:<19} {s['state']:<8} {s['size']:>8}  "
+        lines.append(f"{s['queue_id']:<{w}} {s['state']:<8} {s['size']:>8}  "
                      f"{format_span(s['age']):<7} {nxt:<10} <{s['sender']}>")
         lines += [f"    {_recipient_line(r)}" for r in s["recipients"]]
     size = sum(int(s["size"]) for s in summaries)

@@ -104,7 +104,8 @@ class RelayProcess:
         return self.proc.pid
 
     def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             text = line.decode("utf-8", "replace").rstrip("\n")
             self.raw.append(text)
@@ -155,6 +156,8 @@ class RelayProcess:
             self._reader.join(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        with contextlib.suppress(OSError):  # kept beside the config, for post-mortems
+            self.stderr_path.with_suffix(".log").write_text("\n".join(self.raw) + "\n", "utf-8")
 
     # -- the log ----------------------------------------------------------------
 

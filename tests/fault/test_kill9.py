@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 CLIENTS = 20
 PER_CLIENT = 5
-RESTART_DEADLINE = 20.0  # seconds for the restarted relay to deliver what was acknowledged
+RESTART_DEADLINE = 12.0  # seconds for the restarted relay to deliver what was acknowledged
 
 
 @dataclass
@@ -45,7 +45,7 @@ class SignallingHandler(UpstreamHandler):
 
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.changed.set()
         try:
             return await super().handle_DATA(server, session, envelope)
@@ -99,7 +99,7 @@ KILL_POINTS = {
     # kill in the same loop step as the very first 250 is read
     "first_ack": {"acks": 1, "arrived": 0, "partials": False, "delay": 0.0},
     # kill right after a 250 (the 40th or later) once deliveries have started
-    "after_acks": {"acks": 40, "arrived": 5, "partials": False, "delay": 0.0},
+    "after_acks": {"acks": 40, "arrived": 5, "partials": False, "delay": 0.0, "per_client": 8},
     # a slow upstream: kill while several deliveries sit in its DATA phase
     "mid_delivery": {"acks": 0, "arrived": 3, "partials": False, "delay": 1.0},
 }
@@ -144,7 +144,8 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path, kill_point: str)
                                arrived=len(handler.received),
                                t=round(time.monotonic() - t_start, 2))
 
-            clients = SmtpClients(address, count=CLIENTS, per_client=PER_CLIENT,
+            clients = SmtpClients(address, count=CLIENTS,
+                                  per_client=point.get("per_client", PER_CLIENT),
                                   body_size=20_000 if point["partials"] else 2_000,
                                   on_ack=kill_if_due)
             clients_task = asyncio.create_task(clients.run())
@@ -155,9 +156,12 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path, kill_point: str)
                 partials_ready = True
                 kill_if_due()
             if point["delay"]:
-                # mid-delivery: watch the upstream, not the clients
-                await until(lambda: killed.is_set() or (kill_if_due() or killed.is_set()),
-                            handler.changed, 20,
+                # mid-delivery: the trigger is on the upstream's side, not the clients'
+                def upstream_tick() -> bool:
+                    kill_if_due()
+                    return killed.is_set()
+
+                await until(upstream_tick, handler.changed, 20,
                             lambda: f"deliveries in flight: {handler.concurrent}, "
                                     f"arrived {len(handler.received)}")
             kill_wait = asyncio.ensure_future(killed.wait())
@@ -179,8 +183,6 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path, kill_point: str)
                 await clients_task
             acked, sent = set(clients.acked), set(clients.sent)
             assert acked <= sent
-            if kill_point == "first_ack":
-                assert at_kill["acked"] >= 1
 
             handler.data_delay = 0.0  # the smarthost recovers along with the relay
             await second.start_listening(port)
@@ -206,12 +208,12 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path, kill_point: str)
                        f"arrived {len(arrived)} distinct, {duplicates} duplicate(s); restart "
                        f"loaded {loaded['messages']}, all acked arrived {t_acked_arrived:.2f}s after "
                        f"restart; total {time.monotonic() - t_start:.1f}s")
-            print(summary)
             assert acked <= arrived, summary
             assert arrived <= sent, f"arrived but never sent: {sorted(arrived - sent)}; {summary}"
             cut = {message_id(p.mid) for p in partials} & arrived
             assert not cut, f"truncated DATA was relayed: {sorted(cut)}; {summary}"
-            assert not first.find("delivery_error") and not second.find("delivery_error"), summary
+            for run in (first, second):
+                assert not run.find("delivery_error"), f"{run.name}: {run.find('delivery_error')}"
         finally:
             for p in partials:
                 p.close()

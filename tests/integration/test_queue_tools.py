@@ -266,7 +266,7 @@ async def test_operator_and_delivery_round_do_not_race(tmp_path: Path, capsys) -
         tries.append(asyncio.get_running_loop().time())
         return "451 4.3.0 Try later"
 
-    handler = UpstreamHandler(on_data=on_data, data_delay=0.6)
+    handler = UpstreamHandler(on_data=on_data, data_delay=1.0)
     async with upstream(handler) as up:
         config = write_config(tmp_path, up.port)
         async with running_relay(load_settings(config)) as relay:
@@ -334,6 +334,7 @@ async def test_without_a_running_relay(tmp_path: Path, capsys) -> None:
             [ndr] = await up.wait_for(1)
             assert ndr.mail_from == ""
             assert "message bounced by the operator" in ndr.content.decode()
+            await until(lambda: not relay.manager.delivering)
             _, out, _ = await rg(capsys, config, "queue", "list", "--json")
             [held] = json.loads(out)
             assert (held["queue_id"], held["state"]) == (ids[0], "held")
