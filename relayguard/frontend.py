@@ -538,7 +538,7 @@ def make_protocol_factory(
             name: types.MethodType(func, proto) for name, func in smtp_methods.items()
         }
         proto._auth_methods = {  # noqa: SLF001
-            name: attr._replace(method=types.MethodType(attr.method.__func__, proto))
+            name: attr._replace(method=types.MethodType(attr.method.__func__, proto))  # type: ignore[attr-defined]
             if attr.is_builtin else attr
             for name, attr in auth_methods.items()
         }

@@ -81,6 +81,8 @@ class QueueManager:
     _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
+    _stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    _route_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     _route_names: tuple[str, ...] = ()
     delivering: set[int] = field(default_factory=set)  # seqs in a delivery round right now
 
@@ -89,6 +91,10 @@ class QueueManager:
         self._ndr_only = frozenset(r.name for r in self.settings.routes if r.ndr_only)
         self._mail_routes = tuple(r for r in self._route_names if r not in self._ndr_only)
         self.routes = RouteTable(self._route_names)
+        # The route's connection cap lives here, with the rest of the scheduling, so a
+        # message waiting for a connection can still be told to stand down.
+        self._route_slots = {r.name: asyncio.Semaphore(r.max_connections)
+                             for r in self.settings.routes}
         if not self.max_in_flight:
             self.max_in_flight = 2 * sum(r.max_connections for r in self.settings.routes)
 
@@ -113,12 +119,6 @@ class QueueManager:
         if seq in self.delivering or seq in self.due:
             return
         self.due.schedule(seq, at)
-        self._wake.set()
-
-    def retry_now(self, seqs: Sequence[int]) -> None:
-        now = self.clock.now()
-        for seq in seqs:
-            self.due.schedule(seq, now)
         self._wake.set()
 
     @property
@@ -205,12 +205,16 @@ class QueueManager:
         """Take nothing new; give in-flight deliveries `grace` seconds, then cancel.
         Whatever is cancelled stays queued in the spool and is due at next start."""
         self._stopping = True
+        self._stop_event.set()
         self._wake.set()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
+                log.warning("deliveries_cut", count=len(pending), grace=grace,
+                            reason="still in flight at the end of the grace period; "
+                                   "they stay queued and may be sent again")
                 await asyncio.wait(pending)
 
     async def drain(self) -> None:
@@ -313,22 +317,48 @@ class QueueManager:
             if route is None:
                 self._hold(message, domain, todo, rnd, now, after_attempt=bool(tried))
                 return
-            await self._wait_for_slot(route, domain)
-            probe = self.routes.begin(route, domain)
-            started = self.clock.now()
-            outcome = await self.sender.send(route, self._transaction(message, body, todo))
-            finished = self.clock.now()
-            success = any(rp.is_success for rp in outcome.replies.values())
-            self.routes.end(route, domain, probe=probe, success=success)
-            self._slot_freed.set()
-            self._slot_freed.clear()
+            if not await self._take_slot(route, domain):
+                # Stopping: this round ends here, the recipients stay queued and are
+                # due at the next start. No attempt is spent.
+                rnd.next_times.append(now)
+                return
+            try:
+                probe = self.routes.begin(route, domain)
+                started = self.clock.now()
+                outcome = await self.sender.send(route, self._transaction(message, body, todo))
+                finished = self.clock.now()
+                success = any(rp.is_success for rp in outcome.replies.values())
+                self.routes.end(route, domain, probe=probe, success=success)
+            finally:
+                self._route_slots[route].release()
+                self._slot_freed.set()
+                self._slot_freed.clear()
             tried.add(route)
             todo, prefer = self._apply(message, route, domain, todo, outcome, rnd, rng,
                                        (started, finished), tried=frozenset(tried), probe=probe)
 
-    async def _wait_for_slot(self, route: str, domain: str) -> None:
-        while self.routes.at_cap(route, domain, self.clock.now()):
+    async def _take_slot(self, route: str, domain: str) -> bool:
+        """One of the route's connections (max_connections, and a throttle's lower cap for
+        this destination). False when the relay starts stopping while we wait: a
+        transaction not yet begun is not begun during shutdown."""
+        while self.routes.at_cap(route, domain, self.clock.now()) and not self._stopping:
             await self.clock.sleep_until(self.clock.now() + 1.0, self._slot_freed)
+        slots = self._route_slots[route]
+        if self._stopping:
+            return False
+        if not slots.locked():
+            await slots.acquire()
+            return True
+        acquire = asyncio.ensure_future(slots.acquire())
+        stopping = asyncio.ensure_future(self._stop_event.wait())
+        await asyncio.wait((acquire, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if acquire.done() and not acquire.cancelled():
+            if not self._stopping:
+                return True
+            slots.release()
+        acquire.cancel()
+        return False
 
     def _transaction(
         self, message: QueuedMessage, body: bytes, todo: list[Recipient]

@@ -147,6 +147,8 @@ class Relay:
         self.handler.accepting = False
         if self._server is not None:
             self._server.close()
+        log.info("stopping", grace=self.settings.server.shutdown_grace if grace is None else grace,
+                 accepting=False)
         if self.control is not None:
             await self.control.close()
         if self._poll_task is not None:
@@ -234,6 +236,5 @@ async def serve(settings: Settings, config_path: Path | None = None) -> None:
     watchdog = asyncio.create_task(systemd.run_watchdog(relay.healthy))
     await stop_requested.wait()
     systemd.notify("STOPPING=1")
-    log.info("stopping", grace=settings.server.shutdown_grace)
     watchdog.cancel()
     await relay.stop()

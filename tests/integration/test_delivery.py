@@ -184,7 +184,8 @@ async def test_restart_delivers_what_was_queued(tmp_path: Path) -> None:
                                                    hostname="up"), "127.0.0.1", port)
     try:
         async with running_relay(settings) as relay:
-            relay.manager.retry_now([m.seq for m in await _queued(relay)])
+            for m in await _queued(relay):
+                relay.manager.schedule_now(m.seq)  # what `queue retry --all` does
             async with asyncio.timeout(15):
                 while len(handler.received) < 3:
                     await asyncio.sleep(0.05)
