@@ -22,33 +22,57 @@ def _short(frame: str) -> str:
     return f"{name} ({'/'.join(parts[-2:])})" if where else name
 
 
+def _label(frame: str) -> bool:
+    return frame.startswith(("process ", "thread "))
+
+
 def summarise_pyspy(path: Path) -> dict[str, object]:
+    """py-spy raw output: `[process …;][thread …;]frame;frame;… count` per line.
+
+    Without --idle, py-spy still counts a thread blocked in a C call that released
+    the GIL (a socket send, SQLite's fsync, a queue get) as active: those show up
+    under the function that made the call.
+    """
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     threads: Counter[str] = Counter()
+    per_thread_self: dict[str, Counter[str]] = {}
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
             continue
         n = int(count_s)
-        frames = stack.split(";")
+        parts = stack.split(";")
+        labels = [f for f in parts if _label(f)]
+        frames = [f for f in parts if not _label(f)]
+        if not frames:
+            continue
+        thread = labels[-1] if labels else "?"
+        if len(thread) > 70:
+            thread = thread[:67] + "..."
         total += n
-        threads[frames[0]] += n
-        self_time[_short(frames[-1])] += n
-        for f in set(frames[1:]):
-            inclusive[_short(f)] += n
+        threads[thread] += n
+        leaf = _short(frames[-1])
+        self_time[leaf] += n
+        per_thread_self.setdefault(thread, Counter())[leaf] += n
+        for f in {_short(f) for f in frames}:
+            inclusive[f] += n
     if not total:
         return {"text": f"{path}: no samples\n", "top": []}
     out = io.StringIO()
     out.write(f"py-spy: {total} samples ({path})\n\nby thread:\n")
     for t, n in threads.most_common(8):
         out.write(f"  {n / total:6.1%}  {t}\n")
-    out.write("\nself time (where the CPU was):\n")
+    out.write("\nself time, all threads (leaf frame; blocking C calls count):\n")
     top = []
     for f, n in self_time.most_common(TOP):
         out.write(f"  {n / total:6.1%}  {f}\n")
         top.append({"function": f, "self": round(n / total, 4)})
+    for t, _ in threads.most_common(2):
+        out.write(f"\nself time in {t}:\n")
+        for f, n in per_thread_self[t].most_common(12):
+            out.write(f"  {n / total:6.1%}  {f}\n")
     out.write("\ninclusive (on the stack):\n")
     for f, n in inclusive.most_common(TOP + 15):
         out.write(f"  {n / total:6.1%}  {f}\n")

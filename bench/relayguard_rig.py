@@ -85,7 +85,7 @@ class RelayguardInstance:
                 raise BenchError("--profile py-spy: py-spy is not installed "
                                  "(pip install py-spy into the venv)")
             return [pyspy, "record", "--format", "raw", "--rate", "200", "--subprocesses",
-                    "-o", str(self.profile_out), "--", sys.executable, *serve]
+                    "--threads", "-o", str(self.profile_out), "--", sys.executable, *serve]
         return [sys.executable, *serve]
 
     def _start(self) -> None:

@@ -361,6 +361,7 @@ def scale_figures(args: argparse.Namespace) -> dict[str, object]:
 def profile_run(args: argparse.Namespace, out_dir: Path, stamp: str) -> dict[str, object]:
     kind = args.profile
     suffix = "pstats" if kind == "cprofile" else "txt"
+    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"profile-{stamp}.{suffix}"
     log(f"profile: one relayguard run under {kind} (not counted in the figures)")
     run = measure_relay(args, "relayguard", HEADLINE_VARIANT, profile=kind, profile_out=path)
@@ -399,7 +400,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-sessions", type=int, default=1)
     p.add_argument("--sample-interval", type=float,
                    help="pause between sampled messages, s (default 0.1; quick 0.05)")
-    p.add_argument("--mem-interval", type=float, default=0.25)
+    p.add_argument("--mem-interval", type=float, default=0.5)
     p.add_argument("--timeout", type=float, help="seconds for any one phase of a run")
     p.add_argument("--workdir", default=None,
                    help="where temporary instances and spools go (default: the system temp "
@@ -447,6 +448,21 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
     return {"postfix_version": version or "?", "workdir_fstype": fs, **tools}
 
 
+def relayguard_revision() -> dict[str, object]:
+    """Which relayguard was measured: the commit and any uncommitted changes to it."""
+    root = HERE.parent
+    out: dict[str, object] = {}
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        out["commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True, timeout=10,
+                                       check=False).stdout.strip() or "?"
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                 "relayguard"], capture_output=True, text=True, timeout=10,
+                                check=False).stdout
+        out["uncommitted"] = [ln[3:] for ln in status.splitlines() if ln.strip()]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = set(args.only or ["sink", "postfix", "relayguard", "scale"])
@@ -476,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "workdir_fstype": facts["workdir_fstype"],
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "postfix_version": facts["postfix_version"],
+        "relayguard_revision": relayguard_revision(),
         "workload": {"messages": args.messages, "size": args.size, "sessions": args.sessions,
                      "repeat": args.repeat, "concurrency": args.concurrency,
                      "relayguard_workers": args.workers or "config default",
