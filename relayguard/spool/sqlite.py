@@ -114,6 +114,9 @@ class SqliteSpool:
         conn.close()
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="spool-writer", daemon=True)
+        # One reader thread with its own connection, kept open.
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-reader")
+        self._reader_state = threading.local()
         self._closed = False
         self.batches = 0  # for the benchmark: how well group commit groups
         self.batched_jobs = 0
@@ -206,7 +209,8 @@ class SqliteSpool:
         return await self._run(lambda c: [_insert(c, m) for m in messages])
 
     async def load(self, seq: int) -> tuple[QueuedMessage, bytes] | None:
-        return await self._run(lambda c: load_message(c, seq))
+        # Through the reader: a delivery must not wait behind other messages' fsync.
+        return await self._read(lambda c: load_message(c, seq))
 
     async def update(self, message: QueuedMessage, new_attempts: Sequence[Attempt]) -> None:
         await self._run(lambda c: _update(c, message, new_attempts))
@@ -231,23 +235,32 @@ class SqliteSpool:
         return await self._run(lambda c: find_messages(c, where, params))
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only query on its own connection in a thread (queue tools, metrics):
-        WAL readers see a consistent snapshot and never hold up the writer."""
+        """Run a read-only query in one snapshot on the reader connection (queue tools,
+        metrics): WAL readers never hold up the writer, nor wait for its fsync."""
+
+        def snapshot(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("ROLLBACK")
+
+        return await self._read(snapshot)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise SpoolError("spool is closed")
 
         def job() -> T:
-            conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            conn = getattr(self._reader_state, "conn", None)
+            if conn is None:
+                conn = self._reader_state.conn = self._connect()
             try:
-                conn.execute("PRAGMA busy_timeout=60000")
-                conn.execute("BEGIN")  # one snapshot for the whole read
                 return fn(conn)
             except sqlite3.Error as exc:
                 raise _map_error(exc) from exc
-            finally:
-                conn.close()
 
-        return await asyncio.to_thread(job)
+        return await asyncio.get_running_loop().run_in_executor(self._reader, job)
 
     async def set_state(
         self, seq: int, state: MessageState, *, next_attempt_at: float | None = None,
@@ -267,17 +280,23 @@ class SqliteSpool:
         return await self._run(lambda c: _delete(c, seq))
 
     async def close(self) -> None:
+        if not self._closed:
+            await asyncio.to_thread(self.close_sync)
+
+    def close_sync(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join)
+        self._thread.join()
 
-    def close_sync(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._jobs.put(None)
-            self._thread.join()
+        def close_reader() -> None:
+            conn = getattr(self._reader_state, "conn", None)
+            if conn is not None:
+                conn.close()
+
+        self._reader.submit(close_reader).result()
+        self._reader.shutdown()
 
 
 def _map_error(exc: BaseException) -> BaseException:
@@ -324,18 +343,13 @@ def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[A
     """Store what a delivery round did. Two operator races are settled here: a message
     held while it was being delivered stays held, and one deleted meanwhile is not
     brought back (nor are attempts stored for it). False if the message is gone."""
-    if conn.execute("SELECT 1 FROM messages WHERE seq=?", (m.seq,)).fetchone() is None:
-        return False
-    if new_attempts:
-        conn.executemany(
-            "INSERT INTO attempts (seq, at, data) VALUES (?,?,?)",
-            [(m.seq, a.at, json.dumps(a.to_dict(), separators=(",", ":"))) for a in new_attempts],
-        )
     if m.state is MessageState.DONE:
-        conn.execute("DELETE FROM messages WHERE seq=?", (m.seq,))
-        conn.execute("DELETE FROM attempts WHERE seq=?", (m.seq,))
-        return True
-    conn.execute(
+        # Finished: its attempts would only be deleted with it, so they are not stored
+        # (the log has them).
+        gone = conn.execute("DELETE FROM messages WHERE seq=?", (m.seq,)).rowcount
+        conn.execute("DELETE FROM attempts WHERE seq=?", (m.seq,))  # earlier rounds' ones
+        return bool(gone)
+    updated = conn.execute(
         "UPDATE messages SET state=CASE WHEN state=? THEN state ELSE ? END,"
         " next_attempt_at=?, envelope=? WHERE seq=?",
         (
@@ -345,7 +359,14 @@ def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[A
             json.dumps(m.envelope.to_dict(), separators=(",", ":")),
             m.seq,
         ),
-    )
+    ).rowcount
+    if not updated:
+        return False
+    if new_attempts:
+        conn.executemany(
+            "INSERT INTO attempts (seq, at, data) VALUES (?,?,?)",
+            [(m.seq, a.at, json.dumps(a.to_dict(), separators=(",", ":"))) for a in new_attempts],
+        )
     return True
 
 
