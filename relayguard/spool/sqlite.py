@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import itertools
 import json
 import os
@@ -56,6 +57,7 @@ CREATE INDEX IF NOT EXISTS attempts_seq ON attempts(seq);
 
 MAX_BATCH = 1024
 DB_NAME = "queue.db"
+WRITE_LOCK_NAME = "queue.db.writelock"
 
 
 _PROCESS_NONCE = secrets.token_hex(2).upper()
@@ -112,6 +114,7 @@ class SqliteSpool:
         conn = self._connect()
         conn.executescript(SCHEMA)
         conn.close()
+        self._write_lock = os.open(self.directory / WRITE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="spool-writer", daemon=True)
         # One reader thread with its own connection, kept open.
@@ -159,6 +162,16 @@ class SqliteSpool:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
+        # Writers in other processes (front-end workers) queue on this lock, and the
+        # kernel wakes the next one the moment it is free. Left to SQLite, a busy
+        # writer sleeps 1, 2, 5, 10… ms between tries, which starves group commit.
+        fcntl.flock(self._write_lock, fcntl.LOCK_EX)
+        try:
+            self._run_batch_locked(conn, batch)
+        finally:
+            fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+
+    def _run_batch_locked(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
         results: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -289,6 +302,7 @@ class SqliteSpool:
         self._closed = True
         self._jobs.put(None)
         self._thread.join()
+        os.close(self._write_lock)
 
         def close_reader() -> None:
             conn = getattr(self._reader_state, "conn", None)
