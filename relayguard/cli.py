@@ -27,16 +27,23 @@ def _load(path: Path) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from relayguard import logging as rg_logging  # noqa: PLC0415 - keep CLI start fast
     from relayguard.relay import serve  # noqa: PLC0415
+    from relayguard.replay.cli import capture_sender_for  # noqa: PLC0415
 
     path = _config_path(args)
     settings = _load(path)
     rg_logging.configure(level=args.log_level)
+    sender = capture_sender_for(args, settings)  # None unless --test-mode
     try:
         import uvloop  # type: ignore[import-not-found]  # noqa: PLC0415 - optional speed-up
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
+    if sender is not None:
+        from relayguard.replay.testmode import serve_test_mode  # noqa: PLC0415
+
+        runner(serve_test_mode(settings, path, sender))
+        return 0
     runner(serve(settings, path))
     return 0
 
@@ -129,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the relay")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    from relayguard.replay.cli import add_test_mode_arguments  # noqa: PLC0415
+
+    add_test_mode_arguments(p)  # --test-mode [--scenario FILE] [--seed N] [--capture-dir DIR]
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by `serve` when workers > 1

@@ -11,18 +11,18 @@ Bodies are stored with CRLF line ends, as the front end would store them.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import getaddresses, mktime_tz, parsedate_tz
 from pathlib import Path
 
 from relayguard.model import Envelope, MessageState, Recipient, RecipientState
 
 FORMATS = ("spool", "eml", "mbox", "maildir", "postfix", "postcat")
-_LINE_END = re.compile(rb"\r?\n")
 _ENVELOPE_TO = ("x-envelope-to", "envelope-to", "x-original-to", "delivered-to")
 _MBOXRD_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 
@@ -61,37 +61,37 @@ def read_input(path: str | Path, fmt: str | None = None) -> Input:
 
         return postfix_queue.read(p, fmt)
     if fmt not in readers:
-        raise InputError(f"{p}: unknown input format {fmt!r} (expected one of {', '.join(FORMATS)})")
+        raise InputError(
+            f"{p}: unknown input format {fmt!r} (expected one of {', '.join(FORMATS)})")
     return readers[fmt](p)
 
 
 def detect_format(p: Path) -> str:
+    from relayguard.replay import postfix_queue  # noqa: PLC0415 - imports this module
+
     if p.is_dir():
-        if (p / "queue.db").exists():
-            return "spool"
-        if (p / "cur").is_dir() and (p / "new").is_dir():
-            return "maildir"
-        if any(p.glob("*.eml")):
-            return "eml"
-        from relayguard.replay import postfix_queue  # noqa: PLC0415
-
-        if postfix_queue.looks_like_queue_dir(p):
-            return "postfix"
-        raise InputError(f"{p}: cannot tell the input format (a relayguard spool has queue.db, "
-                         "a Maildir cur/ and new/, an .eml directory *.eml files); give --format")
-    with p.open("rb") as f:
-        head = f.read(4096)
-    if head.startswith(b"From "):
-        return "mbox"
-    if b"*** ENVELOPE RECORDS " in head:
-        return "postcat"
-    from relayguard.replay import postfix_queue  # noqa: PLC0415
-
-    if postfix_queue.looks_like_queue_file(head):
-        return "postfix"
-    if p.suffix == ".eml" or re.match(rb"[!-9;-~]+:", head):
-        return "eml"
-    raise InputError(f"{p}: cannot tell the input format; give --format")
+        checks = [
+            ("spool", (p / "queue.db").exists),
+            ("maildir", lambda: (p / "cur").is_dir() and (p / "new").is_dir()),
+            ("eml", lambda: any(p.glob("*.eml"))),
+            ("postfix", lambda: postfix_queue.looks_like_queue_dir(p)),
+        ]
+        why = ("a relayguard spool has queue.db, a Maildir cur/ and new/, "
+               "an .eml directory *.eml files")
+    else:
+        with p.open("rb") as f:
+            head = f.read(4096)
+        checks = [
+            ("mbox", lambda: head.startswith(b"From ")),
+            ("postcat", lambda: b"*** ENVELOPE RECORDS " in head),
+            ("postfix", lambda: postfix_queue.looks_like_queue_file(head)),
+            ("eml", lambda: p.suffix == ".eml" or re.match(rb"[!-9;-~]+:", head) is not None),
+        ]
+        why = "not an mbox, postcat -q output, a Postfix queue file or a message"
+    for fmt, check in checks:
+        if check():
+            return fmt
+    raise InputError(f"{p}: cannot tell the input format ({why}); give --format")
 
 
 # --- RFC 5322 helpers ------------------------------------------------------------
@@ -99,41 +99,45 @@ def detect_format(p: Path) -> str:
 
 def crlf(data: bytes) -> bytes:
     """Line ends as the spool keeps them: CRLF, with a final one."""
-    out = _LINE_END.sub(b"\r\n", data)
+    out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     return out if out.endswith(b"\r\n") else out + b"\r\n"
 
 
 def headers_of(body: bytes) -> dict[str, list[str]]:
     """Header fields (lower-case names → values, unfolded), read only up to the blank line."""
-    end = re.search(rb"\r?\n\r?\n", body)
-    head = body[: end.start()] if end else body
+    end = body.find(b"\r\n\r\n")
+    if end < 0:
+        end = body.find(b"\n\n")
+    head = (body if end < 0 else body[:end]).decode("utf-8", "replace")
     fields: dict[str, list[str]] = {}
-    name = ""
-    for raw in _LINE_END.split(head):
-        line = raw.decode("utf-8", "replace")
-        if line[:1] in (" ", "\t") and name:
-            fields[name][-1] += " " + line.strip()
+    values: list[str] | None = None
+    for line in head.replace("\r", "").split("\n"):
+        if line[:1] in (" ", "\t"):
+            if values:
+                values[-1] += " " + line.strip()
             continue
         key, sep, value = line.partition(":")
         if not sep or not key or " " in key:
-            name = ""
+            values = None
             continue
-        name = key.strip().lower()
-        fields.setdefault(name, []).append(value.strip())
+        values = fields.setdefault(key.lower(), [])
+        values.append(value.strip())
     return fields
 
 
 def header_date(fields: dict[str, list[str]]) -> float | None:
     for value in fields.get("date", []):
-        try:
-            dt = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            continue
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        parsed = parsedate_tz(value)
+        if parsed is not None:
+            try:
+                return float(mktime_tz(parsed))
+            except (OverflowError, ValueError):
+                continue
     return None
 
 
-_SIMPLE_ADDRESS = re.compile(r"^\s*(?:[^<>\",;:()@]*<)?\s*([^<>\s\",;:()@]+@[^<>\s\",;:()@]+)\s*>?\s*$")
+_ATOMS = r"[^<>\s\",;:()@]+"
+_SIMPLE_ADDRESS = re.compile(rf"^\s*(?:[^<>\",;:()@]*<)?\s*({_ATOMS}@{_ATOMS})\s*>?\s*$")
 
 
 def _addresses(values: list[str]) -> list[str]:
@@ -147,8 +151,7 @@ def _addresses(values: list[str]) -> list[str]:
                 found = [a for _, a in getaddresses([value])]  # quotes, comments, groups
                 break
             found.append(m.group(1))
-        for addr in found:
-            addr = addr.strip()
+        for addr in (a.strip() for a in found):
             if addr and "@" in addr and addr not in out:
                 out.append(addr)
     return out
@@ -237,13 +240,14 @@ def _read_mbox(p: Path) -> Input:
     """mboxo/mboxrd: messages start at 'From ' lines; '>From ' quoting is undone."""
     result = Input(str(p), "mbox")
     data = p.read_bytes()
-    starts = [m.start() for m in re.finditer(rb"(?:^|\n)From ", data)]
+    starts = _from_lines(data)
     for n, start in enumerate(starts):
         begin = start + (1 if data[start : start + 1] == b"\n" else 0)
         end = starts[n + 1] if n + 1 < len(starts) else len(data)
         chunk = data[begin:end]
         from_line, _, message = chunk.partition(b"\n")
-        message = _MBOXRD_FROM.sub(rb"\1", message)
+        if b"\n>" in message:
+            message = _MBOXRD_FROM.sub(rb"\1", message)
         if end == len(data) and message.endswith(b"\n\n"):
             message = message[:-1]  # the blank line that ends the last message
         line = from_line.decode("utf-8", "replace")
@@ -251,8 +255,19 @@ def _read_mbox(p: Path) -> Input:
         _add(result, message_from_bytes(
             message, f"message {n + 1}", fields=fields,
             sender=None if fields.get("return-path") else _from_line_sender(line),
-            arrival=lambda line=line: _from_line_time(line)))
+            arrival=functools.partial(_from_line_time, line)))
     return result
+
+
+def _from_lines(data: bytes) -> list[int]:
+    """Where each message starts: the offsets of 'From ' at the start of the file or
+    of the newline before a 'From ' line."""
+    starts = [0] if data.startswith(b"From ") else []
+    pos = data.find(b"\nFrom ")
+    while pos >= 0:
+        starts.append(pos)
+        pos = data.find(b"\nFrom ", pos + 6)
+    return starts
 
 
 def _from_line_sender(line: str) -> str | None:
@@ -268,7 +283,8 @@ def _from_line_time(line: str) -> float | None:
     if len(parts) < 3:
         return None
     try:
-        when = datetime.strptime(" ".join(parts[2].split()[:5]), "%a %b %d %H:%M:%S %Y")
+        when = datetime.strptime(  # noqa: DTZ007 - asctime has no zone: read as UTC
+            " ".join(parts[2].split()[:5]), "%a %b %d %H:%M:%S %Y")
     except ValueError:
         return None
     return when.replace(tzinfo=UTC).timestamp()

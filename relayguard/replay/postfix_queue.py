@@ -163,36 +163,39 @@ def looks_like_queue_dir(p: Path) -> bool:
     return False
 
 
+_DSN_RECORDS = {"<": "dsn_ret", "i": "dsn_envid", "o": "dsn_orig_rcpt", "n": "notify_flags"}
+
+
 def parse_queue_file(data: bytes, source: str) -> InputMessage | str:
     b = _Builder(source)
     in_content = False
     continued = False
     for rtype, value in _records(data, source):
-        text = value.decode("utf-8", "replace")
         if in_content and rtype in "NL":
             if continued:
-                b.lines[-1] += value
+                b.lines[-1] += value  # an L record continues on the next record
             else:
                 b.lines.append(value)
             continued = rtype == "L"
-            continue
-        if rtype == "M":
-            in_content = True
-        elif rtype == "X":
-            in_content = False
-        elif rtype == "T":
-            b.arrival = float(text.split()[0]) if text.split() else None
-        elif rtype == "S":
-            b.sender = text
-        elif rtype in "RD/":
-            b.recipient(text, done=rtype != "R")
-        elif rtype == "A":
-            name, _, val = text.partition("=")
-            b.attribute(name, val)
-        elif rtype in "<ion":
-            b.attribute({"<": "dsn_ret", "i": "dsn_envid", "o": "dsn_orig_rcpt",
-                         "n": "notify_flags"}[rtype], text)
+        elif rtype in "MX":
+            in_content = rtype == "M"  # the content segment runs from M to X
+        else:
+            _envelope_record(b, rtype, value.decode("utf-8", "replace"))
     return b.finish()
+
+
+def _envelope_record(b: _Builder, rtype: str, text: str) -> None:
+    if rtype == "T":
+        b.arrival = float(text.split(maxsplit=1)[0]) if text.split() else None
+    elif rtype == "S":
+        b.sender = text
+    elif rtype in "RD/":
+        b.recipient(text, done=rtype != "R")
+    elif rtype == "A":
+        name, _, val = text.partition("=")
+        b.attribute(name, val)
+    elif rtype in _DSN_RECORDS:
+        b.attribute(_DSN_RECORDS[rtype], text)
 
 
 # --- postcat -q output ---------------------------------------------------------------
@@ -245,7 +248,7 @@ def _postcat_field(b: _Builder, line: str) -> None:
 
 def _postcat_time(value: str) -> float | None:
     if re.fullmatch(r"\d+(\.\d+)?( \d+)?", value):
-        return float(value.split()[0])
+        return float(value.split(maxsplit=1)[0])
     try:
         return datetime.strptime(value, "%a %b %d %H:%M:%S %Y").replace(tzinfo=UTC).timestamp()
     except ValueError:

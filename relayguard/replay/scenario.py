@@ -16,11 +16,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relayguard.config import (
     ConfigError,
@@ -43,6 +45,10 @@ DEFAULT_START = 1_700_000_000.0  # 2023-11-14T22:13:20Z, when the input has no t
 TOP_KEYS = ("scenario", "arrivals", "upstream", "window", "route", "queue", "ndr", "server")
 WINDOW_KEYS = ("name", "from", "until", "route", "source", "domain", "not_domain",
                "probability", "reply", "phase", "latency")
+
+
+T = TypeVar("T")
+D = TypeVar("D")
 
 
 class ScenarioError(ValueError):
@@ -170,7 +176,7 @@ class _Table:
         got = f", got {self.table[key]!r}" if key in self.table else ""
         return ScenarioError(f"{self.file}: {self.path}{key}: expected {expected}{got}")
 
-    def get(self, key: str, convert: Any, default: Any, expected: str) -> Any:
+    def get(self, key: str, convert: Callable[[Any], T], default: D, expected: str) -> T | D:
         if key not in self.table:
             return default
         try:
@@ -185,8 +191,13 @@ class _Table:
                                 f"(known keys: {', '.join(known)})")
 
 
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
 def duration(v: object) -> float:
-    """'90s', '5m', '4h', '2d' or seconds; zero allowed (a window may start at 0)."""
+    """'90s', '5m', '4h', '2d', '1h30m' or seconds; zero allowed (a window may start at 0)."""
+    if isinstance(v, str) and re.fullmatch(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+", v.strip()):
+        return sum(parse_duration(n + u) for n, u in _PART.findall(v.strip()))
     return parse_duration(v)
 
 
@@ -194,11 +205,11 @@ def duration_range(v: object) -> DurationRange:
     """'200ms..1.5s' (drawn uniformly) or one duration."""
     if isinstance(v, str) and ".." in v:
         low_s, _, high_s = v.partition("..")
-        low, high = parse_duration(low_s), parse_duration(high_s)
+        low, high = duration(low_s), duration(high_s)
         if low > high:
             raise ValueError
         return DurationRange(low, high)
-    value = parse_duration(v)
+    value = duration(v)
     return DurationRange(value, value)
 
 
@@ -312,7 +323,8 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
     if not isinstance(raw_windows, list):
         raise ScenarioError(f"{file}: window: expected an array of tables [[window]]")
     windows = tuple(_window(file, i, w, total) for i, w in enumerate(raw_windows))
-    config_tables = {k: data[k] for k in ("route", "queue", "ndr", "server") if k in data}
+    config_tables: dict[str, Any] = {k: data[k] for k in ("route", "queue", "ndr", "server")
+                                     if k in data}
     return Scenario(
         name=name, file=file, duration=total, windows=windows, description=description,
         start=start, arrivals=arrivals, latency=latency, accept=accept, peer_dsn=peer_dsn,
@@ -322,7 +334,7 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
 
 def _bool(v: object) -> bool:
     if not isinstance(v, bool):
-        raise ValueError
+        raise TypeError
     return v
 
 
@@ -363,4 +375,5 @@ def describe_window(w: Window) -> str:
         where.append("not to " + ",".join(w.not_domains))
     share = f"{w.probability:.0%} " if w.probability < 1 else ""
     return (f"{format_duration(w.start)}-{format_duration(w.end)} "
-            f"{' '.join(where) or 'every route'}: {share}{w.reply.render()} ({w.reply.phase.value})")
+            f"{' '.join(where) or 'every route'}: {share}{w.reply.render()} "
+            f"({w.reply.phase.value})")

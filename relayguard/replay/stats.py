@@ -8,6 +8,7 @@ replay, floats are rounded, nothing depends on the wall clock or on queue ids.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from relayguard.model import Attempt, MessageState, QueuedMessage, RecipientState
 
 SAMPLES = 288  # queue-depth samples over the scenario (10 minutes for 48 hours)
+TOP_DOMAINS = 100  # destination domains listed one by one in the result
 BINS = 96  # delivery bins over the scenario (30 minutes for 48 hours)
 TTD_EDGES = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0, 86400.0, 172800.0)
 TTD_LABELS = ("<1m", "1-5m", "5-15m", "15-30m", "30m-1h", "1-2h", "2-6h", "6-12h", "12-24h",
@@ -59,7 +61,8 @@ class Stats:
     duration: float
     inputs: dict[int, _Track] = field(default_factory=dict)
     reports: set[int] = field(default_factory=set)
-    waiting: int = 0  # arrived, not yet attempted
+    arrivals: list[float] = field(default_factory=list)  # sorted arrival times
+    left_waiting: int = 0  # input messages attempted (or finished) at least once
     deferred: int = 0  # attempted, still queued
     outcomes: Counter[str] = field(default_factory=Counter)  # message outcomes
     recipients: Counter[str] = field(default_factory=Counter)
@@ -75,14 +78,27 @@ class Stats:
     report_attempts: int = 0
     bounced_bins: list[int] = field(default_factory=lambda: [0] * BINS)
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)
+    # input index → (outcome, routes that delivered): for tests and scripts, not the JSON
+    final: dict[int, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     _next_sample: int = 0
+    _now: float = 0.0
 
     # -- feeding ----------------------------------------------------------------------
 
-    def arrived(self, queued: Sequence[QueuedMessage], first_index: int) -> None:
-        for n, q in enumerate(queued):
-            self.inputs[q.seq] = _Track(first_index + n, q.arrival_at)
-        self.waiting += len(queued)
+    def queued(self, queued: Sequence[QueuedMessage], indices: Sequence[int]) -> None:
+        """Input messages in the spool, each due first at its arrival (in time order)."""
+        for q, index in zip(queued, indices, strict=True):
+            self.inputs[q.seq] = _Track(index, q.arrival_at)
+            self.arrivals.append(q.arrival_at)
+
+    def arrived(self, t: float) -> int:
+        """How many input messages arrived before t."""
+        return bisect.bisect_left(self.arrivals, t)
+
+    @property
+    def waiting(self) -> int:
+        """Arrived, not yet attempted (now)."""
+        return self.arrived(self._now) - self.left_waiting
 
     def report_built(self, kind: str, count: int) -> None:
         self.report_kinds[kind] += count
@@ -106,6 +122,21 @@ class Stats:
         for a in new_attempts:
             self._attempt(a)
         was_waiting = track.attempts == 0
+        self._track(track, message, new_attempts, now)
+        self._now = now
+        if message.state is MessageState.DONE:
+            if was_waiting:
+                self.left_waiting += 1
+            else:
+                self.deferred -= 1
+            self._done(message, track)
+        elif was_waiting and track.attempts:
+            self.left_waiting += 1
+            self.deferred += 1
+
+    def _track(
+        self, track: _Track, message: QueuedMessage, new_attempts: Sequence[Attempt], now: float
+    ) -> None:
         track.attempts += len(new_attempts)
         for a in new_attempts:
             if a.action == "delivered":
@@ -114,15 +145,6 @@ class Stats:
         if failed > track.failed:
             self.bounced_bins[self._bin(now)] += failed - track.failed
             track.failed = failed
-        if message.state is MessageState.DONE:
-            if was_waiting:
-                self.waiting -= 1
-            else:
-                self.deferred -= 1
-            self._done(message, track)
-        elif was_waiting and track.attempts:
-            self.waiting -= 1
-            self.deferred += 1
 
     def _attempt(self, a: Attempt) -> None:
         rs = self.routes.get(a.route)
@@ -142,12 +164,15 @@ class Stats:
         states = [r.state for r in message.envelope.recipients]
         delivered = states.count(RecipientState.DELIVERED)
         if delivered == len(states):
-            self.outcomes["delivered"] += 1
+            outcome = "delivered"
             self.ttd.append(track.last_delivery - track.arrival)
         elif delivered == 0:
-            self.outcomes["bounced"] += 1
+            outcome = "bounced"
         else:
-            self.outcomes["partly delivered"] += 1
+            outcome = "partly delivered"
+        self.outcomes[outcome] += 1
+        self.final[track.index] = (outcome, tuple(sorted(
+            {r.delivered_via for r in message.envelope.recipients if r.delivered_via})))
         self.attempts_done.append(track.attempts)
         for r in message.envelope.recipients:
             self._recipient(r.domain, r.state.value)
@@ -162,8 +187,21 @@ class Stats:
         """Queue depth at every sample time up to t (the queue did not change before t)."""
         step = self.duration / SAMPLES
         while self._next_sample <= SAMPLES and self.t0 + self._next_sample * step <= t:
-            self.samples.append((self._next_sample * step, self.waiting, self.deferred, in_flight))
+            at = self.t0 + self._next_sample * step
+            waiting = self.arrived(at) - self.left_waiting
+            self.samples.append((self._next_sample * step, waiting, self.deferred, in_flight))
             self._next_sample += 1
+
+    def _top_domains(self) -> dict[str, dict[str, int]]:
+        """Recipients by destination domain and state: the TOP_DOMAINS busiest, then '*'."""
+        ranked = sorted(self.domains.items(), key=lambda x: (-sum(x[1].values()), x[0]))
+        out = {d: dict(sorted(c.items())) for d, c in sorted(ranked[:TOP_DOMAINS])}
+        rest: Counter[str] = Counter()
+        for _, c in ranked[TOP_DOMAINS:]:
+            rest.update(c)
+        if rest:
+            out["*"] = dict(sorted(rest.items()))
+        return out
 
     def still_queued(self, message: QueuedMessage) -> None:
         """At the end: a message that is still in the queue."""
@@ -171,6 +209,7 @@ class Stats:
         if track is None:
             return
         self.outcomes["still queued"] += 1
+        self.final[track.index] = ("still queued", ())
         self.attempts_done.append(track.attempts)
         for r in message.envelope.recipients:
             self._recipient(r.domain, r.state.value)
@@ -216,7 +255,7 @@ class Stats:
                 {"reply": text, "count": n}
                 for text, n in sorted(self.replies.items(), key=lambda x: (-x[1], x[0]))[:10]
             ],
-            "domains": {d: dict(sorted(c.items())) for d, c in sorted(self.domains.items())},
+            "domains": self._top_domains(),
             "reports": {
                 "built": dict(sorted(self.report_kinds.items())),
                 "delivered": self.reports_delivered,

@@ -29,7 +29,8 @@ from relayguard.replay.scenario import ReplySpec, Scenario, Window
 _SESSION_PHASES = (Phase.CONNECT, Phase.GREETING, Phase.HELO, Phase.MAIL)
 _DATA_PHASES = (Phase.DATA, Phase.AFTER_DATA)
 _REFUSED_LATENCY = 0.005
-_DROP_TEXT = "lost connection with {peer} while sending end of data -- message may be sent more than once"
+_DROP_TEXT = ("lost connection with {peer} while sending end of data"
+              " -- message may be sent more than once")
 
 
 @dataclass(slots=True)
@@ -40,6 +41,8 @@ class _Route:
     accept: Reply
     # windows per phase, in file order, for this route (route and source already matched)
     windows: dict[Phase, tuple[Window, ...]]
+    # ... and of those, the ones for a destination domain (filled as domains show up)
+    matching: dict[tuple[Phase, str], tuple[Window, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -66,7 +69,7 @@ class SimulatedUpstream:
     on_send: Callable[[Capture], None] | None = None
     sends: int = 0
     _routes: dict[str, _Route] = field(init=False)
-    _replies: dict[tuple[int, str, str], Reply] = field(init=False, default_factory=dict)
+    _reply_cache: dict[tuple[int, str, str], Reply] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._routes = {}
@@ -91,20 +94,24 @@ class SimulatedUpstream:
     # -- one transaction -------------------------------------------------------
 
     def _draw(self, r: _Route, phase: Phase, domain: str, t: float) -> Window | None:
-        for w in r.windows[phase]:
-            if w.start <= t < w.end and w.applies(r.settings.name, r.settings.source_address,
-                                                  domain):
-                if w.probability >= 1.0 or self.rng.random() < w.probability:
-                    return w
+        key = (phase, domain)
+        windows = r.matching.get(key)
+        if windows is None:
+            windows = r.matching[key] = tuple(
+                w for w in r.windows[phase]
+                if w.applies(r.settings.name, r.settings.source_address, domain))
+        for w in windows:
+            if w.start <= t < w.end and (w.probability >= 1.0 or self.rng.random() < w.probability):
+                return w
         return None
 
     def _reply(self, r: _Route, w: Window, domain: str) -> Reply:
         key = (w.index, r.settings.name, domain)
-        cached = self._replies.get(key)
+        cached = self._reply_cache.get(key)
         if cached is not None:
             return cached
         reply = _make_reply(w.reply, r, domain)
-        self._replies[key] = reply
+        self._reply_cache[key] = reply
         return reply
 
     def _latency(self, w: Window | None, r: _Route) -> float:
@@ -116,49 +123,52 @@ class SimulatedUpstream:
             return r.settings.connect_timeout
         return self.scenario.latency.draw(self.rng)
 
+    def _first(self, r: _Route, phases: tuple[Phase, ...], domain: str, t: float) -> Window | None:
+        for phase in phases:
+            w = self._draw(r, phase, domain, t)
+            if w is not None:
+                return w
+        return None
+
+    def _replies(
+        self, r: _Route, addresses: list[str], t: float
+    ) -> tuple[dict[str, Reply], Window | None]:
+        """Every recipient's reply, and the window that ended the session, if one did."""
+        domain = domain_of(addresses[0]) if addresses else ""
+        decisive = self._first(r, _SESSION_PHASES, domain, t)
+        if decisive is not None:  # refused, timed out, or rejected before RCPT: all alike
+            return dict.fromkeys(addresses, self._reply(r, decisive, domain)), decisive
+        replies: dict[str, Reply] = {}
+        accepted: list[str] = []
+        for address in addresses:
+            d = domain_of(address)
+            w = self._draw(r, Phase.RCPT, d, t)
+            if w is None:
+                accepted.append(address)
+            else:
+                replies[address] = self._reply(r, w, d)
+        final = r.accept
+        if accepted:
+            decisive = self._first(r, _DATA_PHASES, domain, t)
+            if decisive is not None:
+                final = self._reply(r, decisive, domain)
+        for address in accepted:
+            replies[address] = final
+        return replies, decisive
+
     async def _send(self, r: _Route, tx: Transaction) -> Outcome:
         self.sends += 1
         start = self.clock.now()
-        t = start - self.t0
         addresses = [a for a, _ in tx.recipients]
-        domain = domain_of(addresses[0]) if addresses else ""
-        host = r.settings.host
-        replies: dict[str, Reply]
-        decisive: Window | None = None
-        for phase in _SESSION_PHASES:
-            decisive = self._draw(r, phase, domain, t)
-            if decisive is not None:
-                break
-        if decisive is not None:
-            replies = dict.fromkeys(addresses, self._reply(r, decisive, domain))
-        else:
-            replies = {}
-            accepted: list[str] = []
-            for address in addresses:
-                d = domain_of(address)
-                w = self._draw(r, Phase.RCPT, d, t)
-                if w is None:
-                    accepted.append(address)
-                else:
-                    replies[address] = self._reply(r, w, d)
-            final = r.accept
-            if accepted:
-                for phase in _DATA_PHASES:
-                    decisive = self._draw(r, phase, domain, t)
-                    if decisive is not None:
-                        final = self._reply(r, decisive, domain)
-                        break
-            for address in accepted:
-                replies[address] = final
+        replies, decisive = self._replies(r, addresses, start - self.t0)
         latency = self._latency(decisive, r)
         if latency > 0:
             await self.clock.sleep_until(start + latency)
-        dropped = decisive is not None and decisive.reply.kind == "drop"
         if self.on_send is not None:
-            self.on_send(Capture(start, r.settings.name, host, tx.sender, tuple(addresses),
-                                 len(tx.body), tx.body, replies))
-        return Outcome(replies, host, peer_has_dsn=self.scenario.peer_dsn,
-                       possible_duplicate=dropped)
+            self.on_send(Capture(start, r.settings.name, r.settings.host, tx.sender,
+                                 tuple(addresses), len(tx.body), tx.body, replies))
+        return Outcome(replies, r.settings.host, peer_has_dsn=self.scenario.peer_dsn,
+                       possible_duplicate=decisive is not None and decisive.reply.kind == "drop")
 
 
 def _make_reply(spec: ReplySpec, r: _Route, domain: str) -> Reply:

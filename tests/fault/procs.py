@@ -114,6 +114,8 @@ class RelayProcess:
                 if isinstance(event, dict):
                     self.events.append(event)
             self._notify()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # so failures can show the status
+            self.proc.wait(timeout=5)
         self._eof = True
         self._notify()
 

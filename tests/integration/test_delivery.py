@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from structlog.testing import capture_logs
 from support import (
     UpstreamHandler,
     free_port,
@@ -212,8 +213,6 @@ async def test_all_recipients_refused_when_pipelined_sends_no_data(tmp_path: Pat
 
 
 async def test_drop_after_final_dot_is_retried_as_possible_duplicate(tmp_path: Path) -> None:
-    from structlog.testing import capture_logs
-
     answers = ["DROP"]
     handler = UpstreamHandler(on_data=lambda peer, content: answers.pop(0) if answers else None)
     clock = VirtualClock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -44,8 +45,6 @@ port = {free_port()}
 
 
 def _rule_for_550(relay) -> str:
-    import random
-
     reply = Reply(550, "5.1.1", "User unknown", Phase.RCPT, "mx")
     view = RouteView(route="primary", destination="example.com", routes=("primary",))
     return decide(reply, [], view, 0.0, relay.manager.policy, arrival_at=0.0,

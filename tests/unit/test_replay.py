@@ -1,0 +1,247 @@
+"""relayguard replay: the scripted upstream, determinism, the shipped scenarios, --compare,
+and the report files. Small inputs, so the whole file runs in a few seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from relayguard import logging as rg_logging
+from relayguard.cli import main
+from relayguard.clock import VirtualClock
+from relayguard.config import RouteSettings
+from relayguard.delivery import Transaction
+from relayguard.model import Phase
+from relayguard.replay import runner
+from relayguard.replay.driver import replay
+from relayguard.replay.inputs import read_input
+from relayguard.replay.sample import generate_mbox
+from relayguard.replay.scenario import ScenarioError, load_scenario, parse_scenario
+from relayguard.replay.upstream import SimulatedUpstream
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ROOT / "scenarios"
+PLAIN = ROOT / "policies" / "plain-mta.toml"
+
+
+@pytest.fixture(autouse=True)
+def quiet_logs():
+    rg_logging.configure(level="error")
+
+
+@pytest.fixture(scope="module")
+def mbox(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "sample.mbox"
+    path.write_bytes(generate_mbox(160, span=36 * 3600))
+    return path
+
+
+def _scenario(windows: str, extra: str = "") -> object:
+    return parse_scenario(tomllib.loads(
+        '[scenario]\nduration = "1h"\n[upstream]\nlatency = "2s"\n' + extra + windows), "t.toml")
+
+
+ROUTES = (RouteSettings("A", "a.example.net", source_address="192.0.2.10", max_connections=2),
+          RouteSettings("B", "b.example.net", source_address="198.51.100.7"))
+
+
+async def _send(upstream: SimulatedUpstream, clock: VirtualClock, route: str, rcpts: list[str]):
+    task = asyncio.create_task(upstream.send(route, Transaction(
+        "s@example.org", [(a, ()) for a in rcpts], b"Subject: x\r\n\r\nx\r\n")))
+    while not task.done():
+        await clock.advance_to_next()
+    return task.result()
+
+
+async def test_upstream_answers_per_window_phase_and_source():
+    scenario = _scenario("""
+[[window]]
+route = "B"
+reply = "refused"
+[[window]]
+source = "192.0.2.10"
+domain = "listed.example"
+phase = "greeting"
+reply = "554 5.7.1 Service unavailable; Client host [{source}] blocked using zen.spamhaus.org"
+[[window]]
+domain = "*.example"
+not_domain = "listed.example"
+phase = "rcpt"
+reply = "550 5.1.1 User unknown"
+[[window]]
+from = "30m"
+phase = "after-data"
+probability = 0.5
+reply = "451 4.7.500 Server busy. Please try again later"
+""")
+    clock = VirtualClock(1000.0)
+    up = SimulatedUpstream(scenario, ROUTES, clock, random.Random(1), t0=1000.0)
+
+    refused = await _send(up, clock, "B", ["x@gmail.com", "y@gmail.com"])
+    [reply] = set(refused.replies.values())
+    assert reply.synthetic
+    assert reply.phase is Phase.CONNECT
+    assert reply.code == 421
+    assert reply.text == "connect to b.example.net[b.example.net]:25: Connection refused"
+
+    listed = await _send(up, clock, "A", ["x@listed.example"])
+    assert listed.replies["x@listed.example"].render() == (
+        "554 5.7.1 Service unavailable; Client host [192.0.2.10] blocked using zen.spamhaus.org")
+    assert listed.replies["x@listed.example"].phase is Phase.GREETING
+
+    start = clock.now()
+    mixed = await _send(up, clock, "A", ["u@other.example", "ok@gmail.com"])
+    assert clock.now() - start == 2.0  # the latency passes on the virtual clock
+    assert mixed.replies["u@other.example"].render() == "550 5.1.1 User unknown"
+    assert mixed.replies["u@other.example"].phase is Phase.RCPT
+    assert mixed.replies["ok@gmail.com"].render() == "250 2.0.0 Ok: queued"
+
+    clock.set(1000.0 + 1800)
+    codes = [(await _send(up, clock, "A", ["ok@gmail.com"])).replies["ok@gmail.com"].code
+             for _ in range(40)]
+    assert 8 < codes.count(451) < 32
+    assert set(codes) == {250, 451}
+
+
+def test_scenario_errors_name_the_file_and_key():
+    with pytest.raises(ScenarioError, match=r"t.toml: window\[0\].probability: expected a number"):
+        _scenario('[[window]]\nprobability = 2\nreply = "451 busy"\n')
+    with pytest.raises(ScenarioError, match=r"window\[0\].phase: expected 'connect'"):
+        _scenario('[[window]]\nphase = "rcpt"\nreply = "refused"\n')
+    with pytest.raises(ScenarioError, match=r"window\[0\].colour: unknown key"):
+        _scenario('[[window]]\ncolour = "red"\nreply = "451 busy"\n')
+    with pytest.raises(ScenarioError, match=r"route\[0\].port: expected a port"):
+        _scenario("", '[[route]]\nname = "A"\nhost = "a"\nport = 99999\n').settings()
+    scenario = _scenario('[[window]]\nroute = "C"\nreply = "451 busy"\n')
+    with pytest.raises(ScenarioError, match=r"window\[0\].route: expected one of the routes"):
+        scenario.check_routes(("A", "B"))
+
+
+async def test_virtual_clock_advance_to_next_runs_ready_work_then_jumps():
+    clock = VirtualClock(0.0)
+    seen: list[tuple[str, float]] = []
+
+    async def sleeper(name: str, at: float) -> None:
+        await clock.sleep_until(at)
+        seen.append((name, clock.now()))
+        await asyncio.sleep(0)  # more ready work after waking: settle must wait for it
+        seen.append((name + "+", clock.now()))
+
+    tasks = [asyncio.create_task(sleeper("b", 20.0)), asyncio.create_task(sleeper("a", 10.0))]
+    assert await clock.advance_to_next(15.0) == 10.0
+    assert await clock.advance_to_next(15.0) == 15.0  # a candidate (an arrival) comes first
+    assert await clock.advance_to_next(limit=18.0) == 18.0
+    assert await clock.advance_to_next() == 20.0
+    assert await clock.advance_to_next() is None
+    await asyncio.gather(*tasks)
+    assert seen == [("a", 10.0), ("a+", 10.0), ("b", 20.0), ("b+", 20.0)]
+
+
+def _run(mbox: Path, scenario: str, *, seed: int = 1, compare: bool = False) -> dict:
+    return runner.run_files(SCENARIOS / scenario, mbox, seed=seed,
+                            compare=[PLAIN] if compare else ())
+
+
+def test_same_seed_same_bytes_and_another_seed_differs(mbox):
+    one = runner.to_json(_run(mbox, "rbl-incident.toml", seed=7))
+    assert one == runner.to_json(_run(mbox, "rbl-incident.toml", seed=7))
+    assert one != runner.to_json(_run(mbox, "rbl-incident.toml", seed=8))
+    assert "queue_id" not in one
+
+
+def test_same_bytes_across_processes(mbox, tmp_path):
+    """Hash randomisation must not leak in: another interpreter gives the same bytes."""
+    code = ("import sys; from relayguard import logging as l; l.configure(level='error');"
+            "from relayguard.replay import runner;"
+            "sys.stdout.write(runner.to_json(runner.run_files(sys.argv[1], sys.argv[2], seed=3)))")
+    outs = {
+        subprocess.run([sys.executable, "-c", code, str(SCENARIOS / "throttling.toml"), str(mbox)],
+                       capture_output=True, check=True, env={"PYTHONHASHSEED": str(h)},
+                       cwd=ROOT).stdout
+        for h in (1, 2)
+    }
+    assert len(outs) == 1
+    assert json.loads(outs.pop())["runs"][0]["messages"]["arrived"] == 160
+
+
+@pytest.mark.parametrize("name", ["rbl-incident.toml", "throttling.toml",
+                                  "smarthost-outage.toml"])
+def test_each_shipped_scenario_replays(mbox, name):
+    doc = _run(mbox, name)
+    [run] = doc["runs"]
+    m = run["messages"]
+    assert m["arrived"] == 160
+    assert m["delivered"] + m["bounced"] + m["partly_delivered"] + m["still_queued"] == 160
+    assert m["delivered"] > 120
+    assert run["transactions"] >= 160
+    assert len(run["timeline"]["queue"]) == 289
+    assert load_scenario(SCENARIOS / name).duration == doc["scenario"]["duration"]
+
+
+def test_plain_mta_bounces_what_the_default_policy_delivers_through_route_b(mbox):
+    prepared = runner.prepare(SCENARIOS / "rbl-incident.toml", mbox, compare=[PLAIN])
+    messages = read_input(mbox).messages
+    finals = []
+    for spec in prepared.runs:
+        kept: dict = {}
+        replay(prepared.settings, spec.policy, prepared.scenario, messages, seed=1,
+               on_stats=lambda s, kept=kept: kept.update(s.final))
+        finals.append(kept)
+    default, plain = finals
+    via_b = [i for i, (outcome, routes) in default.items()
+             if outcome == "delivered" and routes == ("B",)]
+    assert len(via_b) > 40
+    bounced = [i for i in via_b if plain[i][0] == "bounced"]
+    assert len(bounced) >= 0.8 * len(via_b)
+    # the receivers that refuse at RCPT while A is listed: every one of those bounces
+    rcpt_listed = [i for i in via_b if messages[i].envelope.recipients[0].domain in
+                   ("example.com", "example.net", "mail.example")
+                   and messages[i].arrival - messages[0].arrival < 24 * 3600]
+    assert rcpt_listed
+    assert all(plain[i][0] == "bounced" for i in rcpt_listed)
+    delivered = sum(1 for o, _ in default.values() if o == "delivered")
+    assert delivered > 0.95 * len(messages)
+
+
+def test_cli_compare_writes_json_and_html_report(mbox, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["replay", "--scenario", str(SCENARIOS / "rbl-incident.toml"), "--input", str(mbox),
+            "--compare", str(PLAIN), "--report", str(out)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "default" in table
+    assert "plain-mta" in table
+    assert "ip-blocklisted (reroute)" in table
+    doc = json.loads((out / "result.json").read_text())
+    assert [r["label"] for r in doc["runs"]] == ["default", "plain-mta"]
+    assert doc["runs"][1]["policy_files"] == ["policies/plain-mta.toml"]
+    default, plain = doc["runs"]
+    assert plain["messages"]["bounced"] > 5 * default["messages"]["bounced"]
+    assert plain["failures_by_rule"]["builtin:5xx"] > default["routes"]["B"]["recipients_delivered"] / 2
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") == 1 + 3 * 2  # the scenario timeline, then 3 plots per policy
+    for title in ("Queue depth by state", "Deliveries per route", "Time to delivery"):
+        assert html.count(title) >= 2
+    assert "<script" not in html
+    assert "http://" not in html.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    first = (out / "result.json").read_bytes()
+    assert main(args) == 0
+    assert (out / "result.json").read_bytes() == first  # no wall-clock time in the JSON
+
+
+def test_cli_reports_bad_files_without_a_traceback(mbox, tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[scenario]\nduration = "1h"\n[[window]]\nreply = "hello"\n')
+    assert main(["replay", "--scenario", str(bad), "--input", str(mbox)]) == 2
+    assert "bad.toml: window[0].reply: expected a reply" in capsys.readouterr().err
+    assert main(["replay", "--scenario", str(SCENARIOS / "throttling.toml"),
+                 "--input", str(tmp_path / "missing")]) == 2
+    assert "no such file" in capsys.readouterr().err
