@@ -39,12 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    if sender is not None:
-        from relayguard.replay.testmode import serve_test_mode  # noqa: PLC0415
-
-        runner(serve_test_mode(settings, path, sender))
-        return 0
-    runner(serve(settings, path))
+    runner(serve(settings, path, sender=sender))
     return 0
 
 

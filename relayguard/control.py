@@ -38,6 +38,7 @@ import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings
+from relayguard.delivery import Outcome, Transaction
 from relayguard.metrics import Observer
 from relayguard.model import MessageState, Phase, QueuedMessage, Reply
 from relayguard.queue_manager import QueueManager
@@ -391,13 +392,20 @@ def call(path: Path, request: Json, timeout: float = CLIENT_TIMEOUT) -> Json:
     return result
 
 
+class _NoDelivery:
+    """The CLI's queue manager (relayguard stopped) edits the spool; it never delivers."""
+
+    async def send(self, route: str, tx: Transaction) -> Outcome:
+        raise RuntimeError(f"no delivery from the CLI (route {route}, {len(tx.recipients)} rcpt)")
+
+
 async def _direct(settings: Settings, request: Json) -> Json:
     from relayguard.policy import Policy  # noqa: PLC0415 - only the direct mode needs it
     from relayguard.reports import make_report_builder  # noqa: PLC0415
 
     spool = SqliteSpool(settings.server.spool)
     try:
-        manager = QueueManager(settings, spool, None, SystemClock(), Policy(),
+        manager = QueueManager(settings, spool, _NoDelivery(), SystemClock(), Policy(),
                                build_reports=make_report_builder(settings))
         controller = Controller(settings, spool, manager, manager.clock, running=False)
         return await controller.handle(request)

@@ -11,7 +11,7 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -39,11 +39,11 @@ log = structlog.get_logger("relayguard.queue")
 PROBE_WAIT = 30.0  # seconds a message waits while another probes a route that just came back
 
 
-class Sender:
-    """What the queue manager needs of delivery: the live adapter or the replay's simulation."""
+class Sender(Protocol):
+    """What the queue manager needs of delivery: the live adapter, the test-mode capture
+    or the replay's simulated upstream."""
 
-    async def send(self, route: str, tx: Transaction) -> Outcome:  # pragma: no cover - protocol
-        raise NotImplementedError
+    async def send(self, route: str, tx: Transaction) -> Outcome: ...
 
 
 ReportBuilder = Callable[[QueuedMessage, bytes, Sequence[Recipient], str, float], list[NewMessage]]
@@ -60,8 +60,16 @@ class _Round:
     """What one delivery round of one message produced."""
 
     recipients: dict[str, Recipient]
+    seed: str  # queue id and attempt count: the same round always draws the same jitter
     attempts: list[Attempt] = field(default_factory=list)
     relayed_without_dsn: set[str] = field(default_factory=set)
+    _rng: random.Random | None = None
+
+    def rng(self) -> random.Random:
+        """Seeded on first use: most rounds end in a delivery and draw nothing."""
+        if self._rng is None:
+            self._rng = random.Random(self.seed)
+        return self._rng
     next_times: list[float] = field(default_factory=list)
 
 
@@ -69,7 +77,7 @@ class _Round:
 class QueueManager:
     settings: Settings
     spool: Spool
-    sender: Any  # Sender
+    sender: Sender
     clock: Clock
     policy: Policy
     build_reports: ReportBuilder = _no_reports
@@ -244,14 +252,18 @@ class QueueManager:
         if message.state is not MessageState.ACTIVE:
             return
         before = {r.address: r.state for r in message.envelope.recipients}
-        rnd = _Round({r.address: r for r in message.envelope.recipients})
-        rng = random.Random(f"{message.queue_id}/{len(message.attempts)}")
+        rnd = _Round({r.address: r for r in message.envelope.recipients},
+                     seed=f"{message.queue_id}/{len(message.attempts)}")
         by_domain: dict[str, list[Recipient]] = {}
         for r in message.pending:
             by_domain.setdefault(r.domain, []).append(r)
-        await asyncio.gather(
-            *(self._deliver_domain(message, body, d, rs, rnd, rng) for d, rs in by_domain.items())
-        )
+        if len(by_domain) == 1:  # the usual case: no task per domain needed
+            [(domain, rcpts)] = by_domain.items()
+            await self._deliver_domain(message, body, domain, rcpts, rnd)
+        else:
+            await asyncio.gather(
+                *(self._deliver_domain(message, body, d, rs, rnd) for d, rs in by_domain.items())
+            )
         await self._finish(message, body, before, rnd)
 
     async def _finish(
@@ -303,7 +315,7 @@ class QueueManager:
 
     async def _deliver_domain(
         self, message: QueuedMessage, body: bytes, domain: str, recipients: list[Recipient],
-        rnd: _Round, rng: random.Random,
+        rnd: _Round,
     ) -> None:
         tried: set[str] = set()
         pinned = message.envelope.pinned_routes
@@ -334,7 +346,7 @@ class QueueManager:
                 self._slot_freed.set()
                 self._slot_freed.clear()
             tried.add(route)
-            todo, prefer = self._apply(message, route, domain, todo, outcome, rnd, rng,
+            todo, prefer = self._apply(message, route, domain, todo, outcome, rnd,
                                        (started, finished), tried=frozenset(tried), probe=probe)
 
     async def _take_slot(self, route: str, domain: str) -> bool:
@@ -404,7 +416,7 @@ class QueueManager:
 
     def _apply(
         self, message: QueuedMessage, route: str, domain: str, todo: list[Recipient],
-        outcome: Outcome, rnd: _Round, rng: random.Random, span: tuple[float, float],
+        outcome: Outcome, rnd: _Round, span: tuple[float, float],
         *, tried: frozenset[str], probe: bool,
     ) -> tuple[list[Recipient], tuple[str, ...]]:
         """Turn replies into recipient states and attempts; return what to try next, where."""
@@ -434,7 +446,7 @@ class QueueManager:
                 suspended=self.routes.suspended_routes(domain, finished),
             )
             decision = decide(reply, history, view, finished, self.policy,
-                              arrival_at=message.arrival_at, rng=rng)
+                              arrival_at=message.arrival_at, rng=rnd.rng())
             self._apply_route_effects(decision)
             rnd.attempts.append(Attempt(started, route, addresses, reply, decision.action.value,
                                         decision.rule, finished - started))

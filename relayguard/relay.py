@@ -13,7 +13,6 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -26,7 +25,7 @@ from relayguard.frontend import RelayHandler, make_protocol_factory
 from relayguard.metrics import MetricsServer, Observer
 from relayguard.model import MessageState, QueuedMessage
 from relayguard.policy import Policy, load_policy
-from relayguard.queue_manager import QueueManager, ReportBuilder
+from relayguard.queue_manager import QueueManager, ReportBuilder, Sender
 from relayguard.reports import make_report_builder
 from relayguard.spool.sqlite import SqliteSpool, spool_usable
 from relayguard.workers import WorkerPool, bind_listener, per_worker_limits
@@ -51,7 +50,7 @@ def policy_for(settings: Settings) -> Policy:
 class Relay:
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
-    sender: Any = None  # delivery adapter; the live one unless a test or test mode gives one
+    sender: Sender | None = None  # the live delivery unless a test or test mode gives one
     build_reports: ReportBuilder | None = None
     config_path: Path | None = None
     spool: SqliteSpool = field(init=False)
@@ -212,8 +211,11 @@ class Relay:
         await self._stopped.wait()
 
 
-async def serve(settings: Settings, config_path: Path | None = None) -> None:
-    relay = Relay(settings, config_path=config_path)
+async def serve(
+    settings: Settings, config_path: Path | None = None, *, sender: Sender | None = None
+) -> None:
+    """Run until SIGTERM. `sender` replaces live delivery (`serve --test-mode`)."""
+    relay = Relay(settings, config_path=config_path, sender=sender)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     started = asyncio.Event()
@@ -232,9 +234,16 @@ async def serve(settings: Settings, config_path: Path | None = None) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload)
     await relay.start()
     started.set()
-    systemd.notify(f"READY=1\nSTATUS=listening on {relay.address[0]}:{relay.address[1]}")
+    mode = "listening"
+    if sender is not None:
+        mode = "test mode, listening"
+        log.warning("test_mode", delivering="nowhere: every transaction is captured in-process",
+                    routes=[r.name for r in settings.routes])
+    systemd.notify(f"READY=1\nSTATUS={mode} on {relay.address[0]}:{relay.address[1]}")
     watchdog = asyncio.create_task(systemd.run_watchdog(relay.healthy))
     await stop_requested.wait()
     systemd.notify("STOPPING=1")
     watchdog.cancel()
+    if sender is not None:
+        log.info("test_mode_stopping", captured=getattr(sender, "count", None))
     await relay.stop()

@@ -10,15 +10,12 @@ process.
 
 from __future__ import annotations
 
-import asyncio
 import random
-import signal
 from collections import deque
 from pathlib import Path
 
 import structlog
 
-from relayguard import systemd
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings
 from relayguard.delivery import Outcome, Transaction
@@ -86,38 +83,3 @@ def make_capture_sender(
                          capture_dir=Path(capture_dir) if capture_dir else None)
 
 
-async def serve_test_mode(
-    settings: Settings, config_path: Path | None, sender: CaptureSender
-) -> None:
-    """`relay.serve` with the capture as the sender: the same start, signals, systemd
-    notifications and watchdog. (relay.serve builds its Relay without a sender.)"""
-    from relayguard.relay import Relay  # noqa: PLC0415 - the server modules
-
-    relay = Relay(settings, sender=sender, config_path=config_path)
-    loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
-    started = asyncio.Event()
-
-    def reload() -> None:
-        if not started.is_set():
-            log.warning("reload_ignored", reason="still starting")
-            return
-        systemd.notify("RELOADING=1")
-        relay.reload()
-        systemd.notify("READY=1")
-
-    loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
-    loop.add_signal_handler(signal.SIGINT, stop_requested.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    await relay.start()
-    started.set()
-    log.warning("test_mode", delivering="nowhere: every transaction is captured in-process",
-                routes=[r.name for r in settings.routes])
-    systemd.notify(f"READY=1\nSTATUS=test mode, listening on {relay.address[0]}:"
-                   f"{relay.address[1]}")
-    watchdog = asyncio.create_task(systemd.run_watchdog(relay.healthy))
-    await stop_requested.wait()
-    systemd.notify("STOPPING=1")
-    watchdog.cancel()
-    log.info("test_mode_stopping", captured=sender.count)
-    await relay.stop()
