@@ -420,25 +420,42 @@ class RelayHandler:
     ) -> str:
         if not self.accepting:
             return f"421 4.3.2 {self.settings.hostname} Service shutting down, try again later"
+        commit: asyncio.Task[QueuedMessage] | None = None
         try:
             message = self._new_message(server, session, envelope)
-            queued = await self.spool.accept(message)
+            # The commit is its own task: if the client hangs up now, aiosmtpd cancels
+            # this session, and the message must still be queued *and scheduled*.
+            commit = asyncio.ensure_future(self.spool.accept(message))
+            queued = await asyncio.shield(commit)
         except SpoolFullError:
             log.error("spool_full", client=session.peer)
             return "452 4.3.1 Insufficient system storage"
         except asyncio.CancelledError:
+            if commit is not None:
+                commit.add_done_callback(self._accepted_after_hangup)
             raise
         except Exception as exc:
             log.error("accept_failed", error=repr(exc), traceback=traceback.format_exc())
             return "451 4.3.0 Error: queue file write error"
+        self._accepted(queued, client_gone=False)
+        return f"250 2.0.0 Ok: queued as {queued.queue_id}"
+
+    def _accepted(self, queued: QueuedMessage, *, client_gone: bool) -> None:
         self.accepted_count += 1
         log.info(
             "accepted", queue_id=queued.queue_id, message_id=queued.message_id,
             sender=queued.envelope.sender, recipients=len(queued.envelope.recipients),
-            size=queued.size, client=message.envelope.client_address,
+            size=queued.size, client=queued.envelope.client_address,
+            **({"client_gone": True} if client_gone else {}),
         )
         self.on_accepted(queued)
-        return f"250 2.0.0 Ok: queued as {queued.queue_id}"
+
+    def _accepted_after_hangup(self, commit: asyncio.Task[QueuedMessage]) -> None:
+        """The client left during the commit: it never saw 250 and will likely send the
+        message again (at-least-once), but what we committed is delivered too."""
+        if commit.cancelled() or commit.exception() is not None:
+            return
+        self._accepted(commit.result(), client_gone=True)
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("session_error", error=repr(error),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from pathlib import Path
 
 from support import (
@@ -189,3 +191,32 @@ async def test_shutdown_refuses_new_mail_with_421(tmp_path: Path) -> None:
                     break
         w.close()
     assert line.startswith(b"421 4.3.2")
+
+
+async def test_client_vanishing_after_the_dot_does_not_cancel_the_commit(tmp_path: Path) -> None:
+    async with upstream() as up, running_relay(_settings(tmp_path, port=up.port)) as relay:
+        spool = relay.spool
+        # Hold the spool's writer so that the commit is pending when the client goes.
+        writer_free = threading.Event()
+        spool._jobs.put((lambda _conn: writer_free.wait(10), concurrent.futures.Future()))
+        r, w = await asyncio.open_connection(*relay.address)
+        await r.readline()
+        w.write(EHLO + MAIL + RCPT + b"DATA\r\n" + make_message(42) + b".\r\n")
+        await w.drain()
+        async with asyncio.timeout(5):
+            while spool._jobs.qsize() == 0:  # our message's commit is queued
+                await asyncio.sleep(0.01)
+        w.transport.abort()
+        await asyncio.sleep(0.1)  # the session is torn down while the commit waits
+        writer_free.set()
+        [got] = await up.wait_for(1)
+    assert strip_received(got.content) == make_message(42)
+
+
+async def test_data_timeout_says_421(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path, 'data_timeout = "0.3s"')) as relay:
+        replies = await raw_session(relay.address, [
+            EHLO, MAIL, RCPT, b"DATA\r\n", b"Subject: slow\r\n\r\nand then nothing"])
+        assert await relay.spool.index() == []
+    assert replies[4].startswith("354")
+    assert replies[5].startswith("421 4.4.2")
