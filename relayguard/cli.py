@@ -48,9 +48,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from relayguard.workers import run_worker  # noqa: PLC0415
 
     settings = _load(_config_path(args))
-    rg_logging.configure(level="warning")
+    rg_logging.configure(level=args.log_level)
     asyncio.run(run_worker(settings, args.host, args.port, args.notify_fd, args.workers,
-                           args.index))
+                           args.index, args.parent))
     return 0
 
 
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notify-fd", type=int, required=True)
     p.add_argument("--workers", type=int, required=True)
     p.add_argument("--index", type=int, required=True)
+    p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("check-config", help="validate a config file and its policies")

@@ -97,7 +97,7 @@ class ServerSettings:
     idle_timeout: float = 300.0
     data_timeout: float = 600.0
     shutdown_grace: float = 30.0
-    workers: int = 1  # front-end processes accepting on the same port (this one included)
+    workers: int = 1  # front-end processes; 0: the main process accepts connections itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +325,7 @@ def _read_server(file: str, table: object) -> ServerSettings:
         idle_timeout=s.get("idle_timeout", parse_duration, d.idle_timeout, "a duration"),
         data_timeout=s.get("data_timeout", parse_duration, d.data_timeout, "a duration"),
         shutdown_grace=s.get("shutdown_grace", parse_duration, d.shutdown_grace, "a duration"),
-        workers=s.get("workers", _int_range(1, 64), d.workers, "a process count from 1 to 64"),
+        workers=s.get("workers", _int_range(0, 64), d.workers, "a process count from 0 to 64"),
     )
     s.finish()
     return out

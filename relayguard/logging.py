@@ -38,9 +38,15 @@ def _timestamper(clock: Clock) -> structlog.typing.Processor:
     return add_time
 
 
+# The level `configure` last set: front-end worker processes are started with it.
+current_level = "info"
+
+
 def configure(
     *, clock: Clock | None = None, stream: TextIO | None = None, level: str = "info"
 ) -> None:
+    global current_level  # noqa: PLW0603 - one process-wide logging setup
+    current_level = level
     out = stream or sys.stdout
     structlog.configure(
         processors=[

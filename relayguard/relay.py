@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ class Relay:
     _run_task: asyncio.Task[None] | None = None
     _poll_task: asyncio.Task[None] | None = None
     _workers: WorkerPool | None = None
+    _reserved: socket.socket | None = None  # the port, held while worker processes accept
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     on_ready: Callable[[], None] = lambda: None
     observer: Observer = field(init=False)
@@ -83,18 +85,23 @@ class Relay:
         await self.manager.load()
         self.handler = RelayHandler(s.server, self.spool, self.clock,
                                     on_accepted=self._accepted)
-        workers = s.server.workers if self.config_path is not None else 1
+        workers = s.server.workers if self.config_path is not None else 0
         host, port = s.server.listen
-        sock = bind_listener(host, port, reuse_port=workers > 1)
-        self._server = await asyncio.get_running_loop().create_server(
-            make_protocol_factory(self.handler, per_worker_limits(s, workers)), sock=sock
-        )
-        self._run_task = asyncio.create_task(self.manager.run())
-        if workers > 1 and self.config_path is not None:
-            self._workers = WorkerPool.start(
-                self.config_path, workers - 1, host, self.address[1], self._worker_accepted,
+        if workers:
+            # Front-end processes take the connections; this one only delivers. The
+            # bound (not listening) socket keeps the port ours and tells it to them.
+            self._reserved = bind_listener(host, port, reuse_port=True, listen=False)
+            assert self.config_path is not None
+            self._workers = await WorkerPool.start(
+                self.config_path, workers, host, self.address[1], self._worker_accepted,
             )
             self._poll_task = asyncio.create_task(self._poll_spool())
+        else:
+            self._server = await asyncio.get_running_loop().create_server(
+                make_protocol_factory(self.handler, per_worker_limits(s, 1)),
+                sock=bind_listener(host, port),
+            )
+        self._run_task = asyncio.create_task(self.manager.run())
         self.control = ControlServer(
             Controller(s, self.spool, self.manager, self.clock, self.observer),
             socket_path(s.server.spool))
@@ -129,8 +136,9 @@ class Relay:
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._server is not None
-        name = self._server.sockets[0].getsockname()
+        sock = self._server.sockets[0] if self._server is not None else self._reserved
+        assert sock is not None
+        name = sock.getsockname()
         return str(name[0]), int(name[1])
 
     @property
@@ -143,18 +151,28 @@ class Relay:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        grace = self.settings.server.shutdown_grace if grace is None else grace
         self.handler.accepting = False
         if self._server is not None:
             self._server.close()
-        log.info("stopping", grace=self.settings.server.shutdown_grace if grace is None else grace,
-                 accepting=False)
+        if self._workers is not None:
+            self._workers.terminate()  # they close their listeners at once
+        log.info("stopping", grace=grace, accepting=False)
         if self.control is not None:
             await self.control.close()
         if self._poll_task is not None:
             self._poll_task.cancel()
-        if self._workers is not None:
-            await self._workers.stop(self.settings.server.shutdown_grace)
-        await self.manager.stop(self.settings.server.shutdown_grace if grace is None else grace)
+        # Front ends finish the sessions in DATA while the deliveries under way finish.
+        await asyncio.gather(
+            self.manager.stop(grace),
+            *([self._workers.wait(grace)] if self._workers is not None else []),
+        )
+        await self._release()
+        log.info("stopped")
+
+    async def _release(self) -> None:
+        if self._reserved is not None:
+            self._reserved.close()
         if self._run_task is not None:
             self._run_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -168,14 +186,15 @@ class Relay:
         if self._spool_lock is not None:
             os.close(self._spool_lock)
             self._spool_lock = None
-        log.info("stopped")
 
     def healthy(self) -> bool:
-        """The listener is open and the spool answers (for /healthz and the watchdog)."""
-        return (
-            self._server is not None and self._server.is_serving()
-            and spool_usable(self.settings.server.spool)
-        )
+        """The listener is open (or every front-end process is alive) and the spool
+        answers (for /healthz and the watchdog)."""
+        if self._workers is not None:
+            listening = self._workers.alive()
+        else:
+            listening = self._server is not None and self._server.is_serving()
+        return listening and spool_usable(self.settings.server.spool)
 
     def reload(self) -> None:
         """SIGHUP: re-read config and policies; a bad file keeps the old ones."""

@@ -1,12 +1,13 @@
 """Front-end worker processes: more SMTP sessions per second than one event loop.
 
 One Python process tops out near Postfix's ingest rate on two cores (see
-PERFORMANCE.md), so with `server.workers = N` the relay starts N-1 extra
-processes that each accept on the same port (SO_REUSEPORT: the kernel spreads
-connections) and commit to the same spool with their own group commit. The
-main process keeps the queue manager. A worker tells the main process about
-each message it committed over a datagram socket; the main process also reads
-the spool index now and then, so a lost notice delays a message, never loses it.
+PERFORMANCE.md): SMTP sessions and deliveries share one event loop. With
+`server.workers = N` the relay starts N processes that each accept on the same
+port (SO_REUSEPORT: the kernel spreads connections) and commit to the same
+spool with their own group commit; the main process only delivers. A worker
+tells the main process about each message it committed over a datagram socket;
+the main process also reads the spool index now and then, so a lost notice
+delays a message, never loses it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import structlog
 
+from relayguard import logging as rg_logging
 from relayguard.clock import SystemClock
 from relayguard.config import Settings
 from relayguard.frontend import ConnectionLimits, RelayHandler, make_protocol_factory
@@ -35,17 +37,23 @@ from relayguard.spool.sqlite import SqliteSpool
 log = structlog.get_logger("relayguard.workers")
 
 NOTICE = struct.Struct("!q")
+READY = -1  # a worker's first notice: it listens (spool sequence numbers are positive)
+READY_TIMEOUT = 30.0
 PR_SET_PDEATHSIG = 1
+ORPHAN_CHECK_INTERVAL = 0.5
 
 
-def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bind_listener(
+    host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(1024)
+    if listen:
+        sock.listen(1024)
     sock.setblocking(False)  # noqa: FBT003 - socket API
     return sock
 
@@ -54,7 +62,7 @@ def per_worker_limits(settings: Settings, workers: int) -> ConnectionLimits:
     """Each process enforces its share of the connection caps."""
     s = settings.server
     def share(cap: int) -> int:
-        return max(1, -(-cap // workers))  # rounded up
+        return max(1, -(-cap // max(1, workers)))  # rounded up
 
     return ConnectionLimits(share(s.max_connections), share(s.max_connections_per_client))
 
@@ -67,31 +75,67 @@ class WorkerPool:
     _sockets: list[socket.socket] = field(default_factory=list)
 
     @classmethod
-    def start(
+    async def start(
         cls, config_path: Path, count: int, host: str, port: int, on_notice: Callable[[int], None]
     ) -> WorkerPool:
+        """Start the workers; return once every one of them listens."""
         pool = cls()
         loop = asyncio.get_running_loop()
+        ready: set[int] = set()
+        all_ready = asyncio.Event()
+
+        def notice(index: int) -> Callable[[int], None]:
+            def handle(seq: int) -> None:
+                if seq != READY:
+                    on_notice(seq)
+                    return
+                ready.add(index)
+                if len(ready) == count:
+                    all_ready.set()
+
+            return handle
+
         for index in range(count):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             ours.setblocking(False)  # noqa: FBT003 - socket API
-            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            # fork+exec returns at once; asyncio's subprocess API would own the pipes
+            proc = subprocess.Popen(  # noqa: S603, ASYNC220
                 [sys.executable, "-m", "relayguard", "worker", "--config", str(config_path),
                  "--port", str(port), "--host", host, "--notify-fd", str(theirs.fileno()),
-                 "--workers", str(count + 1), "--index", str(index + 1)],
+                 "--workers", str(count), "--index", str(index + 1),
+                 "--parent", str(os.getpid()), "--log-level", rg_logging.current_level],
                 pass_fds=(theirs.fileno(),),
             )
             theirs.close()
-            loop.add_reader(ours.fileno(), _read_notices, ours, on_notice)
+            loop.add_reader(ours.fileno(), _read_notices, ours, notice(index))
             pool.processes.append(proc)
             pool._sockets.append(ours)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                while not all_ready.is_set() and pool.alive():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(all_ready.wait(), 0.1)
+        except BaseException:
+            pool.terminate()
+            await pool.wait(0)
+            raise
+        if not all_ready.is_set():
+            pool.terminate()
+            await pool.wait(0)
+            raise RuntimeError("a front-end worker process exited while starting")
         log.info("workers_started", count=count, pids=[p.pid for p in pool.processes])
         return pool
 
-    async def stop(self, grace: float) -> None:
+    def alive(self) -> bool:
+        return all(proc.poll() is None for proc in self.processes)
+
+    def terminate(self) -> None:
         for proc in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+
+    async def wait(self, grace: float) -> None:
+        """Until every worker has finished its sessions (it has `grace` for them)."""
         for proc in self.processes:
             try:
                 await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout=grace + 5)
@@ -122,13 +166,22 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """Belt and braces beside PR_SET_PDEATHSIG: a worker whose main process is gone
+    (whatever the way it went) stops taking mail that nobody would deliver."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event says "my parent died"
+        await asyncio.sleep(ORPHAN_CHECK_INTERVAL)
+    log.warning("worker_orphaned", parent=parent)
+    stop.set()
+
+
 async def run_worker(
-    settings: Settings, host: str, port: int, notify_fd: int, workers: int, index: int
+    settings: Settings, host: str, port: int, notify_fd: int, workers: int, index: int,
+    parent: int,
 ) -> None:
     """A front end only: accept, commit, tell the main process; no delivery."""
-    parent = os.getppid()
     _die_with_parent()
-    if os.getppid() != parent:
+    if os.getppid() != parent:  # it died before the line above could take effect
         return
     notify = socket.socket(fileno=notify_fd)
     notify.setblocking(False)  # noqa: FBT003 - socket API
@@ -149,7 +202,11 @@ async def run_worker(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     log.info("worker_listening", index=index, pid=os.getpid(), port=port)
+    with contextlib.suppress(OSError):
+        notify.send(NOTICE.pack(READY))
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(parent, stop))
     await stop.wait()
+    orphan_watch.cancel()
     handler.accepting = False
     server.close()
     # Sessions already in DATA may still commit: give them the grace period.

@@ -199,6 +199,9 @@ async def test_client_vanishing_after_the_dot_does_not_cancel_the_commit(tmp_pat
         # Hold the spool's writer so that the commit is pending when the client goes.
         writer_free = threading.Event()
         spool._jobs.put((lambda _conn: writer_free.wait(10), concurrent.futures.Future()))
+        async with asyncio.timeout(5):
+            while spool._jobs.qsize():  # until the writer has taken the blocking job
+                await asyncio.sleep(0.01)
         r, w = await asyncio.open_connection(*relay.address)
         await r.readline()
         w.write(EHLO + MAIL + RCPT + b"DATA\r\n" + make_message(42) + b".\r\n")

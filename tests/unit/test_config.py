@@ -298,11 +298,14 @@ def test_out_of_range(text, key, expected):
 
 
 def test_workers_range():
-    for bad in (0, 65):
+    for bad in (-1, 65):
         message = error(f"[server]\nworkers = {bad}\n" + ROUTE)
         assert f"{FILE}: server.workers: expected " in message
-        assert f"from 1 to 64, got {bad}" in message
+        assert f"from 0 to 64, got {bad}" in message
     assert load_settings_text("[server]\nworkers = 64\n" + ROUTE).server.workers == 64
+    # the default: one front-end process, the main one delivers
+    assert load_settings_text(ROUTE).server.workers == 1
+    assert load_settings_text("[server]\nworkers = 0\n" + ROUTE).server.workers == 0
 
 
 @pytest.mark.parametrize(
