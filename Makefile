@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # Debian packages the tests and the demo use: swaks (README session), Postfix
 # (smtp-source/smtp-sink for the benchmark; real Postfix in front for a test).
 system-deps:
-	@if ! command -v swaks >/dev/null || ! command -v postfix >/dev/null && [ ! -x /usr/sbin/postfix ]; then \
+	@if ! command -v swaks >/dev/null || ! [ -x /usr/sbin/postfix ] || ! [ -x /usr/sbin/smtp-source ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swaks postfix >/dev/null) \
 	      || echo "system-deps: could not install swaks/postfix; tests that need them will say so"; \
