@@ -245,7 +245,7 @@ async def test_concurrent_accepts_are_grouped(spool):
     assert len({q.seq for q in results}) == 200
     assert len({q.queue_id for q in results}) == 200
     assert spool.batched_jobs - before_jobs == 200
-    assert 1 <= spool.batches - before_batches < 200
+    assert 0 < spool.batches - before_batches < 200
     assert len(await spool.index()) == 200
     msg, body = await spool.load(results[123].seq)
     assert body == b"body 123\r\n"
