@@ -348,14 +348,14 @@ class RelaySMTP(SMTP):
                 except asyncio.IncompleteReadError:
                     raise asyncio.CancelledError from None
                 else:
-                    done = (tail + chunk)[-5:] == b"\r\n.\r\n"
+                    done = (tail + chunk[-5:])[-5:] == b"\r\n.\r\n"
                 size += len(chunk)
                 if limit and size > limit + 3:
                     too_big = True
                     chunks.clear()
                 elif not too_big:
                     chunks.append(chunk)
-                tail = (tail + chunk)[-4:]
+                tail = (tail + chunk[-4:])[-4:]  # never copy the whole chunk
                 if done:
                     break
         finally:

@@ -82,6 +82,25 @@ def spool_leftovers(spool: Path) -> str:
     return "; ".join(f"{q} {m} {s} due in {n - now:.0f}s" for q, m, s, n in rows)
 
 
+async def restart_until_acked_arrive(
+    relay: RelayProcess, port: int, handler: UpstreamHandler, acked: set[str], context: str,
+) -> tuple[float, dict[str, Any]]:
+    """Start the relay again on the same spool and wait until every acknowledged
+    message has arrived upstream; returns when it restarted and its queue_loaded event."""
+    await relay.start_listening(port)
+    t_restart = time.monotonic()
+    [loaded] = relay.find("queue_loaded")
+
+    def missing() -> set[str]:
+        return acked - arrived_ids(handler)
+
+    await until(lambda: not missing(), handler.arrived, RESTART_DEADLINE,
+                lambda: f"{len(missing())} of {len(acked)} acknowledged message(s) never "
+                        f"arrived upstream, e.g. {sorted(missing())[:5]}; {context}; restart "
+                        f"loaded {loaded['messages']} message(s)\n{relay.tail()}")
+    return t_restart, loaded
+
+
 async def wait_spool_empty(spool: Path, timeout: float) -> None:
     """Poll the spool (no event exists for 'queue empty') until it has no message left."""
     deadline = time.monotonic() + timeout
@@ -185,18 +204,8 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path, kill_point: str)
             assert acked <= sent
 
             handler.data_delay = 0.0  # the smarthost recovers along with the relay
-            await second.start_listening(port)
-            t_restart = time.monotonic()
-            [loaded] = second.find("queue_loaded")
-
-            def missing() -> set[str]:
-                return acked - arrived_ids(handler)
-
-            await until(lambda: not missing(), handler.arrived, RESTART_DEADLINE,
-                        lambda: f"{len(missing())} of {len(acked)} acknowledged message(s) never "
-                                f"arrived upstream, e.g. {sorted(missing())[:5]}; kill at "
-                                f"{at_kill}; restart loaded {loaded['messages']} message(s)\n"
-                                f"{second.tail()}")
+            t_restart, loaded = await restart_until_acked_arrive(
+                second, port, handler, acked, f"kill at {at_kill}")
             # What was committed but not acknowledged (kill between fsync and
             # 250) is delivered too: the queue drains completely.
             t_acked_arrived = time.monotonic() - t_restart

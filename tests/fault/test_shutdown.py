@@ -24,9 +24,9 @@ from procs import (
 )
 from support import upstream
 from test_kill9 import (
-    RESTART_DEADLINE,
     SignallingHandler,
     arrived_ids,
+    restart_until_acked_arrive,
     until,
     wait_spool_empty,
 )
@@ -159,17 +159,8 @@ async def test_sigterm_drains_in_grace_and_keeps_acknowledged(
             delivered_before = arrived_ids(handler)
 
             handler.data_delay = 0.0
-            await second.start_listening(port)
-            t_restart = time.monotonic()
-            [loaded] = second.find("queue_loaded")
-
-            def missing() -> set[str]:
-                return acked - arrived_ids(handler)
-
-            await until(lambda: not missing(), handler.arrived, RESTART_DEADLINE,
-                        lambda: f"{len(missing())} of {len(acked)} acknowledged message(s) never "
-                                f"arrived, e.g. {sorted(missing())[:5]}; restart loaded "
-                                f"{loaded['messages']}\n{second.tail()}")
+            t_restart, loaded = await restart_until_acked_arrive(
+                second, port, handler, acked, "after SIGTERM")
             t_arrived = time.monotonic() - t_restart
             await wait_spool_empty(spool, 10)
             arrived = arrived_ids(handler)

@@ -223,3 +223,14 @@ async def test_data_timeout_says_421(tmp_path: Path) -> None:
         assert await relay.spool.index() == []
     assert replies[4].startswith("354")
     assert replies[5].startswith("421 4.4.2")
+
+
+async def test_large_message_read_in_pieces_arrives_byte_exact(tmp_path: Path) -> None:
+    # Over the 1 MiB read size with no ".\r\n" in it: the LimitOverrunError path.
+    body = "".join(f"line {i:07d} " + "x" * 60 + "\r\n" for i in range(40_000))
+    async with upstream() as up, running_relay(_settings(tmp_path, port=up.port)) as relay:
+        original = make_message(7, body=body)
+        assert len(original) > 2 * 1024 * 1024
+        await send(relay.address, "s@example.org", ["r@example.com"], original)
+        [got] = await up.wait_for(1)
+    assert strip_received(got.content) == original
