@@ -33,11 +33,12 @@ run: $(STAMP)
 	trap "kill $$sink 2>/dev/null" EXIT; \
 	$(BIN)/relayguard --config $(CONFIG) serve
 
-test: $(STAMP) system-deps
+test: lint system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: $(STAMP) system-deps

@@ -30,8 +30,14 @@ class Missing(BenchError):  # noqa: N818 - reads better at the raise site: raise
     """A tool the benchmark needs is not installed."""
 
 
-SBIN_DIRS = ("/usr/sbin", "/usr/lib/postfix", "/usr/lib/postfix/sbin", "/usr/libexec/postfix",
-             "/usr/local/sbin", "/sbin")
+SBIN_DIRS = (
+    "/usr/sbin",
+    "/usr/lib/postfix",
+    "/usr/lib/postfix/sbin",
+    "/usr/libexec/postfix",
+    "/usr/local/sbin",
+    "/sbin",
+)
 
 
 def find_tool(name: str) -> str:
@@ -42,8 +48,10 @@ def find_tool(name: str) -> str:
         p = Path(d) / name
         if p.is_file() and os.access(p, os.X_OK):
             return str(p)
-    raise Missing(f"{name} not found on PATH nor in {', '.join(SBIN_DIRS)} "
-                  "(Debian: apt-get install postfix; `make bench` installs it)")
+    raise Missing(
+        f"{name} not found on PATH nor in {', '.join(SBIN_DIRS)} "
+        "(Debian: apt-get install postfix; `make bench` installs it)"
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -52,8 +60,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_banner(host: str, port: int, timeout: float, *,
-                    alive: Callable[[], bool] = lambda: True, what: str = "server") -> None:
+def wait_for_banner(
+    host: str,
+    port: int,
+    timeout: float,
+    *,
+    alive: Callable[[], bool] = lambda: True,
+    what: str = "server",
+) -> None:
     """Until a TCP connect gets a 220 greeting; QUIT politely."""
     deadline = time.monotonic() + timeout
     last: Exception | str = "no attempt"
@@ -92,8 +106,9 @@ class Processes:
         self.children.append(p)
         return p
 
-    def stop(self, p: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM,
-             timeout: float = 10.0) -> int | None:
+    def stop(
+        self, p: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 10.0
+    ) -> int | None:
         """Signal the child's own process group (its pid), then SIGKILL after `timeout`."""
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -146,14 +161,26 @@ class Sink:
 
     def __enter__(self) -> Self:
         user = "nobody" if os.geteuid() == 0 else ""
-        argv = [self.exe, "-c", *(["-u", user] if user else []), "-m", "1000",
-                f"127.0.0.1:{self.port}", str(self.backlog)]
+        argv = [
+            self.exe,
+            "-c",
+            *(["-u", user] if user else []),
+            "-m",
+            "1000",
+            f"127.0.0.1:{self.port}",
+            str(self.backlog),
+        ]
         self._proc = PROCS.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._thread = threading.Thread(target=self._read, name="sink-counter", daemon=True)
         self._thread.start()
         proc = self._proc
-        wait_for_banner("127.0.0.1", self.port, 10, alive=lambda: proc.poll() is None,
-                        what=f"smtp-sink ({' '.join(argv)}; output {self._tail[-200:]!r})")
+        wait_for_banner(
+            "127.0.0.1",
+            self.port,
+            10,
+            alive=lambda: proc.poll() is None,
+            what=f"smtp-sink ({' '.join(argv)}; output {self._tail[-200:]!r})",
+        )
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -175,7 +202,7 @@ class Sink:
                 return
             now = time.monotonic()
             self._tail = (self._tail + chunk)[-400:]
-            found = _MESG.findall(self._tail[-(len(chunk) + 40):])
+            found = _MESG.findall(self._tail[-(len(chunk) + 40) :])
             if found:
                 n = max(int(x) for x in found)
                 with self._cond:
@@ -187,8 +214,14 @@ class Sink:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def wait_for(self, target: int, timeout: float, *, stalled_after: float = 60.0,
-                 alive: Callable[[], bool] = lambda: True) -> float:
+    def wait_for(
+        self,
+        target: int,
+        timeout: float,
+        *,
+        stalled_after: float = 60.0,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> float:
         """Monotonic time at which the count first reached `target`.
 
         Fails after `timeout`, or when the count has not moved for
@@ -201,13 +234,25 @@ class Sink:
                 now = time.monotonic()
                 if self.count != last_count:
                     last_count, last_move = self.count, now
-                if now >= deadline or now - last_move > stalled_after or not self.alive() \
-                        or not alive():
-                    why = ("timed out" if now >= deadline else
-                           "stalled" if now - last_move > stalled_after else
-                           "sink exited" if not self.alive() else "relay exited")
-                    raise BenchError(f"smtp-sink on port {self.port} has {self.count} of {target} "
-                                     f"messages: {why}")
+                if (
+                    now >= deadline
+                    or now - last_move > stalled_after
+                    or not self.alive()
+                    or not alive()
+                ):
+                    why = (
+                        "timed out"
+                        if now >= deadline
+                        else "stalled"
+                        if now - last_move > stalled_after
+                        else "sink exited"
+                        if not self.alive()
+                        else "relay exited"
+                    )
+                    raise BenchError(
+                        f"smtp-sink on port {self.port} has {self.count} of {target} "
+                        f"messages: {why}"
+                    )
                 self._cond.wait(timeout=0.5)
             for n, t in self._reached:
                 if n >= target:
@@ -302,13 +347,21 @@ class MemorySampler:
 def run_checked(argv: Sequence[str], timeout: float, what: str, **kwargs: object) -> str:
     """Run a short command; its output, or a BenchError that quotes it."""
     try:
-        res = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,  # type: ignore[call-overload]
-                             check=False, **kwargs)
+        res = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,  # type: ignore[call-overload]
+            check=False,
+            **kwargs,
+        )
     except subprocess.TimeoutExpired:
         raise BenchError(f"{what}: `{' '.join(argv)}` took more than {timeout:.0f}s") from None
     except OSError as exc:
         raise BenchError(f"{what}: cannot run {argv[0]}: {exc}") from None
     if res.returncode != 0:
-        raise BenchError(f"{what}: `{' '.join(argv)}` exited {res.returncode}: "
-                         f"{(res.stderr or res.stdout).strip()[-800:]}")
+        raise BenchError(
+            f"{what}: `{' '.join(argv)}` exited {res.returncode}: "
+            f"{(res.stderr or res.stdout).strip()[-800:]}"
+        )
     return str(res.stdout)

@@ -80,8 +80,10 @@ class Session:
 
 def make_body(size: int, helo: str, sender: str, rcpt: str) -> bytes:
     """Headers plus `size` bytes of payload in 78-character lines, CRLF, ready for DATA."""
-    head = (f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: latency sample\r\n"
-            f"Message-ID: <{{n}}.sample@{helo}>\r\n\r\n")
+    head = (
+        f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: latency sample\r\n"
+        f"Message-ID: <{{n}}.sample@{helo}>\r\n\r\n"
+    )
     line = b"x" * 78 + b"\r\n"
     payload = (line * (size // len(line) + 1))[:size]
     if not payload.endswith(b"\r\n"):
@@ -136,8 +138,10 @@ def main() -> int:
         stop.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    workers = [threading.Thread(target=worker, args=(args, i, stop, out), daemon=True)
-               for i in range(args.sessions)]
+    workers = [
+        threading.Thread(target=worker, args=(args, i, stop, out), daemon=True)
+        for i in range(args.sessions)
+    ]
     for w in workers:
         w.start()
     print("ready", file=sys.stderr, flush=True)
@@ -145,8 +149,14 @@ def main() -> int:
     stop.set()
     for w in workers:
         w.join(timeout=TIMEOUT + 5)
-    json.dump({"sent": len(out["latencies_ms"]), "errors": out["errors"][:20],
-               "latencies_ms": [round(x, 3) for x in out["latencies_ms"]]}, sys.stdout)
+    json.dump(
+        {
+            "sent": len(out["latencies_ms"]),
+            "errors": out["errors"][:20],
+            "latencies_ms": [round(x, 3) for x in out["latencies_ms"]],
+        },
+        sys.stdout,
+    )
     sys.stdout.flush()
     return 0
 

@@ -81,8 +81,15 @@ smtp_destination_concurrency_limit = {concurrency}
 class PostfixInstance:
     """`with PostfixInstance(sink_port) as pf:` — pf.port takes mail, pf.processes() for RSS."""
 
-    def __init__(self, sink_port: int, port: int, *, base_dir: str | None = None,
-                 concurrency: int = 20, process_limit: int = 100) -> None:
+    def __init__(
+        self,
+        sink_port: int,
+        port: int,
+        *,
+        base_dir: str | None = None,
+        concurrency: int = 20,
+        process_limit: int = 100,
+    ) -> None:
         self.postfix = find_tool("postfix")
         self.postconf = find_tool("postconf")
         self.sink_port = sink_port
@@ -104,9 +111,12 @@ class PostfixInstance:
         return self.dir / "queue"
 
     def settings(self) -> dict[str, object]:
-        return {"default_destination_concurrency_limit": self.concurrency,
-                "default_process_limit": self.process_limit,
-                "maillog_file": "DIR/maillog", "fsync": "Postfix default (one per message)"}
+        return {
+            "default_destination_concurrency_limit": self.concurrency,
+            "default_process_limit": self.process_limit,
+            "maillog_file": "DIR/maillog",
+            "fsync": "Postfix default (one per message)",
+        }
 
     def __enter__(self) -> Self:
         try:
@@ -125,11 +135,17 @@ class PostfixInstance:
         (self.dir / "data").mkdir()
         self.queue.mkdir()
         (self.etc / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
-        (self.etc / "main.cf").write_text(MAIN_CF.format(
-            queue=self.queue, data=self.dir / "data", sink_port=self.sink_port,
-            maillog=self.dir / "maillog", base=self.dir, process_limit=self.process_limit,
-            concurrency=self.concurrency,
-        ))
+        (self.etc / "main.cf").write_text(
+            MAIN_CF.format(
+                queue=self.queue,
+                data=self.dir / "data",
+                sink_port=self.sink_port,
+                maillog=self.dir / "maillog",
+                base=self.dir,
+                process_limit=self.process_limit,
+                concurrency=self.concurrency,
+            )
+        )
         # Postfix waits (and retries) while a config file looks freshly written;
         # these are complete, so date them back.
         past = time.time() - 60
@@ -138,15 +154,26 @@ class PostfixInstance:
         # post-install (run by `postfix start`) creates the queue subdirectories
         # with their owners; data_directory belongs to mail_owner.
         shutil.chown(self.dir / "data", "postfix", "postfix")
-        run_checked([self.postconf, "-c", str(self.etc), "mail_version"], 30,
-                    "postconf cannot read the benchmark's main.cf")
+        run_checked(
+            [self.postconf, "-c", str(self.etc), "mail_version"],
+            30,
+            "postconf cannot read the benchmark's main.cf",
+        )
 
     def _start(self) -> None:
-        run_checked([self.postfix, "-c", str(self.etc), "start"], 60,
-                    f"starting Postfix (config in {self.etc})")
+        run_checked(
+            [self.postfix, "-c", str(self.etc), "start"],
+            60,
+            f"starting Postfix (config in {self.etc})",
+        )
         self.started = True
-        wait_for_banner("127.0.0.1", self.port, 30, alive=lambda: self.master_pid() is not None,
-                        what=f"Postfix smtpd (log: {self.dir}/maillog)")
+        wait_for_banner(
+            "127.0.0.1",
+            self.port,
+            30,
+            alive=lambda: self.master_pid() is not None,
+            what=f"Postfix smtpd (log: {self.dir}/maillog)",
+        )
 
     def master_pid(self) -> int | None:
         try:
@@ -180,16 +207,18 @@ class PostfixInstance:
             lines = (self.dir / "maillog").read_text(errors="replace").splitlines()
         except (OSError, AssertionError):
             return []
-        return [ln for ln in lines if any(k in ln for k in (" warning: ", " fatal: ", " panic: ",
-                                                             " error: "))][:20]
+        return [
+            ln
+            for ln in lines
+            if any(k in ln for k in (" warning: ", " fatal: ", " panic: ", " error: "))
+        ][:20]
 
     def __exit__(self, *_exc: object) -> None:
         try:
             if self.started:
                 master = self.master_pid()
                 with contextlib.suppress(BenchError):
-                    run_checked([self.postfix, "-c", str(self.etc), "stop"], 60,
-                                "stopping Postfix")
+                    run_checked([self.postfix, "-c", str(self.etc), "stop"], 60, "stopping Postfix")
                 # `postfix stop` waits for the master; if it is still there, end its
                 # process group (the master leads it) by id.
                 if master is not None:

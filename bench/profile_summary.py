@@ -1,6 +1,6 @@
 """Top hot spots from a cProfile .pstats file or a py-spy `--format raw` (collapsed stacks) file.
 
-    python bench/profile_summary.py FILE [cprofile|py-spy]
+python bench/profile_summary.py FILE [cprofile|py-spy]
 """
 
 from __future__ import annotations
@@ -88,8 +88,14 @@ def summarise_cprofile(path: Path) -> dict[str, object]:
     st.sort_stats("cumulative").print_stats(TOP)
     total = st.total_tt or 1.0  # type: ignore[attr-defined]
     rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:TOP]  # type: ignore[attr-defined]
-    top = [{"function": f"{func[2]} ({func[0]}:{func[1]})", "self": round(v[2] / total, 4),
-            "calls": v[1]} for func, v in rows]
+    top = [
+        {
+            "function": f"{func[2]} ({func[0]}:{func[1]})",
+            "self": round(v[2] / total, 4),
+            "calls": v[1],
+        }
+        for func, v in rows
+    ]
     return {"text": out.getvalue(), "top": top}
 
 

@@ -40,9 +40,17 @@ max_connections = {concurrency}
 
 
 class RelayguardInstance:
-    def __init__(self, sink_port: int, port: int, *, base_dir: str | None = None,
-                 concurrency: int = 20, profile: str | None = None,
-                 profile_out: Path | None = None, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        sink_port: int,
+        port: int,
+        *,
+        base_dir: str | None = None,
+        concurrency: int = 20,
+        profile: str | None = None,
+        profile_out: Path | None = None,
+        workers: int | None = None,
+    ) -> None:
         self.sink_port = sink_port
         self.workers = workers
         self.port = port
@@ -61,9 +69,12 @@ class RelayguardInstance:
         return self.dir / "relayguard.log"
 
     def settings(self) -> dict[str, object]:
-        return {"route.max_connections": self.concurrency, "tls": "none",
-                "log": "JSON lines to a file",
-                "server.workers": self.workers if self.workers is not None else "default"}
+        return {
+            "route.max_connections": self.concurrency,
+            "tls": "none",
+            "log": "JSON lines to a file",
+            "server.workers": self.workers if self.workers is not None else "default",
+        }
 
     def __enter__(self) -> Self:
         try:
@@ -82,22 +93,42 @@ class RelayguardInstance:
             assert self.profile_out is not None
             pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             if not Path(pyspy).exists():
-                raise BenchError("--profile py-spy: py-spy is not installed "
-                                 "(pip install py-spy into the venv)")
-            return [pyspy, "record", "--format", "raw", "--rate", "200", "--subprocesses",
-                    "--threads", "-o", str(self.profile_out), "--", sys.executable, *serve]
+                raise BenchError(
+                    "--profile py-spy: py-spy is not installed (pip install py-spy into the venv)"
+                )
+            return [
+                pyspy,
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--subprocesses",
+                "--threads",
+                "-o",
+                str(self.profile_out),
+                "--",
+                sys.executable,
+                *serve,
+            ]
         return [sys.executable, *serve]
 
     def _start(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="rg-bench-relayguard-", dir=self.base_dir))
         config = self.dir / "relayguard.toml"
-        config.write_text(CONFIG.format(port=self.port, spool=self.dir / "spool",
-                                        sink_port=self.sink_port, concurrency=self.concurrency,
-                                        workers="" if self.workers is None
-                                        else f"workers = {self.workers}\n"))
+        config.write_text(
+            CONFIG.format(
+                port=self.port,
+                spool=self.dir / "spool",
+                sink_port=self.sink_port,
+                concurrency=self.concurrency,
+                workers="" if self.workers is None else f"workers = {self.workers}\n",
+            )
+        )
         with self.log_path.open("wb") as out, (self.dir / "stderr.log").open("wb") as err:
-            self.proc = PROCS.start(self._argv(config), stdout=out, stderr=err,
-                                    stdin=subprocess.DEVNULL, cwd=self.dir)
+            self.proc = PROCS.start(
+                self._argv(config), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir
+            )
         deadline = time.monotonic() + 60
         while True:
             ev = self._listening_event()
@@ -105,15 +136,19 @@ class RelayguardInstance:
                 self.pid = int(ev.get("pid") or self.proc.pid)
                 break
             if self.proc.poll() is not None:
-                raise BenchError(f"relayguard exited ({self.proc.returncode}) before listening: "
-                                 f"{self.stderr_tail()}")
+                raise BenchError(
+                    f"relayguard exited ({self.proc.returncode}) before listening: "
+                    f"{self.stderr_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise BenchError(f"relayguard did not log `listening` within 60s: "
-                                 f"{self.stderr_tail()}")
+                raise BenchError(
+                    f"relayguard did not log `listening` within 60s: {self.stderr_tail()}"
+                )
             time.sleep(0.05)
         proc = self.proc
-        wait_for_banner("127.0.0.1", self.port, 30, alive=lambda: proc.poll() is None,
-                        what="relayguard")
+        wait_for_banner(
+            "127.0.0.1", self.port, 30, alive=lambda: proc.poll() is None, what="relayguard"
+        )
 
     def _listening_event(self) -> dict[str, object] | None:
         try:
@@ -205,6 +240,8 @@ def check_available() -> None:
     try:
         import relayguard.relay  # noqa: F401, PLC0415
     except ImportError as exc:
-        raise BenchError(f"cannot import relayguard with {sys.executable}: {exc} "
-                         "(run through `make bench`, which uses the project's venv)") from None
+        raise BenchError(
+            f"cannot import relayguard with {sys.executable}: {exc} "
+            "(run through `make bench`, which uses the project's venv)"
+        ) from None
     find_tool("smtp-sink")

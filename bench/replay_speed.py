@@ -33,14 +33,17 @@ class Timer:
         wall, cpu = time.perf_counter(), time.process_time()
         result = fn(*args, **kwargs)
         self.rows.append((label, time.perf_counter() - wall, time.process_time() - cpu))
-        print(f"  {label:<34} {self.rows[-1][1]:7.2f} s wall {self.rows[-1][2]:7.2f} s cpu",
-              flush=True)
+        print(
+            f"  {label:<34} {self.rows[-1][1]:7.2f} s wall {self.rows[-1][2]:7.2f} s cpu",
+            flush=True,
+        )
         return result
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--scenario", default=str(ROOT / "scenarios" / "rbl-incident.toml"))
     ap.add_argument("--span", default=24.0, type=float, help="arrivals over this many hours")
@@ -57,22 +60,33 @@ def main() -> int:
         data = t("generate mbox", generate_mbox, args.messages, span=args.span * 3600)
         mbox.write_bytes(data)
         compare = [ROOT / "policies" / "plain-mta.toml"] if args.compare else []
-        prepared = t("read input + load scenario, policy", runner.prepare, args.scenario, mbox,
-                     compare=compare)
+        prepared = t(
+            "read input + load scenario, policy",
+            runner.prepare,
+            args.scenario,
+            mbox,
+            compare=compare,
+        )
         prof = cProfile.Profile() if args.profile else None
         if prof is not None:
             prof.enable()
-        doc = t("replay (virtual " + str(int(prepared.scenario.duration // 3600)) + " h)",
-                runner.execute, prepared, seed=1)
+        doc = t(
+            "replay (virtual " + str(int(prepared.scenario.duration // 3600)) + " h)",
+            runner.execute,
+            prepared,
+            seed=1,
+        )
         if prof is not None:
             prof.disable()
     total = sum(w for label, w, _ in t.rows if label != "generate mbox")
     print(f"  {'total (read + replay)':<34} {total:7.2f} s wall")
     for run in doc["runs"]:
         m = run["messages"]
-        print(f"  {run['label']}: {m['delivered']} delivered, {m['bounced']} bounced, "
-              f"{m['still_queued']} queued, {run['transactions']} transactions, "
-              f"virtual end {run['ended_at'] / 3600:.1f} h")
+        print(
+            f"  {run['label']}: {m['delivered']} delivered, {m['bounced']} bounced, "
+            f"{m['still_queued']} queued, {run['transactions']} transactions, "
+            f"virtual end {run['ended_at'] / 3600:.1f} h"
+        )
     if prof is not None:
         out = io.StringIO()
         stats = pstats.Stats(prof, stream=out).sort_stats("tottime")
@@ -89,8 +103,10 @@ AREAS = (
     ("scheduler", ("scheduler.py",)),
     ("bounce / reports (NDR building)", ("bounce.py", "dsn", "reports.py", "textwrap", "email/")),
     ("structlog (dropped log calls)", ("structlog",)),
-    ("replay: driver, clock, spool, upstream, stats",
-     ("relayguard/replay/", "clock.py", "spool/memory.py")),
+    (
+        "replay: driver, clock, spool, upstream, stats",
+        ("relayguard/replay/", "clock.py", "spool/memory.py"),
+    ),
     ("dataclasses.replace & model", ("dataclasses.py", "model.py")),
     ("random", ("random.py",)),
 )

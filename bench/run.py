@@ -64,38 +64,66 @@ def log(msg: str) -> None:
 
 
 def smtp_source_argv(args: argparse.Namespace, variant: str, port: int) -> list[str]:
-    return [find_tool("smtp-source"), "-s", str(args.sessions), "-m", str(args.messages),
-            "-l", str(args.size), "-M", "source.bench.test", "-f", "source@example.org",
-            "-t", "sink@example.com", *VARIANTS[variant][0], f"127.0.0.1:{port}"]
+    return [
+        find_tool("smtp-source"),
+        "-s",
+        str(args.sessions),
+        "-m",
+        str(args.messages),
+        "-l",
+        str(args.size),
+        "-M",
+        "source.bench.test",
+        "-f",
+        "source@example.org",
+        "-t",
+        "sink@example.com",
+        *VARIANTS[variant][0],
+        f"127.0.0.1:{port}",
+    ]
 
 
 def run_smtp_source(argv: list[str], timeout: float) -> float:
     """Run smtp-source to completion; its wall time."""
     t0 = time.monotonic()
-    p = PROCS.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL)
+    p = PROCS.start(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     try:
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         PROCS.stop(p)
-        raise BenchError(f"smtp-source did not finish within {timeout:.0f}s: "
-                         f"{' '.join(argv)}") from None
+        raise BenchError(
+            f"smtp-source did not finish within {timeout:.0f}s: {' '.join(argv)}"
+        ) from None
     wall = time.monotonic() - t0
     PROCS.stop(p)
     if p.returncode != 0:
-        raise BenchError(f"smtp-source exited {p.returncode}: "
-                         f"{out.decode(errors='replace').strip()[-600:]} ({' '.join(argv)})")
+        raise BenchError(
+            f"smtp-source exited {p.returncode}: "
+            f"{out.decode(errors='replace').strip()[-600:]} ({' '.join(argv)})"
+        )
     return wall
 
 
 @contextlib.contextmanager
 def latency_sampler(port: int, args: argparse.Namespace) -> Iterator[dict[str, object]]:
     """The sampler runs for the body of the `with`; its result fills the yielded dict."""
-    argv = [sys.executable, str(HERE / "latency.py"), "--port", str(port), "--size",
-            str(args.size), "--sessions", str(args.sample_sessions), "--interval",
-            str(args.sample_interval), "--max-seconds", str(args.timeout)]
-    p = PROCS.start(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE)
+    argv = [
+        sys.executable,
+        str(HERE / "latency.py"),
+        "--port",
+        str(port),
+        "--size",
+        str(args.size),
+        "--sessions",
+        str(args.sample_sessions),
+        "--interval",
+        str(args.sample_interval),
+        "--max-seconds",
+        str(args.timeout),
+    ]
+    p = PROCS.start(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     result: dict[str, object] = {}
     try:
         yield result
@@ -109,8 +137,10 @@ def latency_sampler(port: int, args: argparse.Namespace) -> Iterator[dict[str, o
         try:
             result.update(json.loads(out))
         except ValueError:
-            raise BenchError(f"the latency sampler failed ({p.returncode}): "
-                             f"{err.decode(errors='replace')[-800:]}") from None
+            raise BenchError(
+                f"the latency sampler failed ({p.returncode}): "
+                f"{err.decode(errors='replace')[-800:]}"
+            ) from None
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -131,27 +161,47 @@ def measure_sink_limit(args: argparse.Namespace, variant: str) -> dict[str, obje
     return {"wall_seconds": round(wall, 3), "rate": round(args.messages / wall, 1)}
 
 
-def make_instance(system: str, sink_port: int, args: argparse.Namespace, *,
-                  profile: str | None = None, profile_out: Path | None = None
-                  ) -> PostfixInstance | RelayguardInstance:
+def make_instance(
+    system: str,
+    sink_port: int,
+    args: argparse.Namespace,
+    *,
+    profile: str | None = None,
+    profile_out: Path | None = None,
+) -> PostfixInstance | RelayguardInstance:
     port = free_port()
     if system == "postfix":
-        return PostfixInstance(sink_port, port, base_dir=args.workdir,
-                               concurrency=args.concurrency)
-    return RelayguardInstance(sink_port, port, base_dir=args.workdir,
-                              concurrency=args.concurrency, profile=profile,
-                              profile_out=profile_out, workers=args.workers)
+        return PostfixInstance(sink_port, port, base_dir=args.workdir, concurrency=args.concurrency)
+    return RelayguardInstance(
+        sink_port,
+        port,
+        base_dir=args.workdir,
+        concurrency=args.concurrency,
+        profile=profile,
+        profile_out=profile_out,
+        workers=args.workers,
+    )
 
 
-def measure_relay(args: argparse.Namespace, system: str, variant: str, *,
-                  profile: str | None = None, profile_out: Path | None = None
-                  ) -> dict[str, object]:
+def measure_relay(
+    args: argparse.Namespace,
+    system: str,
+    variant: str,
+    *,
+    profile: str | None = None,
+    profile_out: Path | None = None,
+) -> dict[str, object]:
     load_before = os.getloadavg()[0]
-    with Sink() as sink, make_instance(system, sink.port, args, profile=profile,
-                                       profile_out=profile_out) as inst:
+    with (
+        Sink() as sink,
+        make_instance(system, sink.port, args, profile=profile, profile_out=profile_out) as inst,
+    ):
         base = sink.count
-        alive: Callable[[], bool] = (inst.alive if isinstance(inst, RelayguardInstance)
-                                     else lambda: inst.master_pid() is not None)
+        alive: Callable[[], bool] = (
+            inst.alive
+            if isinstance(inst, RelayguardInstance)
+            else lambda: inst.master_pid() is not None
+        )
         with MemorySampler(inst.processes, interval=args.mem_interval) as mem:
             with latency_sampler(inst.port, args) as sampled:
                 t0 = time.monotonic()
@@ -186,9 +236,21 @@ def measure_relay(args: argparse.Namespace, system: str, variant: str, *,
         }
         if isinstance(inst, RelayguardInstance):
             counts = inst.log_counts()
-            run["log_events"] = {k: v for k, v in counts.items() if k in (
-                "accepted", "delivered", "deferred", "bounced", "accept_failed",
-                "delivery_error", "session_error", "spool_full")}
+            run["log_events"] = {
+                k: v
+                for k, v in counts.items()
+                if k
+                in (
+                    "accepted",
+                    "delivered",
+                    "deferred",
+                    "bounced",
+                    "accept_failed",
+                    "delivery_error",
+                    "session_error",
+                    "spool_full",
+                )
+            }
             run["log_problems"] = inst.log_problems(5)
         else:
             run["log_problems"] = inst.log_problems()[:5]
@@ -209,8 +271,14 @@ def median_of(runs: list[dict[str, object]], key: str) -> float | None:
     return round(statistics.median(vals), 2) if vals else None
 
 
-SUMMARY_KEYS = ("ingest_rate", "end_to_end_rate", "latency_p50_ms", "latency_p99_ms",
-                "peak_rss_kb", "peak_pss_kb")
+SUMMARY_KEYS = (
+    "ingest_rate",
+    "end_to_end_rate",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "peak_rss_kb",
+    "peak_pss_kb",
+)
 
 
 def summarise(results: dict[str, object]) -> None:
@@ -230,8 +298,10 @@ def summarise(results: dict[str, object]) -> None:
         }
     results["summary"] = summary
     results["ratios"] = ratios
-    results["ratio_basis"] = (f"relayguard/Postfix of the medians, workload "
-                              f"'{HEADLINE_VARIANT}' ({VARIANTS[HEADLINE_VARIANT][1]})")
+    results["ratio_basis"] = (
+        f"relayguard/Postfix of the medians, workload "
+        f"'{HEADLINE_VARIANT}' ({VARIANTS[HEADLINE_VARIANT][1]})"
+    )
     results["ingest_ratio"] = ratios[HEADLINE_VARIANT]["ingest_rate"]
     results["end_to_end_ratio"] = ratios[HEADLINE_VARIANT]["end_to_end_rate"]
     sl = results["sink_limit"]
@@ -243,14 +313,22 @@ def goals(results: dict[str, object]) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     ratios = results["ratios"]
     assert isinstance(ratios, dict)
-    for key, label in (("ingest_rate", "durable ingest ≥ 1.0x Postfix"),
-                       ("end_to_end_rate", "end-to-end ≥ 1.0x Postfix")):
+    for key, label in (
+        ("ingest_rate", "durable ingest ≥ 1.0x Postfix"),
+        ("end_to_end_rate", "end-to-end ≥ 1.0x Postfix"),
+    ):
         for variant in VARIANTS:
             v = ratios[variant][key]
-            out.append({"goal": label, "workload": variant, "value": v, "target": 1.0,
-                        "met": None if v is None else v >= 1.0,
-                        "how_far": "not measured" if v is None
-                        else f"{v:.2f}x ({(v - 1) * 100:+.0f}%)"})
+            out.append(
+                {
+                    "goal": label,
+                    "workload": variant,
+                    "value": v,
+                    "target": 1.0,
+                    "met": None if v is None else v >= 1.0,
+                    "how_far": "not measured" if v is None else f"{v:.2f}x ({(v - 1) * 100:+.0f}%)",
+                }
+            )
     scale = results.get("scale")
     if isinstance(scale, dict):
         restart = scale.get("restart", {})
@@ -259,17 +337,29 @@ def goals(results: dict[str, object]) -> list[dict[str, object]]:
         if secs is not None and n:
             est = secs * 1_000_000 / n
             how = "measured" if n >= 1_000_000 else f"from {n:,}, scaled linearly"
-            out.append({"goal": "restart with 1M queued ≤ 30 s", "value": round(est, 2),
-                        "target": 30.0, "met": est <= 30.0,
-                        "how_far": f"{est:.1f} s ({how}; {est / 30.0:.0%} of the budget)"})
+            out.append(
+                {
+                    "goal": "restart with 1M queued ≤ 30 s",
+                    "value": round(est, 2),
+                    "target": 30.0,
+                    "met": est <= 30.0,
+                    "how_far": f"{est:.1f} s ({how}; {est / 30.0:.0%} of the budget)",
+                }
+            )
         b = restart.get("rss_delta_bytes_per_message")
         if b is not None:
             traced = restart.get("traced_bytes_per_message", "?")
             peak = restart.get("peak_rss_delta_bytes_per_message", "?")
-            out.append({"goal": "≤ 1 KB of memory per queued message", "value": b,
-                        "target": 1024, "met": b <= 1024,
-                        "how_far": f"{b:.0f} B RSS per message ({b / 1024:.0%} of 1 KB; Python "
-                                   f"objects alone {traced} B, peak during load {peak} B)"})
+            out.append(
+                {
+                    "goal": "≤ 1 KB of memory per queued message",
+                    "value": b,
+                    "target": 1024,
+                    "met": b <= 1024,
+                    "how_far": f"{b:.0f} B RSS per message ({b / 1024:.0%} of 1 KB; Python "
+                    f"objects alone {traced} B, peak during load {peak} B)",
+                }
+            )
     return out
 
 
@@ -278,15 +368,19 @@ def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
     ratios = results["ratios"]
     assert isinstance(summary, dict)
     assert isinstance(ratios, dict)
-    rows = (("durable ingest, msg/s", "ingest_rate", 0),
-            ("end to end, msg/s", "end_to_end_rate", 0),
-            ("250 latency p50, ms", "latency_p50_ms", 1),
-            ("250 latency p99, ms", "latency_p99_ms", 1),
-            ("peak RSS, MB (Postfix: all procs)", "peak_rss_kb", 1),
-            ("peak PSS, MB (shared pages split)", "peak_pss_kb", 1))
+    rows = (
+        ("durable ingest, msg/s", "ingest_rate", 0),
+        ("end to end, msg/s", "end_to_end_rate", 0),
+        ("250 latency p50, ms", "latency_p50_ms", 1),
+        ("250 latency p99, ms", "latency_p99_ms", 1),
+        ("peak RSS, MB (Postfix: all procs)", "peak_rss_kb", 1),
+        ("peak PSS, MB (shared pages split)", "peak_pss_kb", 1),
+    )
     print()
-    print(f"relayguard vs Postfix {results['postfix_version']}: {args.messages:,} messages x "
-          f"{args.size} B, {args.sessions} sessions, {args.repeat} run(s), medians")
+    print(
+        f"relayguard vs Postfix {results['postfix_version']}: {args.messages:,} messages x "
+        f"{args.size} B, {args.sessions} sessions, {args.repeat} run(s), medians"
+    )
     for variant, (_flags, desc) in VARIANTS.items():
         print(f"\n  {desc:<36}{'Postfix':>12}{'relayguard':>12}{'ratio':>8}")
         for label, key, nd in rows:
@@ -296,24 +390,29 @@ def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
                 pf = None if pf is None else pf / 1024
                 rg = None if rg is None else rg / 1024
             ratio = ratios[variant][key]
-            print(f"  {label:<36}{_fmt(pf, nd):>12}{_fmt(rg, nd):>12}"
-                  f"{_fmt(ratio, 2):>8}")
+            print(f"  {label:<36}{_fmt(pf, nd):>12}{_fmt(rg, nd):>12}{_fmt(ratio, 2):>8}")
     sl = results["sink_limit_summary"]
     assert isinstance(sl, dict)
-    print("\n  sink limit (smtp-source → smtp-sink): "
-          + ", ".join(f"{_fmt(sl[v], 0)} msg/s {VARIANTS[v][1]}" for v in VARIANTS))
+    print(
+        "\n  sink limit (smtp-source → smtp-sink): "
+        + ", ".join(f"{_fmt(sl[v], 0)} msg/s {VARIANTS[v][1]}" for v in VARIANTS)
+    )
     scale = results.get("scale")
     if isinstance(scale, dict):
         s = scale["scheduler"]
         r = scale["restart"]
-        print(f"\n  scale (relayguard alone, {s['n']:,} deferred): DueQueue enqueue "
-              f"{s['enqueue_per_s']:,}/s, dequeue {s['dequeue_drain_per_s']:,}/s "
-              f"(at depth: {s['enqueue_at_depth_per_s']:,}/s in, "
-              f"{s['dequeue_at_depth_per_s']:,}/s out), "
-              f"{s['bytes_per_entry']} B/entry")
-        print(f"  restart with {r['messages']:,} queued: {r['total_seconds']} s (open "
-              f"{r['open_seconds']} s, index {r['index_seconds']} s, schedule "
-              f"{r['schedule_seconds']} s); {r['rss_delta_bytes_per_message']} B RSS per message")
+        print(
+            f"\n  scale (relayguard alone, {s['n']:,} deferred): DueQueue enqueue "
+            f"{s['enqueue_per_s']:,}/s, dequeue {s['dequeue_drain_per_s']:,}/s "
+            f"(at depth: {s['enqueue_at_depth_per_s']:,}/s in, "
+            f"{s['dequeue_at_depth_per_s']:,}/s out), "
+            f"{s['bytes_per_entry']} B/entry"
+        )
+        print(
+            f"  restart with {r['messages']:,} queued: {r['total_seconds']} s (open "
+            f"{r['open_seconds']} s, index {r['index_seconds']} s, schedule "
+            f"{r['schedule_seconds']} s); {r['rss_delta_bytes_per_message']} B RSS per message"
+        )
     print("\n  goals:")
     for g in results["goals"]:  # type: ignore[attr-defined]
         mark = {True: "met ", False: "MISS", None: "n/a "}[g["met"]]
@@ -383,32 +482,56 @@ def profile_run(args: argparse.Namespace, out_dir: Path, stamp: str) -> dict[str
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="a few seconds: 300 messages, 1 run, 20k-row scale test")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds: 300 messages, 1 run, 20k-row scale test",
+    )
     p.add_argument("--output", default=str(HERE / "results"), help="directory for the JSON")
     p.add_argument("--messages", type=int, help="messages per run (default 20000; quick 300)")
     p.add_argument("--sessions", type=int, default=20)
     p.add_argument("--size", type=int, default=5120, help="smtp-source -l (payload bytes)")
     p.add_argument("--repeat", type=int, help="runs per system and workload (default 3; quick 1)")
-    p.add_argument("--concurrency", type=int, default=20,
-                   help="outbound connections (Postfix destination concurrency, route max)")
-    p.add_argument("--workers", type=int,
-                   help="relayguard server.workers (default: the config's default)")
-    p.add_argument("--scale-n", type=int, help="queued messages for the scale figures "
-                                               "(default 1000000; quick 20000)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=20,
+        help="outbound connections (Postfix destination concurrency, route max)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="relayguard server.workers (default: the config's default)"
+    )
+    p.add_argument(
+        "--scale-n",
+        type=int,
+        help="queued messages for the scale figures (default 1000000; quick 20000)",
+    )
     p.add_argument("--scale-body", type=int, default=256, help="body bytes of the scale rows")
     p.add_argument("--sample-sessions", type=int, default=1)
-    p.add_argument("--sample-interval", type=float,
-                   help="pause between sampled messages, s (default 0.1; quick 0.05)")
+    p.add_argument(
+        "--sample-interval",
+        type=float,
+        help="pause between sampled messages, s (default 0.1; quick 0.05)",
+    )
     p.add_argument("--mem-interval", type=float, default=0.5)
     p.add_argument("--timeout", type=float, help="seconds for any one phase of a run")
-    p.add_argument("--workdir", default=None,
-                   help="where temporary instances and spools go (default: the system temp "
-                        "dir; must be a real disk, not tmpfs, for fsync to mean anything)")
-    p.add_argument("--only", choices=["sink", "postfix", "relayguard", "scale"], action="append",
-                   help="run only these parts (repeatable); default all")
-    p.add_argument("--profile", choices=["cprofile", "py-spy"],
-                   help="also run relayguard once under a profiler and summarise hot spots")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="where temporary instances and spools go (default: the system temp "
+        "dir; must be a real disk, not tmpfs, for fsync to mean anything)",
+    )
+    p.add_argument(
+        "--only",
+        choices=["sink", "postfix", "relayguard", "scale"],
+        action="append",
+        help="run only these parts (repeatable); default all",
+    )
+    p.add_argument(
+        "--profile",
+        choices=["cprofile", "py-spy"],
+        help="also run relayguard once under a profiler and summarise hot spots",
+    )
     args = p.parse_args(argv)
     if args.messages is None:
         args.messages = 300 if args.quick else 20_000
@@ -428,8 +551,13 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
     tools = {name: find_tool(name) for name in ("smtp-source", "smtp-sink", "postfix", "postconf")}
     check_available()
     try:
-        version = subprocess.run([tools["postconf"], "-dh", "mail_version"], capture_output=True,
-                                 text=True, timeout=30, check=False).stdout.strip()
+        version = subprocess.run(
+            [tools["postconf"], "-dh", "mail_version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         version = "?"
     if os.geteuid() != 0:
@@ -443,8 +571,13 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
     fs = "?"
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         where = args.workdir or tempfile.gettempdir()
-        fs = subprocess.run(["findmnt", "-no", "FSTYPE", "-T", where],
-                            capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        fs = subprocess.run(
+            ["findmnt", "-no", "FSTYPE", "-T", where],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
     return {"postfix_version": version or "?", "workdir_fstype": fs, **tools}
 
 
@@ -453,12 +586,23 @@ def relayguard_revision() -> dict[str, object]:
     root = HERE.parent
     out: dict[str, object] = {}
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        out["commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                                       capture_output=True, text=True, timeout=10,
-                                       check=False).stdout.strip() or "?"
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
-                                 "relayguard"], capture_output=True, text=True, timeout=10,
-                                check=False).stdout
+        out["commit"] = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+            or "?"
+        )
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "relayguard"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
         out["uncommitted"] = [ln[3:] for ln in status.splitlines() if ln.strip()]
     return out
 
@@ -482,37 +626,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: cannot run: {exc}", flush=True)
         return 1
     if facts["workdir_fstype"] in ("tmpfs", "ramfs"):
-        log(f"warning: the work directory is on {facts['workdir_fstype']}: fsync costs nothing "
-            "there, so the comparison is not what production sees (use --workdir)")
+        log(
+            f"warning: the work directory is on {facts['workdir_fstype']}: fsync costs nothing "
+            "there, so the comparison is not what production sees (use --workdir)"
+        )
 
     results: dict[str, object] = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "workdir_fstype": facts["workdir_fstype"],
-                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "workdir_fstype": facts["workdir_fstype"],
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
         "postfix_version": facts["postfix_version"],
         "relayguard_revision": relayguard_revision(),
-        "workload": {"messages": args.messages, "size": args.size, "sessions": args.sessions,
-                     "repeat": args.repeat, "concurrency": args.concurrency,
-                     "relayguard_workers": args.workers or "config default",
-                     "variants": {k: {"smtp_source_flags": list(v[0]), "description": v[1]}
-                                  for k, v in VARIANTS.items()},
-                     "latency_sampler": {"sessions": args.sample_sessions,
-                                         "interval_s": args.sample_interval,
-                                         "measures": "final dot sent → 250 received"}},
+        "workload": {
+            "messages": args.messages,
+            "size": args.size,
+            "sessions": args.sessions,
+            "repeat": args.repeat,
+            "concurrency": args.concurrency,
+            "relayguard_workers": args.workers or "config default",
+            "variants": {
+                k: {"smtp_source_flags": list(v[0]), "description": v[1]}
+                for k, v in VARIANTS.items()
+            },
+            "latency_sampler": {
+                "sessions": args.sample_sessions,
+                "interval_s": args.sample_interval,
+                "measures": "final dot sent → 250 received",
+            },
+        },
         "method": {
             "ingest_rate": "messages / smtp-source wall time (until the last 250)",
             "end_to_end_rate": "messages / time until smtp-sink counted them all "
-                               "(plus the sampler's)",
+            "(plus the sampler's)",
             "peak_rss_kb": "max over samples of summed VmRSS (Postfix: master + children)",
             "peak_pss_kb": "same with Pss from smaps_rollup (shared pages split)",
             "runs": "fresh sink and fresh instance per run; systems interleaved per repetition",
         },
         "systems": {
             "postfix": PostfixInstance(0, 0, concurrency=args.concurrency).settings(),
-            "relayguard": RelayguardInstance(0, 0, concurrency=args.concurrency,
-                                             workers=args.workers).settings(),
+            "relayguard": RelayguardInstance(
+                0, 0, concurrency=args.concurrency, workers=args.workers
+            ).settings(),
         },
         "sink_limit": {v: [] for v in VARIANTS},
         "relay": {v: {"postfix": [], "relayguard": []} for v in VARIANTS},
@@ -532,9 +692,11 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"run {rep + 1}/{args.repeat} {variant}: {system}")
                     r = measure_relay(args, system, variant)
                     results["relay"][variant][system].append(r)  # type: ignore[index]
-                    log(f"  ingest {r['ingest_rate']} msg/s, end to end {r['end_to_end_rate']} "
+                    log(
+                        f"  ingest {r['ingest_rate']} msg/s, end to end {r['end_to_end_rate']} "
                         f"msg/s, p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms, "
-                        f"peak RSS {int(r['peak_rss_kb']) // 1024} MB")  # type: ignore[call-overload]
+                        f"peak RSS {int(r['peak_rss_kb']) // 1024} MB"
+                    )  # type: ignore[call-overload]
         if "scale" in only:
             results["scale"] = scale_figures(args)
         if args.profile:

@@ -122,8 +122,9 @@ def scheduler_figures(n: int, *, seed: int = 1) -> dict[str, object]:
 # -- the spool ----------------------------------------------------------------------
 
 
-def build_spool(directory: Path, n: int, *, body_bytes: int = 256,
-                seed: int = 2) -> dict[str, float]:
+def build_spool(
+    directory: Path, n: int, *, body_bytes: int = 256, seed: int = 2
+) -> dict[str, float]:
     """N deferred messages, one failed attempt each, in relayguard's schema, fast."""
     from relayguard.model import (  # noqa: PLC0415
         Attempt,
@@ -146,18 +147,27 @@ def build_spool(directory: Path, n: int, *, body_bytes: int = 256,
     rng = random.Random(seed)
     now = time.time()
     reply = Reply(451, "4.7.1", "Try again later", Phase.RCPT, "127.0.0.1")
-    attempt_json = json.dumps(Attempt(now - 60, "primary", ("rcpt@example.com",), reply,
-                                      "defer", "transient-default", 0.012).to_dict(),
-                              separators=(",", ":"))
+    attempt_json = json.dumps(
+        Attempt(
+            now - 60, "primary", ("rcpt@example.com",), reply, "defer", "transient-default", 0.012
+        ).to_dict(),
+        separators=(",", ":"),
+    )
     # The envelope as the real code serialises it, made once; rows differ in the
     # recipient's and sender's numbers only.
-    env_template = json.dumps(Envelope(
-        sender="sender@@S@@@example.org",
-        recipients=(Recipient("user@@R@@@example.com", last_reply=reply),),
-        client_address="127.0.0.1", client_helo="client.example.org",
-    ).to_dict(), separators=(",", ":"))
-    body = (b"Received: from client.example.org ([127.0.0.1])\r\n"
-            b"Subject: scale\r\n\r\n" + b"x" * body_bytes)[:max(body_bytes, 64)]
+    env_template = json.dumps(
+        Envelope(
+            sender="sender@@S@@@example.org",
+            recipients=(Recipient("user@@R@@@example.com", last_reply=reply),),
+            client_address="127.0.0.1",
+            client_helo="client.example.org",
+        ).to_dict(),
+        separators=(",", ":"),
+    )
+    body = (
+        b"Received: from client.example.org ([127.0.0.1])\r\n"
+        b"Subject: scale\r\n\r\n" + b"x" * body_bytes
+    )[: max(body_bytes, 64)]
     size = len(body)
     active = MessageState.ACTIVE.value
     uniform = rng.uniform
@@ -170,16 +180,28 @@ def build_spool(directory: Path, n: int, *, body_bytes: int = 256,
         for i in range(start, stop):
             s_i = str(i % 997)
             arrival = now - uniform(60.0, 3600.0)
-            rows.append((
-                f"{int(arrival * 1e6):013X}{i:06X}", active, arrival, now + uniform(300.0, 4000.0),
-                f"sender{s_i}@example.org", f"<{i}@example.org>", size,
-                env_template.replace("@@S@@", s_i).replace("@@R@@", str(i)), body,
-            ))
+            rows.append(
+                (
+                    f"{int(arrival * 1e6):013X}{i:06X}",
+                    active,
+                    arrival,
+                    now + uniform(300.0, 4000.0),
+                    f"sender{s_i}@example.org",
+                    f"<{i}@example.org>",
+                    size,
+                    env_template.replace("@@S@@", s_i).replace("@@R@@", str(i)),
+                    body,
+                )
+            )
         conn.executemany(
             "INSERT INTO messages (queue_id, state, arrival_at, next_attempt_at, sender,"
-            " message_id, size, envelope, body) VALUES (?,?,?,?,?,?,?,?,?)", rows)
-        conn.executemany("INSERT INTO attempts (seq, at, data) VALUES (?,?,?)",
-                         [(i + 1, now - 60, attempt_json) for i in range(start, stop)])
+            " message_id, size, envelope, body) VALUES (?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        conn.executemany(
+            "INSERT INTO attempts (seq, at, data) VALUES (?,?,?)",
+            [(i + 1, now - 60, attempt_json) for i in range(start, stop)],
+        )
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode=WAL")
     count = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
@@ -187,8 +209,11 @@ def build_spool(directory: Path, n: int, *, body_bytes: int = 256,
     if count != n:
         raise BenchError(f"built a spool with {count} rows, wanted {n}")
     size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
-    return {"build_seconds": round(time.perf_counter() - t0, 2), "spool_bytes": size,
-            "body_bytes": len(body)}
+    return {
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        "spool_bytes": size,
+        "body_bytes": len(body),
+    }
 
 
 def index_query_plan(directory: Path) -> str:
@@ -198,7 +223,9 @@ def index_query_plan(directory: Path) -> str:
     try:
         rows = conn.execute(
             "EXPLAIN QUERY PLAN SELECT seq, next_attempt_at, state FROM messages"
-            " WHERE seq > ? AND state != ?", (0, "done")).fetchall()
+            " WHERE seq > ? AND state != ?",
+            (0, "done"),
+        ).fetchall()
     finally:
         conn.close()
     return "; ".join(str(r[-1]) for r in rows)
@@ -223,8 +250,13 @@ async def _restart(directory: Path) -> tuple[dict[str, float], object]:
     t3 = time.perf_counter()
     del entries
     await spool.close()
-    return {"messages": count, "open_seconds": t1 - t0, "index_seconds": t2 - t1,
-            "schedule_seconds": t3 - t2, "total_seconds": t3 - t0}, due
+    return {
+        "messages": count,
+        "open_seconds": t1 - t0,
+        "index_seconds": t2 - t1,
+        "schedule_seconds": t3 - t2,
+        "total_seconds": t3 - t0,
+    }, due
 
 
 def restart_main(directory: Path, *, trace: bool) -> dict[str, object]:
@@ -241,8 +273,7 @@ def restart_main(directory: Path, *, trace: bool) -> dict[str, object]:
     gc.collect()
     n = int(out["messages"]) or 1  # type: ignore[call-overload]
     out["rss_delta_bytes_per_message"] = round((rss_kb_self() - base_rss) * 1024 / n, 1)
-    out["peak_rss_delta_bytes_per_message"] = round(
-        (vm_hwm_kb_self() - base_rss) * 1024 / n, 1)
+    out["peak_rss_delta_bytes_per_message"] = round((vm_hwm_kb_self() - base_rss) * 1024 / n, 1)
     if trace:
         current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()

@@ -49,8 +49,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _load(_config_path(args))
     rg_logging.configure(level=args.log_level)
-    asyncio.run(run_worker(settings, args.host, args.port, args.notify_fd, args.workers,
-                           args.index, args.parent))
+    asyncio.run(
+        run_worker(
+            settings, args.host, args.port, args.notify_fd, args.workers, args.index, args.parent
+        )
+    )
     return 0
 
 
@@ -65,8 +68,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"relayguard: {exc}", file=sys.stderr)
         return 2
-    print(f"{path}: ok ({len(settings.routes)} route(s): "
-          f"{', '.join(r.name for r in settings.routes)})")
+    print(
+        f"{path}: ok ({len(settings.routes)} route(s): "
+        f"{', '.join(r.name for r in settings.routes)})"
+    )
     return 0
 
 
@@ -112,15 +117,27 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 
     settings = _optional_settings(args)
     routes = [r.name for r in settings.routes] if settings else [args.route or "primary"]
-    files = [Path(f) for f in args.policy] if args.policy else (
-        list(settings.policy.files) if settings else [])
+    files = (
+        [Path(f) for f in args.policy]
+        if args.policy
+        else (list(settings.policy.files) if settings else [])
+    )
     try:
         policy = load_policy(files, routes)
     except PolicyError as exc:
         print(f"relayguard: {exc}", file=sys.stderr)
         return 2
-    print(explain(policy, code=args.code, text=args.text, domain=args.domain,
-                  route=args.route or routes[0], phase=args.phase, routes=routes))
+    print(
+        explain(
+            policy,
+            code=args.code,
+            text=args.text,
+            domain=args.domain,
+            route=args.route or routes[0],
+            phase=args.phase,
+            routes=routes,
+        )
+    )
     return 0
 
 
@@ -161,8 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--domain", default="example.com")
     e.add_argument("--route", default=None)
     e.add_argument("--phase", default="rcpt")
-    e.add_argument("--policy", action="append", default=None,
-                   help="policy file (repeatable); default: the config's, or the packaged default")
+    e.add_argument(
+        "--policy",
+        action="append",
+        default=None,
+        help="policy file (repeatable); default: the config's, or the packaged default",
+    )
     e.set_defaults(func=cmd_policy_explain)
 
     # Operator tools (queue, routes, sink) and the replay register themselves.

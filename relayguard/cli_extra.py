@@ -51,8 +51,9 @@ def _fail(message: str) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    path = Path(getattr(args, "config", None) or os.environ.get("RELAYGUARD_CONFIG")
-                or DEFAULT_CONFIG_PATH)
+    path = Path(
+        getattr(args, "config", None) or os.environ.get("RELAYGUARD_CONFIG") or DEFAULT_CONFIG_PATH
+    )
     return load_settings(path)
 
 
@@ -180,8 +181,11 @@ def register(sub: Commands) -> None:
     qsub = Commands(q.add_subparsers(dest="queue_command", required=True))
     c = qsub.add_parser("list", help="queued messages, with their recipients' last replies")
     c.add_argument("--json", action="store_true", help="one JSON array, for scripts")
-    c.add_argument("--state", choices=["deferred", "held", "active"],
-                   help="active: due now or being delivered; deferred: waiting for a retry")
+    c.add_argument(
+        "--state",
+        choices=["deferred", "held", "active"],
+        help="active: due now or being delivered; deferred: waiting for a retry",
+    )
     c.add_argument("--domain", help="with a pending recipient in this domain")
     c.add_argument("--route", help="with a pending recipient last tried through this route")
     c.set_defaults(func=cmd_queue_list)

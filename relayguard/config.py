@@ -309,7 +309,9 @@ def _read_server(file: str, table: object) -> ServerSettings:
             "allowed_networks", _networks, d.allowed_networks, "a list of networks"
         ),
         max_message_size=s.get(
-            "max_message_size", _int_range(1024, 2**40), d.max_message_size,
+            "max_message_size",
+            _int_range(1024, 2**40),
+            d.max_message_size,
             "a size in bytes from 1024",
         ),
         max_recipients=s.get(
@@ -319,7 +321,9 @@ def _read_server(file: str, table: object) -> ServerSettings:
             "max_connections", _int_range(1, 100_000), d.max_connections, "a number from 1"
         ),
         max_connections_per_client=s.get(
-            "max_connections_per_client", _int_range(1, 100_000), d.max_connections_per_client,
+            "max_connections_per_client",
+            _int_range(1, 100_000),
+            d.max_connections_per_client,
             "a number from 1",
         ),
         idle_timeout=s.get("idle_timeout", parse_duration, d.idle_timeout, "a duration"),
@@ -350,7 +354,9 @@ def _read_route(file: str, index: int, table: object) -> RouteSettings:
         connect_timeout=s.get("connect_timeout", parse_duration, d.connect_timeout, "a duration"),
         command_timeout=s.get("command_timeout", parse_duration, d.command_timeout, "a duration"),
         messages_per_connection=s.get(
-            "messages_per_connection", _int_range(1, 1_000_000), d.messages_per_connection,
+            "messages_per_connection",
+            _int_range(1, 1_000_000),
+            d.messages_per_connection,
             "a number from 1",
         ),
         ndr_only=s.get("ndr_only", _bool, d.ndr_only, "true or false"),

@@ -51,8 +51,9 @@ SOCKET_NAME = "control.sock"
 MAX_LINE = 1 << 20
 SETTLE_TIMEOUT = 120.0  # how long delete/bounce wait for a delivery round under way
 CLIENT_TIMEOUT = SETTLE_TIMEOUT + 60.0
-OPERATOR_REPLY = Reply(550, "5.0.0", "message bounced by the operator", Phase.CONNECT,
-                       synthetic=True)
+OPERATOR_REPLY = Reply(
+    550, "5.0.0", "message bounced by the operator", Phase.CONNECT, synthetic=True
+)
 ACTIONS = ("retry", "hold", "release", "delete", "bounce")
 
 Json = dict[str, Any]
@@ -105,8 +106,14 @@ class Controller:
     """The operations, on a spool and a queue manager (running, or idle for the CLI)."""
 
     def __init__(
-        self, settings: Settings, spool: SqliteSpool, manager: QueueManager, clock: Clock,
-        observer: Observer | None = None, *, running: bool = True,
+        self,
+        settings: Settings,
+        spool: SqliteSpool,
+        manager: QueueManager,
+        clock: Clock,
+        observer: Observer | None = None,
+        *,
+        running: bool = True,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -122,7 +129,10 @@ class Controller:
             raise ControlError("a request is a JSON object")
         op = request.get("op")
         reads: dict[str, Callable[[Json], Any]] = {
-            "ping": self._ping, "list": self._list, "show": self._show, "shape": self._shape,
+            "ping": self._ping,
+            "list": self._list,
+            "show": self._show,
+            "shape": self._shape,
             "routes": self._routes,
         }
         if op in reads:
@@ -149,13 +159,17 @@ class Controller:
         state = req.get("state")
         if state is not None and state not in STATES:
             raise ControlError(f"state must be one of {', '.join(STATES)}, not {state!r}")
-        summaries = [s for s in await self._summaries()
-                     if matches(s, state=state, domain=req.get("domain"), route=req.get("route"))]
+        summaries = [
+            s
+            for s in await self._summaries()
+            if matches(s, state=state, domain=req.get("domain"), route=req.get("route"))
+        ]
         return {"now": self.clock.now(), "messages": summaries}
 
     async def _find(self, queue_id: str) -> QueuedMessage | None:
         found = await self.spool.read(
-            lambda c: find_messages(c, "queue_id=?", (queue_id.strip().upper(),)))
+            lambda c: find_messages(c, "queue_id=?", (queue_id.strip().upper(),))
+        )
         return found[0] if found else None
 
     async def _show(self, req: Json) -> Json:
@@ -177,22 +191,39 @@ class Controller:
         table = self.manager.routes
         routes = []
         for r in self.settings.routes:
-            suspensions = [s.to_dict() for (route, _), s in sorted(table.suspensions.items())
-                           if route == r.name and s.until > now]
-            throttles = [{"destination": t.destination, "max_connections": t.max_connections,
-                          "until": t.until, "rule": t.rule}
-                         for (route, _), t in sorted(table.throttles.items())
-                         if route == r.name and t.until > now]
+            suspensions = [
+                s.to_dict()
+                for (route, _), s in sorted(table.suspensions.items())
+                if route == r.name and s.until > now
+            ]
+            throttles = [
+                {
+                    "destination": t.destination,
+                    "max_connections": t.max_connections,
+                    "until": t.until,
+                    "rule": t.rule,
+                }
+                for (route, _), t in sorted(table.throttles.items())
+                if route == r.name and t.until > now
+            ]
             probing = sorted(d for (route, d) in table.probing if route == r.name)
             obs = self.observer
-            routes.append({
-                "name": r.name, "host": r.host, "port": r.port,
-                "max_connections": r.max_connections,
-                "connections": sum(n for (route, _), n in table.active.items() if route == r.name),
-                "suspensions": suspensions, "throttles": throttles, "probing": probing,
-                "counts": dict(obs.counts.get(r.name, {})) if obs else {},
-                "recent": list(obs.recent.get(r.name, ())) if obs else [],
-            })
+            routes.append(
+                {
+                    "name": r.name,
+                    "host": r.host,
+                    "port": r.port,
+                    "max_connections": r.max_connections,
+                    "connections": sum(
+                        n for (route, _), n in table.active.items() if route == r.name
+                    ),
+                    "suspensions": suspensions,
+                    "throttles": throttles,
+                    "probing": probing,
+                    "counts": dict(obs.counts.get(r.name, {})) if obs else {},
+                    "recent": list(obs.recent.get(r.name, ())) if obs else [],
+                }
+            )
         return {"now": now, "running": self.running, "routes": routes}
 
     # -- changes ----------------------------------------------------------------------
@@ -203,8 +234,9 @@ class Controller:
             names = ", ".join(r.name for r in self.settings.routes)
             raise ControlError(f"no route {route!r} (routes: {names})")
         if not self.running:
-            raise ControlError("relayguard is not running: suspensions live in the server "
-                               "and ended with it")
+            raise ControlError(
+                "relayguard is not running: suspensions live in the server and ended with it"
+            )
         domain = req.get("domain")
         lifted = self.manager.resume(route, domain.lower() if domain else None)
         return {"route": route, "domain": domain, "lifted": lifted}
@@ -231,8 +263,13 @@ class Controller:
 
     async def _act(self, op: str, req: Json) -> Json:
         messages, missing = await self._select(req)
-        action = {"retry": self._retry, "hold": self._hold, "release": self._release,
-                  "delete": self._delete, "bounce": self._bounce}[op]
+        action = {
+            "retry": self._retry,
+            "hold": self._hold,
+            "release": self._release,
+            "delete": self._delete,
+            "bounce": self._bounce,
+        }[op]
         done: list[str] = []
         skipped: list[Json] = []
         for message in messages:
@@ -266,9 +303,12 @@ class Controller:
     async def _release(self, m: QueuedMessage) -> str | None:
         if m.state is not MessageState.HELD:
             return "not held"
-        if not await self.spool.set_state(m.seq, MessageState.ACTIVE,
-                                          next_attempt_at=self.clock.now(),
-                                          only_from=MessageState.HELD):
+        if not await self.spool.set_state(
+            m.seq,
+            MessageState.ACTIVE,
+            next_attempt_at=self.clock.now(),
+            only_from=MessageState.HELD,
+        ):
             return "no longer held"
         self.manager.schedule_now(m.seq)  # a round under way reschedules it itself
         return None
@@ -318,12 +358,17 @@ class ControlServer:
         """Listen; False (logged) if the socket cannot be made, e.g. a path too long."""
         try:
             self._server = await asyncio.start_unix_server(
-                self._client, path=str(self.path), limit=MAX_LINE)
+                self._client, path=str(self.path), limit=MAX_LINE
+            )
             self.path.chmod(0o660)  # the relayguard group may use the queue tools
             self._inode = self.path.stat().st_ino
         except OSError as exc:
-            log.warning("control_socket_unavailable", path=str(self.path), error=str(exc),
-                        effect="queue tools cannot reach this server")
+            log.warning(
+                "control_socket_unavailable",
+                path=str(self.path),
+                error=str(exc),
+                effect="queue tools cannot reach this server",
+            )
             return False
         return True
 
@@ -405,8 +450,14 @@ async def _direct(settings: Settings, request: Json) -> Json:
 
     spool = SqliteSpool(settings.server.spool)
     try:
-        manager = QueueManager(settings, spool, _NoDelivery(), SystemClock(), Policy(),
-                               build_reports=make_report_builder(settings))
+        manager = QueueManager(
+            settings,
+            spool,
+            _NoDelivery(),
+            SystemClock(),
+            Policy(),
+            build_reports=make_report_builder(settings),
+        )
         controller = Controller(settings, spool, manager, manager.clock, running=False)
         return await controller.handle(request)
     finally:
@@ -424,8 +475,10 @@ def run(settings: Settings, request: Json) -> Json:
         raise ControlError(f"no spool at {spool_dir} (is server.spool right?)")
     fd = try_lock_exclusive(spool_dir)
     if fd is None:
-        raise ControlError(f"relayguard is running on {spool_dir} but its control socket "
-                           f"{socket_path(spool_dir)} does not answer")
+        raise ControlError(
+            f"relayguard is running on {spool_dir} but its control socket "
+            f"{socket_path(spool_dir)} does not answer"
+        )
     try:
         return asyncio.run(_direct(settings, request))
     finally:

@@ -103,8 +103,9 @@ class RouteConnections:
             ) from None
         except (aiosmtplib.SMTPConnectTimeoutError, TimeoutError):
             raise _SessionFailedError(
-                network_reply("4.4.1", f"connect to {self.peer}: Connection timed out",
-                              Phase.CONNECT, r.host)
+                network_reply(
+                    "4.4.1", f"connect to {self.peer}: Connection timed out", Phase.CONNECT, r.host
+                )
             ) from None
         except (aiosmtplib.SMTPConnectError, OSError) as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
@@ -138,8 +139,14 @@ class RouteConnections:
         if not smtp.supports_extension("starttls"):
             if mode == "required":
                 raise _SessionFailedError(
-                    Reply(421, "4.7.4", f"TLS is required, but was not offered by host {self.peer}",
-                          Phase.STARTTLS, self.route.host, synthetic=True)
+                    Reply(
+                        421,
+                        "4.7.4",
+                        f"TLS is required, but was not offered by host {self.peer}",
+                        Phase.STARTTLS,
+                        self.route.host,
+                        synthetic=True,
+                    )
                 )
             return False
         try:
@@ -154,8 +161,14 @@ class RouteConnections:
             # The session is unusable after a failed handshake; opportunistic
             # TLS reconnects in plaintext, required TLS gives up on this host.
             raise _SessionFailedError(
-                Reply(421, "4.7.5", f"Cannot start TLS: handshake failure with {self.peer}: {exc}",
-                      Phase.STARTTLS, self.route.host, synthetic=True)
+                Reply(
+                    421,
+                    "4.7.5",
+                    f"Cannot start TLS: handshake failure with {self.peer}: {exc}",
+                    Phase.STARTTLS,
+                    self.route.host,
+                    synthetic=True,
+                )
             ) from None
         await self._hello(smtp)  # RFC 3207: the session starts over after STARTTLS
         return True
@@ -217,8 +230,12 @@ class RouteConnections:
                     # An idle connection the peer closed meanwhile: not the
                     # peer's answer to this message. Try once on a new one.
                     continue
-                return Outcome(dict.fromkeys(addresses, exc.reply), self.route.host, tls=conn.tls,
-                               possible_duplicate=exc.reply.phase is Phase.AFTER_DATA)
+                return Outcome(
+                    dict.fromkeys(addresses, exc.reply),
+                    self.route.host,
+                    tls=conn.tls,
+                    possible_duplicate=exc.reply.phase is Phase.AFTER_DATA,
+                )
             except Exception:
                 conn.smtp.close()
                 raise
@@ -229,8 +246,10 @@ class RouteConnections:
     def _lost(self, phase: Phase, exc: BaseException) -> _SessionFailedError:
         host = self.route.host
         if phase is Phase.AFTER_DATA:
-            text = (f"lost connection with {self.peer} while sending end of data"
-                    " -- message may be sent more than once")
+            text = (
+                f"lost connection with {self.peer} while sending end of data"
+                " -- message may be sent more than once"
+            )
         elif isinstance(exc, TimeoutError):
             text = f"conversation with {self.peer} timed out while sending {phase.value}"
         else:

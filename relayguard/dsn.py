@@ -117,8 +117,10 @@ def parse_rcpt_params(params: str) -> RcptParams:
         seen.add(key)
         if key == "NOTIFY":
             items = tuple(v.upper() for v in (value or "").split(","))
-            if not items or not set(items) <= NOTIFY_VALUES or (
-                "NEVER" in items and len(items) > 1
+            if (
+                not items
+                or not set(items) <= NOTIFY_VALUES
+                or ("NEVER" in items and len(items) > 1)
             ):
                 raise ParamError(
                     "501 5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE, DELAY"

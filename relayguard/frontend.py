@@ -38,11 +38,26 @@ log = structlog.get_logger("relayguard.frontend")
 # Replies that carry no enhanced status code by RFC 2034 convention.
 _NO_ENHANCED = (b"220", b"354", b"334")
 _DEFAULT_ENHANCED = {
-    b"221": b"2.0.0", b"250": b"2.0.0", b"251": b"2.1.5", b"252": b"2.0.0",
-    b"421": b"4.3.0", b"450": b"4.2.0", b"451": b"4.3.0", b"452": b"4.3.1",
-    b"454": b"4.7.0", b"500": b"5.5.2", b"501": b"5.5.4", b"502": b"5.5.1",
-    b"503": b"5.5.1", b"504": b"5.5.4", b"530": b"5.7.0", b"535": b"5.7.8",
-    b"550": b"5.0.0", b"552": b"5.3.4", b"553": b"5.1.3", b"554": b"5.0.0",
+    b"221": b"2.0.0",
+    b"250": b"2.0.0",
+    b"251": b"2.1.5",
+    b"252": b"2.0.0",
+    b"421": b"4.3.0",
+    b"450": b"4.2.0",
+    b"451": b"4.3.0",
+    b"452": b"4.3.1",
+    b"454": b"4.7.0",
+    b"500": b"5.5.2",
+    b"501": b"5.5.4",
+    b"502": b"5.5.1",
+    b"503": b"5.5.1",
+    b"504": b"5.5.4",
+    b"530": b"5.7.0",
+    b"535": b"5.7.8",
+    b"550": b"5.0.0",
+    b"552": b"5.3.4",
+    b"553": b"5.1.3",
+    b"554": b"5.0.0",
     b"555": b"5.5.4",
 }
 _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
@@ -171,9 +186,7 @@ class RelaySMTP(SMTP):
     def _timeout_cb(self) -> None:
         # aiosmtpd just closes; Postfix says why first, and so do we.
         if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(
-                f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode()
-            )
+            self._writer.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def push(self, status: str | bytes) -> None:
@@ -246,8 +259,9 @@ class RelaySMTP(SMTP):
         except ParamError as exc:
             await self.push(exc.reply)
             return
-        status = await self.event_handler.handle_RCPT(self, self.session, self.envelope, address,
-                                                      params)
+        status = await self.event_handler.handle_RCPT(
+            self, self.session, self.envelope, address, params
+        )
         await self.push(status)
 
     async def _parse_path(  # noqa: PLR0911 - one early answer per kind of bad path
@@ -276,9 +290,11 @@ class RelaySMTP(SMTP):
             address, rest = simple.group(1), simple.group(2) or ""
         else:
             address, rest = self._getaddr(raw)
-        if address is None or not address or ("@" not in address and keyword == "TO:" and (
-            address.lower() != "postmaster"
-        )):
+        if (
+            address is None
+            or not address
+            or ("@" not in address and keyword == "TO:" and (address.lower() != "postmaster"))
+        ):
             await self.push("501 5.1.3 Bad address syntax")
             return None
         if not self.session.extended_smtp and rest:  # type: ignore[union-attr]
@@ -391,7 +407,11 @@ class RelayHandler:
         return any(ip in net for net in self._networks)
 
     async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
-        self, server: RelaySMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        hostname: str,
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
@@ -401,7 +421,11 @@ class RelayHandler:
         return responses
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
-        self, server: RelaySMTP, session: Session, envelope: SmtpEnvelope, address: str,
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        address: str,
         params: RcptParams,
     ) -> str:
         client = session.peer[0] if session.peer else ""
@@ -443,9 +467,13 @@ class RelayHandler:
     def _accepted(self, queued: QueuedMessage, *, client_gone: bool) -> None:
         self.accepted_count += 1
         log.info(
-            "accepted", queue_id=queued.queue_id, message_id=queued.message_id,
-            sender=queued.envelope.sender, recipients=len(queued.envelope.recipients),
-            size=queued.size, client=queued.envelope.client_address,
+            "accepted",
+            queue_id=queued.queue_id,
+            message_id=queued.message_id,
+            sender=queued.envelope.sender,
+            recipients=len(queued.envelope.recipients),
+            size=queued.size,
+            client=queued.envelope.client_address,
             **({"client_gone": True} if client_gone else {}),
         )
         self.on_accepted(queued)
@@ -458,8 +486,9 @@ class RelayHandler:
         self._accepted(commit.result(), client_gone=True)
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("session_error", error=repr(error),
-                  traceback="".join(traceback.format_exception(error)))
+        log.error(
+            "session_error", error=repr(error), traceback="".join(traceback.format_exception(error))
+        )
         return "451 4.3.0 Error: internal error, try again later"
 
     def _new_message(
@@ -498,8 +527,13 @@ class RelayHandler:
         )
 
     def _received_header(
-        self, server: RelaySMTP, helo: str, client: str, queue_id: str,
-        recipients: tuple[Recipient, ...], now: float,
+        self,
+        server: RelaySMTP,
+        helo: str,
+        client: str,
+        queue_id: str,
+        recipients: tuple[Recipient, ...],
+        now: float,
     ) -> bytes:
         proto = "ESMTPS" if server.session is not None and server.session.ssl else "ESMTP"
         if server.session is not None and not server.session.extended_smtp:
@@ -556,7 +590,8 @@ def make_protocol_factory(
         }
         proto._auth_methods = {  # noqa: SLF001
             name: attr._replace(method=types.MethodType(attr.method.__func__, proto))  # type: ignore[attr-defined]
-            if attr.is_builtin else attr
+            if attr.is_builtin
+            else attr
             for name, attr in auth_methods.items()
         }
         return proto

@@ -40,35 +40,56 @@ class Observer:
         self.registry = CollectorRegistry()
         r = self.registry
         self.accepted = Counter(
-            "relayguard_accepted_messages", "Messages accepted (answered 250) by the front end",
-            registry=r)
+            "relayguard_accepted_messages",
+            "Messages accepted (answered 250) by the front end",
+            registry=r,
+        )
         self.delivered = Counter(
-            "relayguard_delivered_recipients", "Recipients delivered, by route",
-            ["route"], registry=r)
+            "relayguard_delivered_recipients",
+            "Recipients delivered, by route",
+            ["route"],
+            registry=r,
+        )
         self.deferred = Counter(
-            "relayguard_deferred_recipients", "Recipients deferred, by route and policy rule",
-            ["route", "rule"], registry=r)
+            "relayguard_deferred_recipients",
+            "Recipients deferred, by route and policy rule",
+            ["route", "rule"],
+            registry=r,
+        )
         self.rerouted = Counter(
-            "relayguard_rerouted_recipients", "Recipients rerouted, by route and policy rule",
-            ["route", "rule"], registry=r)
+            "relayguard_rerouted_recipients",
+            "Recipients rerouted, by route and policy rule",
+            ["route", "rule"],
+            registry=r,
+        )
         self.bounced = Counter(
             "relayguard_bounced_recipients",
             "Recipients bounced (NDR), by route and policy rule ('operator', 'lifetime')",
-            ["route", "rule"], registry=r)
+            ["route", "rule"],
+            registry=r,
+        )
         self.latency = Histogram(
             "relayguard_delivery_duration_seconds",
             "Time of one delivery transaction through a route, from connection to reply",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r)
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue = Gauge(
             "relayguard_queue_messages",
             "Messages in the queue by state (active: due now; deferred: waiting; held)",
-            ["state"], registry=r)
+            ["state"],
+            registry=r,
+        )
         self.oldest = Gauge(
-            "relayguard_oldest_message_age_seconds", "Age of the oldest queued message",
-            registry=r)
+            "relayguard_oldest_message_age_seconds", "Age of the oldest queued message", registry=r
+        )
         self.suspensions = Gauge(
-            "relayguard_route_suspensions", "Active route suspensions, by route",
-            ["route"], registry=r)
+            "relayguard_route_suspensions",
+            "Active route suspensions, by route",
+            ["route"],
+            registry=r,
+        )
         self.routes = tuple(routes)
         for route in self.routes:
             self.delivered.labels(route)
@@ -76,7 +97,8 @@ class Observer:
         for state in ("active", "deferred", "held"):
             self.queue.labels(state)
         self.recent: dict[str, deque[dict[str, Any]]] = {
-            route: deque(maxlen=RECENT) for route in self.routes}
+            route: deque(maxlen=RECENT) for route in self.routes
+        }
         self.counts: dict[str, dict[str, int]] = {route: {} for route in self.routes}
         self._last_transaction: tuple[object, ...] = ()
 
@@ -93,8 +115,9 @@ class Observer:
         if event == "delivered":
             self.delivered.labels(route).inc(count)
         else:
-            {"deferred": self.deferred, "rerouted": self.rerouted,
-             "bounced": self.bounced}[event].labels(route, rule).inc(count)
+            {"deferred": self.deferred, "rerouted": self.rerouted, "bounced": self.bounced}[
+                event
+            ].labels(route, rule).inc(count)
         if "duration" in fields and route:
             # One transaction whose recipients got different replies is reported as one
             # event per reply, one after the other, with the same duration: observe once.
@@ -103,10 +126,14 @@ class Observer:
                 self.latency.labels(route).observe(float(fields["duration"]))
             self._last_transaction = key
         if route in self.recent:
-            reply = " ".join(str(fields[k]) for k in ("code", "enhanced", "text")
-                             if fields.get(k) not in (None, ""))
-            self.recent[route].appendleft({"at": self.clock.now(), "event": event,
-                                           "reply": reply, "rule": rule or None})
+            reply = " ".join(
+                str(fields[k])
+                for k in ("code", "enhanced", "text")
+                if fields.get(k) not in (None, "")
+            )
+            self.recent[route].appendleft(
+                {"at": self.clock.now(), "event": event, "reply": reply, "rule": rule or None}
+            )
             per_route = self.counts[route]
             per_route[event] = per_route.get(event, 0) + count
 
@@ -135,7 +162,10 @@ class MetricsServer:
     """GET /metrics and GET /healthz over plain HTTP/1.1 (one request per connection)."""
 
     def __init__(
-        self, observer: Observer, healthy: Callable[[], bool], spool_dir: Path,
+        self,
+        observer: Observer,
+        healthy: Callable[[], bool],
+        spool_dir: Path,
         suspensions: Callable[[], Iterable[Suspension]],
     ) -> None:
         self.observer = observer
@@ -185,8 +215,13 @@ class MetricsServer:
         return 404, "text/plain", b"not found: try /metrics or /healthz\n"
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        reasons = {200: "OK", 400: "Bad Request", 404: "Not Found",
-                   405: "Method Not Allowed", 503: "Service Unavailable"}
+        reasons = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            503: "Service Unavailable",
+        }
         try:
             accept = ""
             async with asyncio.timeout(10):
@@ -199,8 +234,10 @@ class MetricsServer:
                 status, ctype, body = await self._respond(request[0], request[1], accept)
             else:
                 status, ctype, body = 400, "text/plain", b"bad request\n"
-            head = (f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+            head = (
+                f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
             writer.write(head.encode("latin-1") + (b"" if request[:1] == ["HEAD"] else body))
             await writer.drain()
         except (TimeoutError, ConnectionError):

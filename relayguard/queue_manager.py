@@ -70,6 +70,7 @@ class _Round:
         if self._rng is None:
             self._rng = random.Random(self.seed)
         return self._rng
+
     next_times: list[float] = field(default_factory=list)
 
 
@@ -101,8 +102,9 @@ class QueueManager:
         self.routes = RouteTable(self._route_names)
         # The route's connection cap lives here, with the rest of the scheduling, so a
         # message waiting for a connection can still be told to stand down.
-        self._route_slots = {r.name: asyncio.Semaphore(r.max_connections)
-                             for r in self.settings.routes}
+        self._route_slots = {
+            r.name: asyncio.Semaphore(r.max_connections) for r in self.settings.routes
+        }
         if not self.max_in_flight:
             self.max_in_flight = 2 * sum(r.max_connections for r in self.settings.routes)
 
@@ -160,18 +162,29 @@ class QueueManager:
         message, body = loaded
         now = self.clock.now()
         pending = {r.address for r in message.pending}
-        message.envelope = message.envelope.with_recipients(tuple(
-            _failed(r, reply, rule) if r.address in pending else r
-            for r in message.envelope.recipients))
+        message.envelope = message.envelope.with_recipients(
+            tuple(
+                _failed(r, reply, rule) if r.address in pending else r
+                for r in message.envelope.recipients
+            )
+        )
         failed = [r for r in message.envelope.recipients if r.address in pending]
         message.state = MessageState.DONE
         reports = self.build_reports(message, body, failed, "bounce", now) if failed else []
         for report in await self.spool.finish_with_reports(message, [], reports):
             self.enqueue(report)
         addresses = sorted(pending)
-        log.info("bounced", queue_id=message.queue_id, message_id=message.message_id,
-                 recipients=addresses, rule=rule, code=reply.code, enhanced=reply.enhanced,
-                 text=reply.text, reason="bounced by the operator")
+        log.info(
+            "bounced",
+            queue_id=message.queue_id,
+            message_id=message.message_id,
+            recipients=addresses,
+            rule=rule,
+            code=reply.code,
+            enhanced=reply.enhanced,
+            text=reply.text,
+            reason="bounced by the operator",
+        )
         self.on_event("bounced", {"route": "", "rule": rule, "recipients": addresses})
         return addresses
 
@@ -179,8 +192,9 @@ class QueueManager:
         """Lift a route's suspensions early (all, or for one destination); how many."""
         lifted = self.routes.resume(route, destination)
         if lifted:
-            log.info("route_resumed", route=route, destination=destination or "*",
-                     suspensions=lifted)
+            log.info(
+                "route_resumed", route=route, destination=destination or "*", suspensions=lifted
+            )
             self._wake.set()
         return lifted
 
@@ -220,9 +234,13 @@ class QueueManager:
             for task in pending:
                 task.cancel()
             if pending:
-                log.warning("deliveries_cut", count=len(pending), grace=grace,
-                            reason="still in flight at the end of the grace period; "
-                                   "they stay queued and may be sent again")
+                log.warning(
+                    "deliveries_cut",
+                    count=len(pending),
+                    grace=grace,
+                    reason="still in flight at the end of the grace period; "
+                    "they stay queued and may be sent again",
+                )
                 await asyncio.wait(pending)
 
     async def drain(self) -> None:
@@ -252,8 +270,10 @@ class QueueManager:
         if message.state is not MessageState.ACTIVE:
             return
         before = {r.address: r.state for r in message.envelope.recipients}
-        rnd = _Round({r.address: r for r in message.envelope.recipients},
-                     seed=f"{message.queue_id}/{len(message.attempts)}")
+        rnd = _Round(
+            {r.address: r for r in message.envelope.recipients},
+            seed=f"{message.queue_id}/{len(message.attempts)}",
+        )
         by_domain: dict[str, list[Recipient]] = {}
         for r in message.pending:
             by_domain.setdefault(r.domain, []).append(r)
@@ -287,18 +307,24 @@ class QueueManager:
             self._wake.set()
 
     def _reports(
-        self, message: QueuedMessage, body: bytes, before: dict[str, RecipientState],
-        rnd: _Round, now: float,
+        self,
+        message: QueuedMessage,
+        body: bytes,
+        before: dict[str, RecipientState],
+        rnd: _Round,
+        now: float,
     ) -> list[NewMessage]:
         """NDRs for new failures, a delay warning once past [queue] delay_warning, and
         'relayed' reports for NOTIFY=SUCCESS through peers without DSN."""
         recipients = message.envelope.recipients
         failed = [
-            r for r in recipients
+            r
+            for r in recipients
             if r.state is RecipientState.FAILED and before[r.address] is RecipientState.QUEUED
         ]
-        relayed = [r for r in recipients
-                   if r.address in rnd.relayed_without_dsn and "SUCCESS" in r.notify]
+        relayed = [
+            r for r in recipients if r.address in rnd.relayed_without_dsn and "SUCCESS" in r.notify
+        ]
         warn_after = self.settings.queue.delay_warning
         delayed: list[Recipient] = []
         if warn_after and now - message.arrival_at >= warn_after:
@@ -309,12 +335,19 @@ class QueueManager:
                 reports += self.build_reports(message, body, group, kind, now)
         if delayed:
             warned = {r.address for r in delayed}
-            message.envelope = message.envelope.with_recipients(tuple(
-                replace(r, delay_warned=True) if r.address in warned else r for r in recipients))
+            message.envelope = message.envelope.with_recipients(
+                tuple(
+                    replace(r, delay_warned=True) if r.address in warned else r for r in recipients
+                )
+            )
         return reports
 
     async def _deliver_domain(
-        self, message: QueuedMessage, body: bytes, domain: str, recipients: list[Recipient],
+        self,
+        message: QueuedMessage,
+        body: bytes,
+        domain: str,
+        recipients: list[Recipient],
         rnd: _Round,
     ) -> None:
         tried: set[str] = set()
@@ -346,8 +379,17 @@ class QueueManager:
                 self._slot_freed.set()
                 self._slot_freed.clear()
             tried.add(route)
-            todo, prefer = self._apply(message, route, domain, todo, outcome, rnd,
-                                       (started, finished), tried=frozenset(tried), probe=probe)
+            todo, prefer = self._apply(
+                message,
+                route,
+                domain,
+                todo,
+                outcome,
+                rnd,
+                (started, finished),
+                tried=frozenset(tried),
+                probe=probe,
+            )
 
     async def _take_slot(self, route: str, domain: str) -> bool:
         """One of the route's connections (max_connections, and a throttle's lower cap for
@@ -391,8 +433,14 @@ class QueueManager:
         )
 
     def _hold(
-        self, message: QueuedMessage, domain: str, todo: list[Recipient], rnd: _Round, now: float,
-        *, after_attempt: bool,
+        self,
+        message: QueuedMessage,
+        domain: str,
+        todo: list[Recipient],
+        rnd: _Round,
+        now: float,
+        *,
+        after_attempt: bool,
     ) -> None:
         """No route may take this destination now: wait, spending no attempt."""
         wait = self.routes.wait_until(domain, now)
@@ -400,24 +448,48 @@ class QueueManager:
         if now - message.arrival_at >= self.policy.max_lifetime:
             for r in todo:
                 last = rnd.recipients[r.address].last_reply or Reply(
-                    421, "4.4.7", "message expired while every route was suspended",
-                    Phase.CONNECT, synthetic=True)
+                    421,
+                    "4.4.7",
+                    "message expired while every route was suspended",
+                    Phase.CONNECT,
+                    synthetic=True,
+                )
                 rnd.recipients[r.address] = _failed(rnd.recipients[r.address], last, "lifetime")
-            log.info("bounced", queue_id=message.queue_id, message_id=message.message_id,
-                     recipients=[r.address for r in todo], rule="lifetime",
-                     reason="message lifetime expired while held")
-            self.on_event("bounced", {"route": "", "rule": "lifetime",
-                                      "recipients": [r.address for r in todo]})
+            log.info(
+                "bounced",
+                queue_id=message.queue_id,
+                message_id=message.message_id,
+                recipients=[r.address for r in todo],
+                rule="lifetime",
+                reason="message lifetime expired while held",
+            )
+            self.on_event(
+                "bounced",
+                {"route": "", "rule": "lifetime", "recipients": [r.address for r in todo]},
+            )
             return
         rnd.next_times.append(at)
         if not after_attempt:
-            log.info("held", queue_id=message.queue_id, destination=domain, until=at,
-                     recipients=len(todo))
+            log.info(
+                "held",
+                queue_id=message.queue_id,
+                destination=domain,
+                until=at,
+                recipients=len(todo),
+            )
 
     def _apply(
-        self, message: QueuedMessage, route: str, domain: str, todo: list[Recipient],
-        outcome: Outcome, rnd: _Round, span: tuple[float, float],
-        *, tried: frozenset[str], probe: bool,
+        self,
+        message: QueuedMessage,
+        route: str,
+        domain: str,
+        todo: list[Recipient],
+        outcome: Outcome,
+        rnd: _Round,
+        span: tuple[float, float],
+        *,
+        tried: frozenset[str],
+        probe: bool,
     ) -> tuple[list[Recipient], tuple[str, ...]]:
         """Turn replies into recipient states and attempts; return what to try next, where."""
         started, finished = span
@@ -434,27 +506,64 @@ class QueueManager:
                     rnd.recipients[r.address] = _delivered(rnd.recipients[r.address], reply, route)
                     if not outcome.peer_has_dsn:
                         rnd.relayed_without_dsn.add(r.address)
-                rnd.attempts.append(Attempt(started, route, addresses, reply, "delivered", "",
-                                            finished - started))
-                self._log("delivered", message, route, addresses, reply, finished - started,
-                          probe=probe, possible_duplicate=outcome.possible_duplicate)
+                rnd.attempts.append(
+                    Attempt(started, route, addresses, reply, "delivered", "", finished - started)
+                )
+                self._log(
+                    "delivered",
+                    message,
+                    route,
+                    addresses,
+                    reply,
+                    finished - started,
+                    probe=probe,
+                    possible_duplicate=outcome.possible_duplicate,
+                )
                 continue
             view = RouteView(
-                route=route, destination=domain,
+                route=route,
+                destination=domain,
                 routes=self._mail_routes if route in self._mail_routes else (route,),
                 tried_now=tried,
                 suspended=self.routes.suspended_routes(domain, finished),
             )
-            decision = decide(reply, history, view, finished, self.policy,
-                              arrival_at=message.arrival_at, rng=rnd.rng())
+            decision = decide(
+                reply,
+                history,
+                view,
+                finished,
+                self.policy,
+                arrival_at=message.arrival_at,
+                rng=rnd.rng(),
+            )
             self._apply_route_effects(decision)
-            rnd.attempts.append(Attempt(started, route, addresses, reply, decision.action.value,
-                                        decision.rule, finished - started))
-            event = {Action.DEFER: "deferred", Action.REROUTE: "rerouted",
-                     Action.BOUNCE: "bounced"}[decision.action]
-            self._log(event, message, route, addresses, reply, finished - started,
-                      decision=decision, probe=probe,
-                      possible_duplicate=outcome.possible_duplicate)
+            rnd.attempts.append(
+                Attempt(
+                    started,
+                    route,
+                    addresses,
+                    reply,
+                    decision.action.value,
+                    decision.rule,
+                    finished - started,
+                )
+            )
+            event = {
+                Action.DEFER: "deferred",
+                Action.REROUTE: "rerouted",
+                Action.BOUNCE: "bounced",
+            }[decision.action]
+            self._log(
+                event,
+                message,
+                route,
+                addresses,
+                reply,
+                finished - started,
+                decision=decision,
+                probe=probe,
+                possible_duplicate=outcome.possible_duplicate,
+            )
             for r in rcpts:
                 cur = rnd.recipients[r.address]
                 if decision.action is Action.BOUNCE:
@@ -474,26 +583,49 @@ class QueueManager:
     def _apply_route_effects(self, decision: Decision) -> None:
         if decision.suspend is not None:
             self.routes.suspend(decision.suspend)
-            log.warning("route_suspended", route=decision.suspend.route,
-                        destination=decision.suspend.destination, until=decision.suspend.until,
-                        reason=decision.suspend.reason, rule=decision.suspend.rule)
+            log.warning(
+                "route_suspended",
+                route=decision.suspend.route,
+                destination=decision.suspend.destination,
+                until=decision.suspend.until,
+                reason=decision.suspend.reason,
+                rule=decision.suspend.rule,
+            )
             self.on_event("route_suspended", {"route": decision.suspend.route})
         if decision.throttle is not None:
             self.routes.throttle(decision.throttle)
-            log.warning("route_throttled", route=decision.throttle.route,
-                        destination=decision.throttle.destination,
-                        max_connections=decision.throttle.max_connections,
-                        until=decision.throttle.until, rule=decision.throttle.rule)
+            log.warning(
+                "route_throttled",
+                route=decision.throttle.route,
+                destination=decision.throttle.destination,
+                max_connections=decision.throttle.max_connections,
+                until=decision.throttle.until,
+                rule=decision.throttle.rule,
+            )
 
     def _log(
-        self, event: str, message: QueuedMessage, route: str, recipients: tuple[str, ...],
-        reply: Reply, duration: float, *, decision: Decision | None = None, probe: bool = False,
+        self,
+        event: str,
+        message: QueuedMessage,
+        route: str,
+        recipients: tuple[str, ...],
+        reply: Reply,
+        duration: float,
+        *,
+        decision: Decision | None = None,
+        probe: bool = False,
         possible_duplicate: bool = False,
     ) -> None:
         fields: dict[str, Any] = {
-            "queue_id": message.queue_id, "message_id": message.message_id, "route": route,
-            "recipients": list(recipients), "code": reply.code, "enhanced": reply.enhanced,
-            "text": reply.text, "remote_host": reply.remote_host, "phase": reply.phase.value,
+            "queue_id": message.queue_id,
+            "message_id": message.message_id,
+            "route": route,
+            "recipients": list(recipients),
+            "code": reply.code,
+            "enhanced": reply.enhanced,
+            "text": reply.text,
+            "remote_host": reply.remote_host,
+            "phase": reply.phase.value,
             "duration": round(duration, 4),
         }
         if decision is not None:
@@ -521,4 +653,3 @@ def _failed(r: Recipient, reply: Reply, rule: str) -> Recipient:
 
 def _with_reply(r: Recipient, reply: Reply) -> Recipient:
     return replace(r, last_reply=reply)
-

@@ -48,13 +48,15 @@ def summarize(message: QueuedMessage, now: float) -> Json:
     recipients = []
     for r in message.envelope.recipients:
         last = _last_attempt(message.attempts, r.address)
-        recipients.append({
-            "address": r.address,
-            "state": r.state.value,
-            "last_reply": r.last_reply.render() if r.last_reply else None,
-            "route": last.route if last else r.delivered_via,
-            "rule": r.failed_rule or (last.rule if last else None) or None,
-        })
+        recipients.append(
+            {
+                "address": r.address,
+                "state": r.state.value,
+                "last_reply": r.last_reply.render() if r.last_reply else None,
+                "route": last.route if last else r.delivered_via,
+                "rule": r.failed_rule or (last.rule if last else None) or None,
+            }
+        )
     return {
         "queue_id": message.queue_id,
         "state": display_state(message, now),
@@ -108,7 +110,10 @@ def pending_domains(summary: Mapping[str, Any]) -> list[str]:
 
 
 def matches(
-    summary: Mapping[str, Any], *, state: str | None = None, domain: str | None = None,
+    summary: Mapping[str, Any],
+    *,
+    state: str | None = None,
+    domain: str | None = None,
     route: str | None = None,
 ) -> bool:
     """`queue list` filters: display state; a pending recipient in `domain`; a pending
@@ -121,9 +126,7 @@ def matches(
     return route is None or any(r["route"] == route for r in pending)
 
 
-def shape(
-    summaries: Iterable[Mapping[str, Any]], buckets: Sequence[int] = SHAPE_BUCKETS
-) -> Json:
+def shape(summaries: Iterable[Mapping[str, Any]], buckets: Sequence[int] = SHAPE_BUCKETS) -> Json:
     """Messages by destination domain and age, like Postfix's qshape. A message with
     pending recipients in two domains counts once in each."""
     width = len(buckets) + 1
@@ -153,8 +156,11 @@ def format_time(ts: float) -> str:
 def format_span(seconds: float) -> str:
     """3s, 4m10s, 2h5m, 3d4h: two units at most."""
     s = int(max(0.0, seconds))
-    for unit, size, small, small_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
-                                          ("m", 60, "s", 1)):
+    for unit, size, small, small_size in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
         if s >= size:
             rest = (s % size) // small_size
             return f"{s // size}{unit}{rest}{small}" if rest else f"{s // size}{unit}"
@@ -191,8 +197,10 @@ def format_list(summaries: Sequence[Mapping[str, Any]], now: float) -> str:
     lines = [f"{'Queue ID':<{w}} {'State':<8} {'Size':>8}  {'Age':<7} {'Next try':<10} Sender"]
     for s in summaries:
         nxt = "-" if s["state"] == "held" else format_when(s["next_attempt_at"], now)
-        lines.append(f"{s['queue_id']:<{w}} {s['state']:<8} {s['size']:>8}  "
-                     f"{format_span(s['age']):<7} {nxt:<10} <{s['sender']}>")
+        lines.append(
+            f"{s['queue_id']:<{w}} {s['state']:<8} {s['size']:>8}  "
+            f"{format_span(s['age']):<7} {nxt:<10} <{s['sender']}>"
+        )
         lines += [f"    {_recipient_line(r)}" for r in s["recipients"]]
     size = sum(int(s["size"]) for s in summaries)
     lines.append(f"-- {len(summaries)} message(s), {size} bytes")
@@ -230,8 +238,10 @@ def format_show(d: Mapping[str, Any], now: float) -> str:
     lines.append(f"Attempts: {len(d['history'])}")
     for a in d["history"]:
         decided = a["action"] + (f" by rule {a['rule']}" if a["rule"] else "")
-        lines.append(f"  {format_time(a['at'])} route {a['route']} "
-                     f"({a['duration']:.2f}s) {', '.join(a['recipients'])}")
+        lines.append(
+            f"  {format_time(a['at'])} route {a['route']} "
+            f"({a['duration']:.2f}s) {', '.join(a['recipients'])}"
+        )
         lines.append(f"      {a['reply']}{' (synthetic)' if a['synthetic'] else ''} -> {decided}")
     return "\n".join(lines)
 
@@ -250,19 +260,25 @@ def format_routes(data: Mapping[str, Any]) -> str:
     now = float(data["now"])
     lines: list[str] = []
     if not data["running"]:
-        lines.append("relayguard is not running: route state (suspensions, connections) lives "
-                     "in the server; these are the configured routes.")
+        lines.append(
+            "relayguard is not running: route state (suspensions, connections) lives "
+            "in the server; these are the configured routes."
+        )
     for r in data["routes"]:
-        lines.append(f"{r['name']}  {r['host']}:{r['port']}  "
-                     f"connections {r['connections']}/{r['max_connections']}")
+        lines.append(
+            f"{r['name']}  {r['host']}:{r['port']}  "
+            f"connections {r['connections']}/{r['max_connections']}"
+        )
         lines.extend(
             f"  suspended for {s['destination']} until {format_time(s['until'])} "
             f"({format_when(s['until'], now)}): {s['reason']} [rule {s['rule']}]"
-            for s in r["suspensions"])
+            for s in r["suspensions"]
+        )
         lines.extend(
             f"  throttled for {t['destination']} to {t['max_connections']} "
             f"connection(s) until {format_time(t['until'])} [rule {t['rule']}]"
-            for t in r["throttles"])
+            for t in r["throttles"]
+        )
         if r["probing"]:
             lines.append(f"  probing (one message at a time): {', '.join(r['probing'])}")
         if not r["suspensions"] and not r["throttles"] and data["running"]:

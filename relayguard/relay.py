@@ -78,13 +78,13 @@ class Relay:
         if self.sender is None:
             self.sender = Delivery(s.routes, s.server.hostname)
         builder = self.build_reports or make_report_builder(s)
-        self.manager = QueueManager(s, self.spool, self.sender, self.clock, policy_for(s),
-                                    build_reports=builder)
+        self.manager = QueueManager(
+            s, self.spool, self.sender, self.clock, policy_for(s), build_reports=builder
+        )
         self.observer = Observer(self.clock, [r.name for r in s.routes])
         self.manager.on_event = self.observer.on_event
         await self.manager.load()
-        self.handler = RelayHandler(s.server, self.spool, self.clock,
-                                    on_accepted=self._accepted)
+        self.handler = RelayHandler(s.server, self.spool, self.clock, on_accepted=self._accepted)
         workers = s.server.workers if self.config_path is not None else 0
         host, port = s.server.listen
         if workers:
@@ -93,7 +93,11 @@ class Relay:
             self._reserved = bind_listener(host, port, reuse_port=True, listen=False)
             assert self.config_path is not None
             self._workers = await WorkerPool.start(
-                self.config_path, workers, host, self.address[1], self._worker_accepted,
+                self.config_path,
+                workers,
+                host,
+                self.address[1],
+                self._worker_accepted,
             )
             self._poll_task = asyncio.create_task(self._poll_spool())
         else:
@@ -104,14 +108,24 @@ class Relay:
         self._run_task = asyncio.create_task(self.manager.run())
         self.control = ControlServer(
             Controller(s, self.spool, self.manager, self.clock, self.observer),
-            socket_path(s.server.spool))
+            socket_path(s.server.spool),
+        )
         await self.control.start()
         if s.metrics.listen is not None:
-            self.metrics = MetricsServer(self.observer, self.healthy, s.server.spool,
-                                         lambda: list(self.manager.routes.suspensions.values()))
+            self.metrics = MetricsServer(
+                self.observer,
+                self.healthy,
+                s.server.spool,
+                lambda: list(self.manager.routes.suspensions.values()),
+            )
             await self.metrics.start(*s.metrics.listen)
-        log.info("listening", address=self.address, routes=[r.name for r in s.routes],
-                 spool=str(s.server.spool), pid=os.getpid())
+        log.info(
+            "listening",
+            address=self.address,
+            routes=[r.name for r in s.routes],
+            spool=str(s.server.spool),
+            pid=os.getpid(),
+        )
         self.on_ready()
 
     async def _poll_spool(self) -> None:
@@ -210,11 +224,13 @@ class Relay:
         # Policies, retry timing and reports change at once; the listener, the spool
         # and the routes' connections are built at start, so those changes wait.
         needs_restart = [
-            name for name, before, after in (
+            name
+            for name, before, after in (
                 ("server", old.server, settings.server),
                 ("route", old.routes, settings.routes),
                 ("metrics", old.metrics, settings.metrics),
-            ) if before != after
+            )
+            if before != after
         ]
         kept = replace(settings, server=old.server, routes=old.routes, metrics=old.metrics)
         self.settings = kept
@@ -222,8 +238,11 @@ class Relay:
         self.manager.policy = policy
         self.manager.build_reports = self.build_reports or make_report_builder(kept)
         if needs_restart:
-            log.warning("reload_needs_restart", sections=needs_restart,
-                        reason="these sections are read at start; restart to apply them")
+            log.warning(
+                "reload_needs_restart",
+                sections=needs_restart,
+                reason="these sections are read at start; restart to apply them",
+            )
         log.info("reloaded", config=str(self.config_path), policy_rules=len(policy.rules))
 
     async def wait_stopped(self) -> None:
@@ -256,8 +275,11 @@ async def serve(
     mode = "listening"
     if sender is not None:
         mode = "test mode, listening"
-        log.warning("test_mode", delivering="nowhere: every transaction is captured in-process",
-                    routes=[r.name for r in settings.routes])
+        log.warning(
+            "test_mode",
+            delivering="nowhere: every transaction is captured in-process",
+            routes=[r.name for r in settings.routes],
+        )
     systemd.notify(f"READY=1\nSTATUS={mode} on {relay.address[0]}:{relay.address[1]}")
     watchdog = asyncio.create_task(systemd.run_watchdog(relay.healthy))
     await stop_requested.wait()

@@ -25,8 +25,11 @@ def make_report_builder(settings: Settings) -> ReportBuilder:
     def build(
         message: QueuedMessage, body: bytes, recipients: Sequence[Recipient], kind: str, now: float
     ) -> list[NewMessage]:
-        ctx = bounce.ReportContext(reporting_mta=settings.server.hostname, now=now,
-                                   max_lifetime=settings.queue.max_lifetime)
+        ctx = bounce.ReportContext(
+            reporting_mta=settings.server.hostname,
+            now=now,
+            max_lifetime=settings.queue.max_lifetime,
+        )
         record = bounce.bounce_record(message, recipients, kind, ctx, None)
         log.info("report_record", **record)
         if record_file is not None:
@@ -35,18 +38,29 @@ def make_report_builder(settings: Settings) -> ReportBuilder:
             report = bounce.build_ndr(message, body, recipients, ctx)
         elif kind == "delay":
             report = bounce.build_delay_warning(
-                message, body, recipients, ctx,
+                message,
+                body,
+                recipients,
+                ctx,
                 will_retry_until=message.arrival_at + settings.queue.max_lifetime,
             )
         else:
             report = bounce.build_relayed_report(message, body, recipients, ctx)
         if report is None:
-            log.info("report_suppressed", queue_id=message.queue_id, kind=kind,
-                     reason="null sender or NOTIFY")
+            log.info(
+                "report_suppressed",
+                queue_id=message.queue_id,
+                kind=kind,
+                reason="null sender or NOTIFY",
+            )
             return []
         sender, rcpt = bounce.report_envelope(message)
-        env = Envelope(sender=sender, recipients=(Recipient(rcpt),), pinned_routes=pinned,
-                       mail_options=bounce.report_mail_options(message, report))
+        env = Envelope(
+            sender=sender,
+            recipients=(Recipient(rcpt),),
+            pinned_routes=pinned,
+            mail_options=bounce.report_mail_options(message, report),
+        )
         return [NewMessage(envelope=env, body=report, arrival_at=now)]
 
     return build

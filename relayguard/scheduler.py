@@ -115,7 +115,11 @@ class RouteTable:
         return key is not None and self.probing[key].in_flight
 
     def choose(
-        self, destination: str, now: float, *, exclude: Iterable[str] = (),
+        self,
+        destination: str,
+        now: float,
+        *,
+        exclude: Iterable[str] = (),
         prefer: Sequence[str] = (),
     ) -> str | None:
         """The first usable route, `prefer`red ones first; None if all are held back."""
@@ -179,8 +183,11 @@ class RouteTable:
     def throttle(self, t: Throttle) -> None:
         key = (t.route, t.destination)
         current = self.throttles.get(key)
-        if (current is None or current.until < t.until
-                or current.max_connections > t.max_connections):
+        if (
+            current is None
+            or current.until < t.until
+            or current.max_connections > t.max_connections
+        ):
             self.throttles[key] = t
 
     def resume(self, route: str, destination: str | None = None) -> int:

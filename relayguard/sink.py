@@ -29,7 +29,8 @@ class SinkHandler:
         print(
             f"sink: #{self.count} from=<{envelope.mail_from}> to={envelope.rcpt_tos} "
             f"size={len(content)} stored={key}",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
         return "250 2.0.0 Ok: stored"
 
@@ -38,9 +39,11 @@ async def run_sink(host: str, port: int, maildir: Path | None) -> None:
     handler = SinkHandler(maildir)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="sink.example.test", decode_data=False,
-                     enable_SMTPUTF8=True),
-        host, port,
+        lambda: SMTP(
+            handler, hostname="sink.example.test", decode_data=False, enable_SMTPUTF8=True
+        ),
+        host,
+        port,
     )
     print(f"sink: listening on {host}:{port}", file=sys.stderr, flush=True)
     async with server:

@@ -61,6 +61,7 @@ def bind_listener(
 def per_worker_limits(settings: Settings, workers: int) -> ConnectionLimits:
     """Each process enforces its share of the connection caps."""
     s = settings.server
+
     def share(cap: int) -> int:
         return max(1, -(-cap // max(1, workers)))  # rounded up
 
@@ -100,10 +101,28 @@ class WorkerPool:
             ours.setblocking(False)  # noqa: FBT003 - socket API
             # fork+exec returns at once; asyncio's subprocess API would own the pipes
             proc = subprocess.Popen(  # noqa: S603, ASYNC220
-                [sys.executable, "-m", "relayguard", "worker", "--config", str(config_path),
-                 "--port", str(port), "--host", host, "--notify-fd", str(theirs.fileno()),
-                 "--workers", str(count), "--index", str(index + 1),
-                 "--parent", str(os.getpid()), "--log-level", rg_logging.current_level],
+                [
+                    sys.executable,
+                    "-m",
+                    "relayguard",
+                    "worker",
+                    "--config",
+                    str(config_path),
+                    "--port",
+                    str(port),
+                    "--host",
+                    host,
+                    "--notify-fd",
+                    str(theirs.fileno()),
+                    "--workers",
+                    str(count),
+                    "--index",
+                    str(index + 1),
+                    "--parent",
+                    str(os.getpid()),
+                    "--log-level",
+                    rg_logging.current_level,
+                ],
                 pass_fds=(theirs.fileno(),),
             )
             theirs.close()
@@ -176,7 +195,12 @@ async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
 
 
 async def run_worker(
-    settings: Settings, host: str, port: int, notify_fd: int, workers: int, index: int,
+    settings: Settings,
+    host: str,
+    port: int,
+    notify_fd: int,
+    workers: int,
+    index: int,
     parent: int,
 ) -> None:
     """A front end only: accept, commit, tell the main process; no delivery."""

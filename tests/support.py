@@ -61,7 +61,9 @@ class UpstreamHandler:
     data_delay: float = 0.0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
         reply = self.on_mail(session.peer[0], address)
         if reply:
             return reply
@@ -69,7 +71,9 @@ class UpstreamHandler:
         envelope.mail_options.extend(options)
         return "250 2.1.0 Ok"
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
         reply = self.on_rcpt(session.peer[0], address)
         if reply:
             return reply
@@ -95,9 +99,16 @@ class UpstreamHandler:
             return reply
         # aiosmtpd keeps the null sender as "<>"
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
-        self.received.append(Received(sender, list(envelope.rcpt_tos),
-                                      envelope.original_content, peer,
-                                      list(envelope.mail_options), list(envelope.rcpt_options)))
+        self.received.append(
+            Received(
+                sender,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                peer,
+                list(envelope.mail_options),
+                list(envelope.rcpt_options),
+            )
+        )
         self.arrived.set()
         return "250 2.0.0 Ok: queued"
 
@@ -105,8 +116,15 @@ class UpstreamHandler:
 class ScriptedSMTP(SMTP):  # type: ignore[misc]
     """aiosmtpd that can refuse at the greeting (per peer address) and accepts DSN params."""
 
-    def __init__(self, handler: UpstreamHandler, *, dsn: bool, starttls: bool,
-                 extensions: tuple[str, ...] = (), **kw: Any) -> None:
+    def __init__(
+        self,
+        handler: UpstreamHandler,
+        *,
+        dsn: bool,
+        starttls: bool,
+        extensions: tuple[str, ...] = (),
+        **kw: Any,
+    ) -> None:
         super().__init__(handler, decode_data=False, enable_SMTPUTF8=True, **kw)
         self._script = handler
         self._dsn = dsn
@@ -171,15 +189,24 @@ class Upstream:
 
 @contextlib.asynccontextmanager
 async def upstream(
-    handler: UpstreamHandler | None = None, *, host: str = "127.0.0.1", dsn: bool = False,
-    tls_context: Any = None, pipelining: bool = False,
+    handler: UpstreamHandler | None = None,
+    *,
+    host: str = "127.0.0.1",
+    dsn: bool = False,
+    tls_context: Any = None,
+    pipelining: bool = False,
 ) -> AsyncIterator[Upstream]:
     h = handler or UpstreamHandler()
 
     def factory() -> ScriptedSMTP:
-        return ScriptedSMTP(h, dsn=dsn, starttls=tls_context is not None,
-                            extensions=("PIPELINING",) if pipelining else (),
-                            hostname="upstream.test", tls_context=tls_context)
+        return ScriptedSMTP(
+            h,
+            dsn=dsn,
+            starttls=tls_context is not None,
+            extensions=("PIPELINING",) if pipelining else (),
+            hostname="upstream.test",
+            tls_context=tls_context,
+        )
 
     server = await asyncio.get_running_loop().create_server(factory, host, 0)
     port = server.sockets[0].getsockname()[1]
@@ -199,22 +226,31 @@ def free_port() -> int:
 def relay_settings(tmp: Path, routes: list[dict[str, Any]], extra: str = "") -> Settings:
     route_text = ""
     for r in routes:
-        route_text += "\n[[route]]\n" + "\n".join(
-            f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}"
-            for k, v in r.items()
-        ).replace("'", '"') + "\n"
-    text = textwrap.dedent(f"""
+        route_text += (
+            "\n[[route]]\n"
+            + "\n".join(
+                f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}"
+                for k, v in r.items()
+            ).replace("'", '"')
+            + "\n"
+        )
+    text = (
+        textwrap.dedent(f"""
         [server]
         listen = "127.0.0.1:0"
         hostname = "relay.test"
-        spool = "{tmp / 'spool'}"
+        spool = "{tmp / "spool"}"
         {extra}
-    """) + route_text
+    """)
+        + route_text
+    )
     return load_settings_text(text, "test.toml")
 
 
 @contextlib.asynccontextmanager
-async def running_relay(settings: Settings, clock: Clock | None = None, **kw: Any) -> AsyncIterator[Relay]:
+async def running_relay(
+    settings: Settings, clock: Clock | None = None, **kw: Any
+) -> AsyncIterator[Relay]:
     relay = Relay(settings, clock=clock or SystemClock(), **kw)
     await relay.start()
     try:
@@ -223,8 +259,14 @@ async def running_relay(settings: Settings, clock: Clock | None = None, **kw: An
         await relay.stop(grace=2)
 
 
-def make_message(n: int = 0, *, to: str = "rcpt@example.com", sender: str = "sender@example.org",
-                 body: str = "Hello.\r\n", extra_headers: str = "") -> bytes:
+def make_message(
+    n: int = 0,
+    *,
+    to: str = "rcpt@example.com",
+    sender: str = "sender@example.org",
+    body: str = "Hello.\r\n",
+    extra_headers: str = "",
+) -> bytes:
     return (
         f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: test {n}\r\n"
         f"Message-ID: <msg-{n}@test.example>\r\n{extra_headers}\r\n{body}"
@@ -232,15 +274,24 @@ def make_message(n: int = 0, *, to: str = "rcpt@example.com", sender: str = "sen
 
 
 async def send(
-    relay_address: tuple[str, int], sender: str, recipients: list[str], content: bytes,
-    *, mail_options: list[str] | None = None, rcpt_options: list[str] | None = None,
+    relay_address: tuple[str, int],
+    sender: str,
+    recipients: list[str],
+    content: bytes,
+    *,
+    mail_options: list[str] | None = None,
+    rcpt_options: list[str] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Send through the relay over SMTP; returns (refused recipients, final reply)."""
     host, port = relay_address
     async with aiosmtplib.SMTP(hostname=host, port=port, start_tls=False) as client:
-        return await client.sendmail(sender, recipients, content,
-                                     mail_options=mail_options or [],
-                                     rcpt_options=rcpt_options or [])
+        return await client.sendmail(
+            sender,
+            recipients,
+            content,
+            mail_options=mail_options or [],
+            rcpt_options=rcpt_options or [],
+        )
 
 
 async def raw_session(
@@ -282,5 +333,5 @@ def strip_received(content: bytes) -> bytes:
     end = 0
     while True:
         end = content.index(b"\r\n", end) + 2
-        if content[end:end + 1] not in (b"\t", b" "):
+        if content[end : end + 1] not in (b"\t", b" "):
             return content[end:]

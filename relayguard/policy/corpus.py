@@ -43,11 +43,25 @@ CORPUS_NOW = 1_700_000_000.0
 SEEDS = range(8)
 _REPLY_LINE = re.compile(r"^\s*([0-9]{3})(?:[ -]|$)(.*)$", re.DOTALL)
 _CASE_KEYS = (
-    "reply", "phase", "route", "domain", "synthetic", "tried", "suspended", "age", "expect",
+    "reply",
+    "phase",
+    "route",
+    "domain",
+    "synthetic",
+    "tried",
+    "suspended",
+    "age",
+    "expect",
     "note",
 )
 _EXPECT_KEYS = (
-    "rule", "action", "retry", "reroute_to", "suspend", "suspend_destination", "throttle",
+    "rule",
+    "action",
+    "retry",
+    "reroute_to",
+    "suspend",
+    "suspend_destination",
+    "throttle",
     "reason",
 )
 
@@ -193,9 +207,7 @@ def _check_delay(what: str, delay: float | None, spec: object) -> list[str]:
     return []
 
 
-def run_case(
-    policy: Policy, case: CorpusCase, seeds: Iterable[int] = SEEDS
-) -> list[str]:
+def run_case(policy: Policy, case: CorpusCase, seeds: Iterable[int] = SEEDS) -> list[str]:
     """Decide the case with each seed; the problems found, labelled."""
     history: Sequence[Attempt] = ()
     out: list[str] = []

@@ -191,8 +191,14 @@ def _read_action(t: _Table, treat_as: TreatAs | None) -> RuleAction:
 
 
 _NOT_FOR_BOUNCE = (
-    "retry_after", "backoff", "honor_retry_hint", "suspend_for", "suspend_scope", "reroute",
-    "give_up_after", "throttle",
+    "retry_after",
+    "backoff",
+    "honor_retry_hint",
+    "suspend_for",
+    "suspend_scope",
+    "reroute",
+    "give_up_after",
+    "throttle",
 )
 
 

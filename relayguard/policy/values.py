@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
 
+
 class NamedValueError(ValueError):
     """A ValueError whose message already names the bad value."""
 

@@ -21,34 +21,63 @@ example:
 
 
 def register(sub: Commands) -> None:
-    p = sub.add_parser("replay",
-                       help="replay a queue against scripted upstreams on a virtual clock")
-    p.description = ("Replay messages through the relay's queue manager and policy, against "
-                     "upstreams scripted by a scenario file, on a virtual clock. Routes and "
-                     "[queue] settings come from --config when it is given (only then), "
-                     "else from the scenario file.")
+    p = sub.add_parser(
+        "replay", help="replay a queue against scripted upstreams on a virtual clock"
+    )
+    p.description = (
+        "Replay messages through the relay's queue manager and policy, against "
+        "upstreams scripted by a scenario file, on a virtual clock. Routes and "
+        "[queue] settings come from --config when it is given (only then), "
+        "else from the scenario file."
+    )
     p.epilog = EXAMPLE
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--scenario", required=True, metavar="FILE", help="scenario file (TOML)")
-    p.add_argument("--input", required=True, metavar="PATH",
-                   help="relayguard spool directory, .eml directory, mbox, Maildir, Postfix "
-                        "queue files or `postcat -q` output")
-    p.add_argument("--format", default=None,
-                   choices=["spool", "eml", "mbox", "maildir", "postfix", "postcat"],
-                   help="input format (default: detected)")
-    p.add_argument("--policy", nargs="+", action="extend", default=[], metavar="FILE",
-                   help="policy files (default: the config's, else the packaged default)")
-    p.add_argument("--compare", nargs="+", action="extend", default=[], metavar="FILE",
-                   help="also replay under these policy files and show both side by side")
+    p.add_argument(
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="relayguard spool directory, .eml directory, mbox, Maildir, Postfix "
+        "queue files or `postcat -q` output",
+    )
+    p.add_argument(
+        "--format",
+        default=None,
+        choices=["spool", "eml", "mbox", "maildir", "postfix", "postcat"],
+        help="input format (default: detected)",
+    )
+    p.add_argument(
+        "--policy",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="policy files (default: the config's, else the packaged default)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="also replay under these policy files and show both side by side",
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--report", metavar="DIR", default=None,
-                   help="write DIR/result.json and DIR/report.html")
+    p.add_argument(
+        "--report", metavar="DIR", default=None, help="write DIR/result.json and DIR/report.html"
+    )
     p.add_argument("--json", action="store_true", help="print the result JSON, not the table")
-    p.add_argument("--progress", action="store_true",
-                   help="show a progress bar on stderr even when it is not a terminal")
-    p.add_argument("--log-level", default="error",
-                   choices=["debug", "info", "warning", "error", "critical"],
-                   help="relay log events to show on stderr (default error)")
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="show a progress bar on stderr even when it is not a terminal",
+    )
+    p.add_argument(
+        "--log-level",
+        default="error",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="relay log events to show on stderr (default error)",
+    )
     p.set_defaults(func=cmd_replay)
 
 
@@ -62,8 +91,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         prepared = runner.prepare(
-            args.scenario, args.input, config=getattr(args, "config", None),
-            policy_files=args.policy, compare=args.compare, input_format=args.format)
+            args.scenario,
+            args.input,
+            config=getattr(args, "config", None),
+            policy_files=args.policy,
+            compare=args.compare,
+            input_format=args.format,
+        )
     except (ScenarioError, ConfigError, PolicyError, InputError) as exc:
         sys.stderr.write(f"relayguard: {exc}\n")
         return 2
@@ -82,8 +116,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rg_logging.configure(clock=clock, stream=sys.stderr, level=args.log_level)
 
     try:
-        doc = runner.execute(prepared, seed=args.seed,
-                             progress=bar.for_run if show else None, on_clock=stamp_logs)
+        doc = runner.execute(
+            prepared, seed=args.seed, progress=bar.for_run if show else None, on_clock=stamp_logs
+        )
     finally:
         bar.end()
     text = runner.to_json(doc)
@@ -94,8 +129,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         (out / "report.html").write_text(report_html.render(doc), encoding="utf-8")
     sys.stdout.write(text if args.json else terminal.summary(doc))
     if args.report and not args.json:
-        sys.stdout.write(f"\nwrote {Path(args.report) / 'result.json'} and "
-                         f"{Path(args.report) / 'report.html'}\n")
+        sys.stdout.write(
+            f"\nwrote {Path(args.report) / 'result.json'} and {Path(args.report) / 'report.html'}\n"
+        )
     return 0
 
 
@@ -104,14 +140,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def add_test_mode_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `relayguard serve` for test mode (relayguard.cli adds them)."""
-    p.add_argument("--test-mode", action="store_true",
-                   help="accept and schedule as usual, but deliver to an in-process capture "
-                        "instead of the network (logs what would have been sent where)")
-    p.add_argument("--scenario", metavar="FILE", default=None,
-                   help="with --test-mode: answer per this scenario instead of 250 to all")
+    p.add_argument(
+        "--test-mode",
+        action="store_true",
+        help="accept and schedule as usual, but deliver to an in-process capture "
+        "instead of the network (logs what would have been sent where)",
+    )
+    p.add_argument(
+        "--scenario",
+        metavar="FILE",
+        default=None,
+        help="with --test-mode: answer per this scenario instead of 250 to all",
+    )
     p.add_argument("--seed", type=int, default=1, help="with --test-mode --scenario: random seed")
-    p.add_argument("--capture-dir", metavar="DIR", default=None,
-                   help="with --test-mode: also write each captured message to DIR")
+    p.add_argument(
+        "--capture-dir",
+        metavar="DIR",
+        default=None,
+        help="with --test-mode: also write each captured message to DIR",
+    )
 
 
 def capture_sender_for(args: argparse.Namespace, settings: Settings) -> CaptureSender | None:
@@ -123,5 +170,6 @@ def capture_sender_for(args: argparse.Namespace, settings: Settings) -> CaptureS
         return None
     from relayguard.replay.testmode import make_capture_sender  # noqa: PLC0415
 
-    return make_capture_sender(settings, scenario=args.scenario, seed=args.seed,
-                               capture_dir=args.capture_dir)
+    return make_capture_sender(
+        settings, scenario=args.scenario, seed=args.seed, capture_dir=args.capture_dir
+    )

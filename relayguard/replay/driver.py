@@ -79,9 +79,16 @@ def plan_arrivals(
         offsets = [scenario.arrivals.at] * n
     order = sorted(range(n), key=lambda i: offsets[i])  # stable: input order at equal times
     arrivals = [
-        Arrival(t0 + offsets[i], NewMessage(envelope=messages[i].envelope, body=messages[i].body,
-                                            arrival_at=t0 + offsets[i],
-                                            message_id=messages[i].message_id), i)
+        Arrival(
+            t0 + offsets[i],
+            NewMessage(
+                envelope=messages[i].envelope,
+                body=messages[i].body,
+                arrival_at=t0 + offsets[i],
+                message_id=messages[i].message_id,
+            ),
+            i,
+        )
         for i in order
     ]
     return t0, arrivals, untimed
@@ -96,7 +103,9 @@ class _RecordingSpool(MemorySpool):
         self.clock = clock
 
     async def finish_with_reports(
-        self, message: QueuedMessage, new_attempts: Sequence[Attempt],
+        self,
+        message: QueuedMessage,
+        new_attempts: Sequence[Attempt],
         reports: Sequence[NewMessage],
     ) -> list[QueuedMessage]:
         queued = await super().finish_with_reports(message, new_attempts, reports)
@@ -113,8 +122,12 @@ class _Replay:
     """One run: the manager, its spool and upstream, and the loop that moves time."""
 
     def __init__(
-        self, settings: Settings, policy: Policy, scenario: Scenario,
-        messages: Sequence[InputMessage], seed: int,
+        self,
+        settings: Settings,
+        policy: Policy,
+        scenario: Scenario,
+        messages: Sequence[InputMessage],
+        seed: int,
     ) -> None:
         self.settings = replay_settings(settings)
         self.t0, self.arrivals, self.untimed = plan_arrivals(messages, scenario, seed)
@@ -122,16 +135,27 @@ class _Replay:
         self.end = self.t0 + scenario.duration
         self.stats = Stats(self.t0, scenario.duration)
         self.spool = _RecordingSpool(seed, self.stats, self.clock)
-        self.upstream = SimulatedUpstream(scenario, self.settings.routes, self.clock,
-                                          random.Random(f"upstream/{seed}"), self.t0)
+        self.upstream = SimulatedUpstream(
+            scenario, self.settings.routes, self.clock, random.Random(f"upstream/{seed}"), self.t0
+        )
         self._builder = make_report_builder(self.settings)
-        self.manager = QueueManager(self.settings, self.spool, self.upstream, self.clock, policy,
-                                    build_reports=self._build_reports)
+        self.manager = QueueManager(
+            self.settings,
+            self.spool,
+            self.upstream,
+            self.clock,
+            policy,
+            build_reports=self._build_reports,
+        )
         self.fed = 0  # arrivals in the spool
         self.arrived_by_end = sum(1 for a in self.arrivals if a.at <= self.end)
 
     def _build_reports(
-        self, message: QueuedMessage, body: bytes, rcpts: Sequence[Recipient], kind: str,
+        self,
+        message: QueuedMessage,
+        body: bytes,
+        rcpts: Sequence[Recipient],
+        kind: str,
         now: float,
     ) -> list[NewMessage]:
         out = self._builder(message, body, rcpts, kind, now)  # the server's report builder
@@ -160,8 +184,10 @@ class _Replay:
             return None
         nxt = self.clock.next_event(next_due)
         if nxt is None:
-            raise ReplayError(f"stuck at t={now - self.t0:.3f}s: {manager.in_flight} deliveries "
-                              "wait on something other than the clock")
+            raise ReplayError(
+                f"stuck at t={now - self.t0:.3f}s: {manager.in_flight} deliveries "
+                "wait on something other than the clock"
+            )
         return min(nxt, self.end)
 
     async def run(self, progress: Progress | None) -> dict[str, object]:
@@ -198,8 +224,13 @@ class _Replay:
 
 
 async def run_replay(
-    settings: Settings, policy: Policy, scenario: Scenario, messages: Sequence[InputMessage],
-    *, seed: int = 1, progress: Progress | None = None,
+    settings: Settings,
+    policy: Policy,
+    scenario: Scenario,
+    messages: Sequence[InputMessage],
+    *,
+    seed: int = 1,
+    progress: Progress | None = None,
     on_clock: Callable[[VirtualClock], None] | None = None,
     on_stats: Callable[[Stats], None] | None = None,
 ) -> dict[str, object]:
@@ -251,12 +282,27 @@ class _NoIOSelector(selectors.BaseSelector):
 
 
 def replay(
-    settings: Settings, policy: Policy, scenario: Scenario, messages: Sequence[InputMessage],
-    *, seed: int = 1, progress: Progress | None = None,
+    settings: Settings,
+    policy: Policy,
+    scenario: Scenario,
+    messages: Sequence[InputMessage],
+    *,
+    seed: int = 1,
+    progress: Progress | None = None,
     on_clock: Callable[[VirtualClock], None] | None = None,
     on_stats: Callable[[Stats], None] | None = None,
 ) -> dict[str, object]:
     """`run_replay` on an event loop of its own, one that does not poll for I/O."""
     with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(_NoIOSelector())) as r:
-        return r.run(run_replay(settings, policy, scenario, messages, seed=seed,
-                                progress=progress, on_clock=on_clock, on_stats=on_stats))
+        return r.run(
+            run_replay(
+                settings,
+                policy,
+                scenario,
+                messages,
+                seed=seed,
+                progress=progress,
+                on_clock=on_clock,
+                on_stats=on_stats,
+            )
+        )

@@ -54,15 +54,15 @@ def read_input(path: str | Path, fmt: str | None = None) -> Input:
     if not p.exists():
         raise InputError(f"{p}: no such file or directory")
     fmt = fmt or detect_format(p)
-    readers = {"spool": _read_spool, "eml": _read_eml, "mbox": _read_mbox,
-               "maildir": _read_maildir}
+    readers = {"spool": _read_spool, "eml": _read_eml, "mbox": _read_mbox, "maildir": _read_maildir}
     if fmt in ("postfix", "postcat"):
         from relayguard.replay import postfix_queue  # noqa: PLC0415 - only for this format
 
         return postfix_queue.read(p, fmt)
     if fmt not in readers:
         raise InputError(
-            f"{p}: unknown input format {fmt!r} (expected one of {', '.join(FORMATS)})")
+            f"{p}: unknown input format {fmt!r} (expected one of {', '.join(FORMATS)})"
+        )
     return readers[fmt](p)
 
 
@@ -76,8 +76,10 @@ def detect_format(p: Path) -> str:
             ("eml", lambda: any(p.glob("*.eml"))),
             ("postfix", lambda: postfix_queue.looks_like_queue_dir(p)),
         ]
-        why = ("a relayguard spool has queue.db, a Maildir cur/ and new/, "
-               "an .eml directory *.eml files")
+        why = (
+            "a relayguard spool has queue.db, a Maildir cur/ and new/, "
+            "an .eml directory *.eml files"
+        )
     else:
         with p.open("rb") as f:
             head = f.read(4096)
@@ -158,7 +160,11 @@ def _addresses(values: list[str]) -> list[str]:
 
 
 def message_from_bytes(
-    data: bytes, source: str, *, sender: str | None = None, recipients: list[str] | None = None,
+    data: bytes,
+    source: str,
+    *,
+    sender: str | None = None,
+    recipients: list[str] | None = None,
     arrival: float | Callable[[], float | None] | None = None,
     fields: dict[str, list[str]] | None = None,
 ) -> InputMessage | str:
@@ -175,8 +181,9 @@ def message_from_bytes(
             if recipients:
                 break
         if not recipients:
-            recipients = _addresses(fields.get("to", []) + fields.get("cc", [])
-                                    + fields.get("bcc", []))
+            recipients = _addresses(
+                fields.get("to", []) + fields.get("cc", []) + fields.get("bcc", [])
+            )
     if not recipients:
         return f"{source}: no recipients (no To/Cc/Bcc or envelope headers)"
     if sender is None:
@@ -186,8 +193,11 @@ def message_from_bytes(
         date = arrival()
     mid = (fields.get("message-id") or [""])[0]
     return InputMessage(
-        envelope=Envelope(sender=sender, recipients=tuple(Recipient(a) for a in recipients),
-                          mail_options=_mail_options(body, sender, recipients)),
+        envelope=Envelope(
+            sender=sender,
+            recipients=tuple(Recipient(a) for a in recipients),
+            mail_options=_mail_options(body, sender, recipients),
+        ),
         body=body,
         arrival=date if (date is not None or callable(arrival)) else arrival,
         message_id=mid,
@@ -252,10 +262,16 @@ def _read_mbox(p: Path) -> Input:
             message = message[:-1]  # the blank line that ends the last message
         line = from_line.decode("utf-8", "replace")
         fields = headers_of(message)
-        _add(result, message_from_bytes(
-            message, f"message {n + 1}", fields=fields,
-            sender=None if fields.get("return-path") else _from_line_sender(line),
-            arrival=functools.partial(_from_line_time, line)))
+        _add(
+            result,
+            message_from_bytes(
+                message,
+                f"message {n + 1}",
+                fields=fields,
+                sender=None if fields.get("return-path") else _from_line_sender(line),
+                arrival=functools.partial(_from_line_time, line),
+            ),
+        )
     return result
 
 
@@ -284,7 +300,8 @@ def _from_line_time(line: str) -> float | None:
         return None
     try:
         when = datetime.strptime(  # noqa: DTZ007 - asctime has no zone: read as UTC
-            " ".join(parts[2].split()[:5]), "%a %b %d %H:%M:%S %Y")
+            " ".join(parts[2].split()[:5]), "%a %b %d %H:%M:%S %Y"
+        )
     except ValueError:
         return None
     return when.replace(tzinfo=UTC).timestamp()
@@ -299,8 +316,9 @@ def _read_maildir(p: Path) -> Input:
     for f in files:
         stamp = f.name.split(".", 1)[0]
         arrival = float(stamp) if stamp.isdigit() else None
-        _add(result, message_from_bytes(f.read_bytes(), f"{f.parent.name}/{f.name}",
-                                        arrival=arrival))
+        _add(
+            result, message_from_bytes(f.read_bytes(), f"{f.parent.name}/{f.name}", arrival=arrival)
+        )
     return result
 
 
@@ -313,8 +331,12 @@ def _read_spool(p: Path) -> Input:
         conn = sqlite3.connect(f"file:{p / DB_NAME}?mode=ro", uri=True, timeout=30)
         try:
             messages = find_messages(conn, "state != ?", [MessageState.DONE.value])
-            bodies = {seq: bytes(body) for seq, body in conn.execute(
-                "SELECT seq, body FROM messages WHERE state != ?", (MessageState.DONE.value,))}
+            bodies = {
+                seq: bytes(body)
+                for seq, body in conn.execute(
+                    "SELECT seq, body FROM messages WHERE state != ?", (MessageState.DONE.value,)
+                )
+            }
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -325,12 +347,19 @@ def _read_spool(p: Path) -> Input:
             continue
         pending = tuple(
             Recipient(r.address, orcpt=r.orcpt, notify=r.notify)
-            for r in m.envelope.recipients if r.state is RecipientState.QUEUED
+            for r in m.envelope.recipients
+            if r.state is RecipientState.QUEUED
         )
         if not pending:
             result.skipped.append(f"{m.queue_id}: no queued recipients")
             continue
-        result.messages.append(InputMessage(
-            envelope=m.envelope.with_recipients(pending), body=bodies[m.seq],
-            arrival=m.arrival_at, message_id=m.message_id, source=m.queue_id))
+        result.messages.append(
+            InputMessage(
+                envelope=m.envelope.with_recipients(pending),
+                body=bodies[m.seq],
+                arrival=m.arrival_at,
+                message_id=m.message_id,
+                source=m.queue_id,
+            )
+        )
     return result

@@ -27,8 +27,10 @@ from relayguard.replay.inputs import Input, InputError, InputMessage, crlf, head
 _NOTIFY_BITS = ((1, "NEVER"), (2, "SUCCESS"), (4, "DELAY"), (8, "FAILURE"))
 _RET = {"1": "FULL", "2": "HDRS"}
 _MAX_POINTER_JUMPS = 10_000
-_SECTION = re.compile(r"^\*\*\* (ENVELOPE RECORDS|MESSAGE CONTENTS|HEADER EXTRACTED|"
-                      r"MESSAGE FILE END) (\S+) \*\*\*$")
+_SECTION = re.compile(
+    r"^\*\*\* (ENVELOPE RECORDS|MESSAGE CONTENTS|HEADER EXTRACTED|"
+    r"MESSAGE FILE END) (\S+) \*\*\*$"
+)
 
 
 @dataclass(slots=True)
@@ -72,9 +74,13 @@ class _Builder:
         body = crlf(b"\n".join(self.lines))
         fields = headers_of(body)
         return InputMessage(
-            envelope=Envelope(sender=self.sender, recipients=tuple(self.recipients),
-                              ret=self.ret, envid=self.envid,
-                              mail_options=() if body.isascii() else ("BODY=8BITMIME",)),
+            envelope=Envelope(
+                sender=self.sender,
+                recipients=tuple(self.recipients),
+                ret=self.ret,
+                envid=self.envid,
+                mail_options=() if body.isascii() else ("BODY=8BITMIME",),
+            ),
             body=body,
             arrival=self.arrival,
             message_id=(fields.get("message-id") or [""])[0],
@@ -92,8 +98,7 @@ def _notify(value: str) -> tuple[str, ...]:
 
 def _xtext(value: str) -> str:
     """RFC 3461 xtext, as the spool keeps ORCPT and ENVID."""
-    return "".join(c if 33 <= ord(c) <= 126 and c not in "+=" else f"+{ord(c):02X}"
-                   for c in value)
+    return "".join(c if 33 <= ord(c) <= 126 and c not in "+=" else f"+{ord(c):02X}" for c in value)
 
 
 def read(p: Path, fmt: str) -> Input:
@@ -151,8 +156,12 @@ def _records(data: bytes, source: str) -> list[tuple[str, bytes]]:
 
 def looks_like_queue_file(head: bytes) -> bool:
     """Starts with a size (C, cleanup) or time (T, maildrop) record of sane length."""
-    return len(head) >= 3 and head[0:1] in (b"C", b"T") and head[1] < 0x80 and (
-        head[2:3].isspace() or head[2:3].isdigit())
+    return (
+        len(head) >= 3
+        and head[0:1] in (b"C", b"T")
+        and head[1] < 0x80
+        and (head[2:3].isspace() or head[2:3].isdigit())
+    )
 
 
 def looks_like_queue_dir(p: Path) -> bool:

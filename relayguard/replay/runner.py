@@ -54,8 +54,12 @@ def run_label(files: Sequence[str | Path]) -> str:
 
 
 def prepare(
-    scenario_file: str | Path, input_path: str | Path, *, config: str | Path | None = None,
-    policy_files: Sequence[str | Path] = (), compare: Sequence[str | Path] = (),
+    scenario_file: str | Path,
+    input_path: str | Path,
+    *,
+    config: str | Path | None = None,
+    policy_files: Sequence[str | Path] = (),
+    compare: Sequence[str | Path] = (),
     input_format: str | None = None,
 ) -> Prepared:
     """Read and check everything before running anything: errors name their file."""
@@ -80,7 +84,9 @@ def prepare(
 
 
 def execute(
-    prepared: Prepared, *, seed: int = 1,
+    prepared: Prepared,
+    *,
+    seed: int = 1,
     progress: Callable[[str], Progress | None] | None = None,
     on_clock: Callable[[VirtualClock], None] | None = None,
 ) -> dict[str, object]:
@@ -90,14 +96,22 @@ def execute(
     gc.freeze()  # the input stays to the end: keep the collector from walking it each time
     try:
         for spec in prepared.runs:
-            result = replay(prepared.settings, spec.policy, prepared.scenario, inp.messages,
-                            seed=seed, progress=progress(spec.label) if progress else None,
-                            on_clock=on_clock)
-            runs.append({
-                "label": spec.label,
-                "policy_files": [policy_name(f) for f in spec.policy.files],
-                **result,
-            })
+            result = replay(
+                prepared.settings,
+                spec.policy,
+                prepared.scenario,
+                inp.messages,
+                seed=seed,
+                progress=progress(spec.label) if progress else None,
+                on_clock=on_clock,
+            )
+            runs.append(
+                {
+                    "label": spec.label,
+                    "policy_files": [policy_name(f) for f in spec.policy.files],
+                    **result,
+                }
+            )
     finally:
         gc.unfreeze()
     s = prepared.scenario
@@ -106,12 +120,19 @@ def execute(
         "seed": seed,
         "scenario": {**s.to_dict(), "file": s.file},
         "routes": [
-            {"name": r.name, "host": r.host, "port": r.port, "source_address": r.source_address,
-             "max_connections": r.max_connections}
+            {
+                "name": r.name,
+                "host": r.host,
+                "port": r.port,
+                "source_address": r.source_address,
+                "max_connections": r.max_connections,
+            }
             for r in prepared.settings.routes
         ],
         "input": {
-            "path": inp.path, "format": inp.format, "messages": len(inp.messages),
+            "path": inp.path,
+            "format": inp.format,
+            "messages": len(inp.messages),
             "recipients": sum(len(m.envelope.recipients) for m in inp.messages),
             "skipped": len(inp.skipped),
         },
@@ -124,11 +145,16 @@ def to_json(document: dict[str, object]) -> str:
 
 
 def run_files(
-    scenario_file: str | Path, input_path: str | Path, *, seed: int = 1,
-    policy_files: Sequence[str | Path] = (), compare: Sequence[str | Path] = (),
+    scenario_file: str | Path,
+    input_path: str | Path,
+    *,
+    seed: int = 1,
+    policy_files: Sequence[str | Path] = (),
+    compare: Sequence[str | Path] = (),
     config: str | Path | None = None,
 ) -> dict[str, object]:
     """prepare + execute, for tests and scripts."""
-    prepared = prepare(scenario_file, input_path, config=config, policy_files=policy_files,
-                       compare=compare)
+    prepared = prepare(
+        scenario_file, input_path, config=config, policy_files=policy_files, compare=compare
+    )
     return execute(prepared, seed=seed)

@@ -13,16 +13,24 @@ from email.utils import format_datetime
 # Destination domains and their share of the traffic: the big mailbox providers,
 # and smaller receivers that consult DNS blocklists themselves.
 DOMAINS = (
-    ("outlook.com", 25), ("hotmail.com", 10), ("gmail.com", 25), ("yahoo.com", 10),
-    ("example.com", 12), ("example.net", 10), ("mail.example", 8),
+    ("outlook.com", 25),
+    ("hotmail.com", 10),
+    ("gmail.com", 25),
+    ("yahoo.com", 10),
+    ("example.com", 12),
+    ("example.net", 10),
+    ("mail.example", 8),
 )
-SENDERS = ("news@shop.example.org", "billing@example.org", "alerts@example.org",
-           "team@example.org")
+SENDERS = ("news@shop.example.org", "billing@example.org", "alerts@example.org", "team@example.org")
 DEFAULT_START = datetime(2024, 1, 15, 8, 0, tzinfo=UTC).timestamp()
 
 
 def generate_mbox(
-    count: int, *, seed: int = 1, span: float = 12 * 3600.0, start: float = DEFAULT_START,
+    count: int,
+    *,
+    seed: int = 1,
+    span: float = 12 * 3600.0,
+    start: float = DEFAULT_START,
     max_recipients: int = 3,
 ) -> bytes:
     """`count` messages whose Date headers spread over `span` seconds from `start`."""
@@ -49,7 +57,6 @@ def generate_mbox(
             "MIME-Version: 1.0\n"
             "Content-Type: text/plain; charset=us-ascii\n"
             "\n"
-            f"Hello,\n\nthis is message {i + 1} of a sample stream.\n\n"
-            .encode()
+            f"Hello,\n\nthis is message {i + 1} of a sample stream.\n\n".encode()
         )
     return b"".join(out)

@@ -37,14 +37,30 @@ from relayguard.policy.rules import DurationRange
 # Replies that are not an SMTP reply but something the network does.
 NETWORK_KINDS = ("refused", "timeout", "drop")
 PHASES = {
-    "connect": Phase.CONNECT, "greeting": Phase.GREETING, "helo": Phase.HELO,
-    "mail": Phase.MAIL, "rcpt": Phase.RCPT, "data": Phase.DATA, "after-data": Phase.AFTER_DATA,
+    "connect": Phase.CONNECT,
+    "greeting": Phase.GREETING,
+    "helo": Phase.HELO,
+    "mail": Phase.MAIL,
+    "rcpt": Phase.RCPT,
+    "data": Phase.DATA,
+    "after-data": Phase.AFTER_DATA,
 }
 ARRIVAL_MODES = ("input", "spread", "random", "burst")
 DEFAULT_START = 1_700_000_000.0  # 2023-11-14T22:13:20Z, when the input has no times
 TOP_KEYS = ("scenario", "arrivals", "upstream", "window", "route", "queue", "ndr", "server")
-WINDOW_KEYS = ("name", "from", "until", "route", "source", "domain", "not_domain",
-               "probability", "reply", "phase", "latency")
+WINDOW_KEYS = (
+    "name",
+    "from",
+    "until",
+    "route",
+    "source",
+    "domain",
+    "not_domain",
+    "probability",
+    "reply",
+    "phase",
+    "latency",
+)
 
 
 T = TypeVar("T")
@@ -93,10 +109,15 @@ class Window:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "name": self.name, "from": self.start, "until": self.end,
-            "routes": list(self.routes), "sources": list(self.sources),
-            "domains": list(self.domains), "not_domains": list(self.not_domains),
-            "probability": self.probability, "phase": self.reply.phase.value,
+            "name": self.name,
+            "from": self.start,
+            "until": self.end,
+            "routes": list(self.routes),
+            "sources": list(self.sources),
+            "domains": list(self.domains),
+            "not_domains": list(self.not_domains),
+            "probability": self.probability,
+            "phase": self.reply.phase.value,
             "reply": self.reply.render(),
         }
 
@@ -124,9 +145,14 @@ class Scenario:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "name": self.name, "description": self.description, "duration": self.duration,
-            "arrivals": {"mode": self.arrivals.mode, "over": self.arrivals.over,
-                         "at": self.arrivals.at},
+            "name": self.name,
+            "description": self.description,
+            "duration": self.duration,
+            "arrivals": {
+                "mode": self.arrivals.mode,
+                "over": self.arrivals.over,
+                "at": self.arrivals.at,
+            },
             "windows": [w.to_dict() for w in self.windows],
         }
 
@@ -134,7 +160,8 @@ class Scenario:
         """Routes and queue settings from the scenario, through the config loader's checks."""
         if "route" not in self.config_tables:
             raise ScenarioError(
-                f"{self.file}: route: expected [[route]] tables (or give --config FILE)")
+                f"{self.file}: route: expected [[route]] tables (or give --config FILE)"
+            )
         tables = dict(self.config_tables)
         server = dict(tables.pop("server", {}))
         server.setdefault("hostname", hostname)
@@ -150,7 +177,8 @@ class Scenario:
                 if r not in route_names:
                     raise ScenarioError(
                         f"{self.file}: window[{w.index}].route: expected one of the routes "
-                        f"{list(route_names)}, got {r!r}")
+                        f"{list(route_names)}, got {r!r}"
+                    )
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -187,8 +215,10 @@ class _Table:
     def finish(self, known: tuple[str, ...]) -> None:
         unknown = sorted(set(self.table) - set(known))
         if unknown:
-            raise ScenarioError(f"{self.file}: {self.path}{unknown[0]}: unknown key "
-                                f"(known keys: {', '.join(known)})")
+            raise ScenarioError(
+                f"{self.file}: {self.path}{unknown[0]}: unknown key "
+                f"(known keys: {', '.join(known)})"
+            )
 
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -241,8 +271,12 @@ def _start(v: object) -> float:
 
 
 def _reply(t: _Table) -> ReplySpec:
-    raw = t.get("reply", _text, None, "a reply like '451 4.7.500 Server busy' or one of "
-                + ", ".join(NETWORK_KINDS))
+    raw = t.get(
+        "reply",
+        _text,
+        None,
+        "a reply like '451 4.7.500 Server busy' or one of " + ", ".join(NETWORK_KINDS),
+    )
     if raw is None:
         raise ScenarioError(f"{t.file}: {t.path}reply: required key is missing")
     phase_name = t.get("phase", str, None, "one of " + ", ".join(PHASES))
@@ -258,8 +292,9 @@ def _reply(t: _Table) -> ReplySpec:
         return ReplySpec(raw, phase)
     code_s, _, text = raw.partition(" ")
     if not (code_s.isdigit() and len(code_s) == 3 and code_s[0] in "2345"):
-        raise t.fail("reply", "a reply starting with a 3-digit code, or one of "
-                     + ", ".join(NETWORK_KINDS))
+        raise t.fail(
+            "reply", "a reply starting with a 3-digit code, or one of " + ", ".join(NETWORK_KINDS)
+        )
     phase = PHASES[phase_name] if phase_name else Phase.RCPT
     if phase is Phase.CONNECT:
         phase = Phase.GREETING  # a server that answers at all answers in the greeting
@@ -276,13 +311,16 @@ def _window(file: str, index: int, table: object, total: float) -> Window:
     w = Window(
         index=index,
         name=t.get("name", _text, f"window[{index}]", "a short name"),
-        start=start, end=end, reply=_reply(t),
+        start=start,
+        end=end,
+        reply=_reply(t),
         probability=t.get("probability", _probability, 1.0, "a number from 0 to 1"),
         routes=t.get("route", _strings, (), "a route name or a list of them"),
         sources=t.get("source", _strings, (), "a source address or a list of them"),
         domains=tuple(d.lower() for d in t.get("domain", _strings, (), "a domain glob or list")),
-        not_domains=tuple(d.lower() for d in t.get("not_domain", _strings, (),
-                                                   "a domain glob or list")),
+        not_domains=tuple(
+            d.lower() for d in t.get("not_domain", _strings, (), "a domain glob or list")
+        ),
         latency=latency,
     )
     t.finish(WINDOW_KEYS)
@@ -295,8 +333,9 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
     s = _Table(file, "scenario.", data.get("scenario", {}))
     total = s.get("duration", duration, None, "a duration like '48h'")
     if total is None or total <= 0:
-        raise ScenarioError(f"{file}: scenario.duration: required key is missing or zero "
-                            "(a duration like '48h')")
+        raise ScenarioError(
+            f"{file}: scenario.duration: required key is missing or zero (a duration like '48h')"
+        )
     name = s.get("name", _text, Path(file).stem, "a name")
     description = s.get("description", _text, "", "a sentence")
     start = s.get("start", _start, None, "a date-time like 2024-01-15T08:00:00Z")
@@ -306,13 +345,20 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
     mode = a.get("mode", str, "input", "one of " + ", ".join(ARRIVAL_MODES))
     if mode not in ARRIVAL_MODES:
         raise a.fail("mode", "one of " + ", ".join(ARRIVAL_MODES))
-    arrivals = Arrivals(mode, a.get("over", duration, 0.0, "a duration like '6h'"),
-                        a.get("at", duration, 0.0, "a duration like '1h'"))
+    arrivals = Arrivals(
+        mode,
+        a.get("over", duration, 0.0, "a duration like '6h'"),
+        a.get("at", duration, 0.0, "a duration like '1h'"),
+    )
     a.finish(("mode", "over", "at"))
 
     u = _Table(file, "upstream.", data.get("upstream", {}))
-    latency = u.get("latency", duration_range, DurationRange(0.2, 0.8),
-                    "a duration or range like '200ms..800ms'")
+    latency = u.get(
+        "latency",
+        duration_range,
+        DurationRange(0.2, 0.8),
+        "a duration or range like '200ms..800ms'",
+    )
     accept = u.get("accept", _text, "250 2.0.0 Ok: queued", "a 2xx reply")
     if not accept[:1] == "2":
         raise u.fail("accept", "a 2xx reply")
@@ -323,11 +369,20 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
     if not isinstance(raw_windows, list):
         raise ScenarioError(f"{file}: window: expected an array of tables [[window]]")
     windows = tuple(_window(file, i, w, total) for i, w in enumerate(raw_windows))
-    config_tables: dict[str, Any] = {k: data[k] for k in ("route", "queue", "ndr", "server")
-                                     if k in data}
+    config_tables: dict[str, Any] = {
+        k: data[k] for k in ("route", "queue", "ndr", "server") if k in data
+    }
     return Scenario(
-        name=name, file=file, duration=total, windows=windows, description=description,
-        start=start, arrivals=arrivals, latency=latency, accept=accept, peer_dsn=peer_dsn,
+        name=name,
+        file=file,
+        duration=total,
+        windows=windows,
+        description=description,
+        start=start,
+        arrivals=arrivals,
+        latency=latency,
+        accept=accept,
+        peer_dsn=peer_dsn,
         config_tables=config_tables,
     )
 
@@ -374,6 +429,8 @@ def describe_window(w: Window) -> str:
     if w.not_domains:
         where.append("not to " + ",".join(w.not_domains))
     share = f"{w.probability:.0%} " if w.probability < 1 else ""
-    return (f"{format_duration(w.start)}-{format_duration(w.end)} "
-            f"{' '.join(where) or 'every route'}: {share}{w.reply.render()} "
-            f"({w.reply.phase.value})")
+    return (
+        f"{format_duration(w.start)}-{format_duration(w.end)} "
+        f"{' '.join(where) or 'every route'}: {share}{w.reply.render()} "
+        f"({w.reply.phase.value})"
+    )

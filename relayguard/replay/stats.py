@@ -20,8 +20,19 @@ SAMPLES = 288  # queue-depth samples over the scenario (10 minutes for 48 hours)
 TOP_DOMAINS = 100  # destination domains listed one by one in the result
 BINS = 96  # delivery bins over the scenario (30 minutes for 48 hours)
 TTD_EDGES = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0, 86400.0, 172800.0)
-TTD_LABELS = ("<1m", "1-5m", "5-15m", "15-30m", "30m-1h", "1-2h", "2-6h", "6-12h", "12-24h",
-              "24-48h", ">48h")
+TTD_LABELS = (
+    "<1m",
+    "1-5m",
+    "5-15m",
+    "15-30m",
+    "30m-1h",
+    "1-2h",
+    "2-6h",
+    "6-12h",
+    "12-24h",
+    "24-48h",
+    ">48h",
+)
 
 
 def r3(x: float) -> float:
@@ -107,8 +118,11 @@ class Stats:
         return min(BINS - 1, max(0, int((at - self.t0) / self.duration * BINS)))
 
     def round_finished(
-        self, message: QueuedMessage, new_attempts: Sequence[Attempt],
-        reports: Sequence[QueuedMessage], now: float,
+        self,
+        message: QueuedMessage,
+        new_attempts: Sequence[Attempt],
+        reports: Sequence[QueuedMessage],
+        now: float,
     ) -> None:
         for r in reports:
             self.reports.add(r.seq)
@@ -116,7 +130,8 @@ class Stats:
         if track is None:  # a report (NDR) relayguard made: counted apart
             self.report_attempts += len(new_attempts)
             if message.state is MessageState.DONE and any(
-                    r.state is RecipientState.DELIVERED for r in message.envelope.recipients):
+                r.state is RecipientState.DELIVERED for r in message.envelope.recipients
+            ):
                 self.reports_delivered += 1
             return
         for a in new_attempts:
@@ -171,8 +186,12 @@ class Stats:
         else:
             outcome = "partly delivered"
         self.outcomes[outcome] += 1
-        self.final[track.index] = (outcome, tuple(sorted(
-            {r.delivered_via for r in message.envelope.recipients if r.delivered_via})))
+        self.final[track.index] = (
+            outcome,
+            tuple(
+                sorted({r.delivered_via for r in message.envelope.recipients if r.delivered_via})
+            ),
+        )
         self.attempts_done.append(track.attempts)
         for r in message.envelope.recipients:
             self._recipient(r.domain, r.state.value)

@@ -35,9 +35,11 @@ def _pct(n: int, total: int) -> str:
 def summary(doc: dict[str, Any]) -> str:
     runs: list[dict[str, Any]] = doc["runs"]
     sc, inp = doc["scenario"], doc["input"]
-    head = (f"relayguard replay: scenario {sc['name']} ({human(sc['duration'])}) on "
-            f"{inp['path']} ({inp['format']}, {inp['messages']} messages, "
-            f"{inp['recipients']} recipients), seed {doc['seed']}")
+    head = (
+        f"relayguard replay: scenario {sc['name']} ({human(sc['duration'])}) on "
+        f"{inp['path']} ({inp['format']}, {inp['messages']} messages, "
+        f"{inp['recipients']} recipients), seed {doc['seed']}"
+    )
     lines = [head, *_notes(doc)]
     rows: list[tuple[str, list[str]]] = []
 
@@ -48,25 +50,37 @@ def summary(doc: dict[str, Any]) -> str:
         rows.append((title, [""] * len(runs)))
 
     section("messages")
-    for key, title in (("delivered", "delivered"), ("bounced", "bounced"),
-                       ("partly_delivered", "partly delivered"),
-                       ("still_queued", "still queued"), ("not_arrived", "not arrived by the end")):
+    for key, title in (
+        ("delivered", "delivered"),
+        ("bounced", "bounced"),
+        ("partly_delivered", "partly delivered"),
+        ("still_queued", "still queued"),
+        ("not_arrived", "not arrived by the end"),
+    ):
         row(f"  {title}", functools.partial(_message_cell, key))
-    row("recipients delivered/failed/queued",
-        lambda r: "/".join(str(r["recipients"][k]) for k in ("delivered", "failed", "queued")))
-    row("attempts per message mean/p95/max",
-        lambda r: _dist(r["attempts_per_message"], seconds=False))
+    row(
+        "recipients delivered/failed/queued",
+        lambda r: "/".join(str(r["recipients"][k]) for k in ("delivered", "failed", "queued")),
+    )
+    row(
+        "attempts per message mean/p95/max",
+        lambda r: _dist(r["attempts_per_message"], seconds=False),
+    )
     row("time to delivery p50/p95/max", lambda r: _dist(r["time_to_delivery"], seconds=True))
     row("transactions", lambda r: str(r["transactions"]))
-    row("NDRs built (delivered)", lambda r: f"{sum(r['reports']['built'].values())} "
-        f"({r['reports']['delivered']})")
+    row(
+        "NDRs built (delivered)",
+        lambda r: f"{sum(r['reports']['built'].values())} ({r['reports']['delivered']})",
+    )
     row("replay ended at", lambda r: human(r["ended_at"]))
     section("per route: attempts/recipients delivered/deferred/rerouted/bounced")
     for name in sorted({n for r in runs for n in r["routes"]}):
         row(f"  {name}", functools.partial(_route_cell, name))
     section("per rule: decisions")
-    keys = sorted({(x["rule"], x["action"]) for r in runs for x in r["rules"]},
-                  key=lambda k: (-sum(_rule(r, k) for r in runs), k))
+    keys = sorted(
+        {(x["rule"], x["action"]) for r in runs for x in r["rules"]},
+        key=lambda k: (-sum(_rule(r, k) for r in runs), k),
+    )
     for rule, action in keys:
         row(f"  {rule} ({action})", functools.partial(_rule_cell, (rule, action)))
     section("failures by rule (recipients)")
@@ -74,17 +88,18 @@ def summary(doc: dict[str, Any]) -> str:
         row(f"  {rule}", functools.partial(_failure_cell, rule))
 
     width = max(len(t) for t, c in rows if any(c)) + 2
-    cols = [max(len(run["label"]), *(len(c[i]) for _, c in rows)) + 2
-            for i, run in enumerate(runs)]
+    cols = [max(len(run["label"]), *(len(c[i]) for _, c in rows)) + 2 for i, run in enumerate(runs)]
     lines.append("")
-    lines.append(" " * width + "".join(r["label"].rjust(w)
-                                       for r, w in zip(runs, cols, strict=True)))
+    lines.append(
+        " " * width + "".join(r["label"].rjust(w) for r, w in zip(runs, cols, strict=True))
+    )
     for title, cells in rows:
         if not any(cells):
             lines.append(title)  # a section heading
             continue
-        lines.append(title.ljust(width) + "".join(c.rjust(w) for c, w in zip(cells, cols,
-                                                                              strict=True)))
+        lines.append(
+            title.ljust(width) + "".join(c.rjust(w) for c, w in zip(cells, cols, strict=True))
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -94,8 +109,10 @@ def _notes(doc: dict[str, Any]) -> list[str]:
         notes.append(f"  {inp['skipped']} input message(s) skipped")
     untimed = doc["runs"][0].get("input_without_time", 0)
     if untimed and doc["scenario"]["arrivals"]["mode"] == "input":
-        notes.append(f"  {untimed} message(s) had no arrival time: each arrives with the one "
-                     'before it (or give [arrivals] mode = "spread")')
+        notes.append(
+            f"  {untimed} message(s) had no arrival time: each arrives with the one "
+            'before it (or give [arrivals] mode = "spread")'
+        )
     return notes
 
 
@@ -127,8 +144,10 @@ def _route(rs: dict[str, Any] | None) -> str:
     if rs is None:
         return "-"
     a = rs["actions"]
-    return (f"{rs['attempts']}/{rs['recipients_delivered']}/{a.get('defer', 0)}/"
-            f"{a.get('reroute', 0)}/{a.get('bounce', 0)}")
+    return (
+        f"{rs['attempts']}/{rs['recipients_delivered']}/{a.get('defer', 0)}/"
+        f"{a.get('reroute', 0)}/{a.get('bounce', 0)}"
+    )
 
 
 def _rule(run: dict[str, Any], key: tuple[str, str]) -> int:
@@ -153,7 +172,8 @@ class ProgressBar:
                 f"\r{label}: [{'#' * done}{'.' * (self.width - done)}] {fraction:4.0%} "
                 f"t={human(fraction * stats.duration)}: "
                 f"{stats.arrived(stats.t0 + fraction * stats.duration)} arrived, "
-                f"{finished} done, {stats.waiting + stats.deferred} queued   ")
+                f"{finished} done, {stats.waiting + stats.deferred} queued   "
+            )
             self.stream.flush()
             self.active = True
 

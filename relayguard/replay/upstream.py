@@ -29,8 +29,9 @@ from relayguard.replay.scenario import ReplySpec, Scenario, Window
 _SESSION_PHASES = (Phase.CONNECT, Phase.GREETING, Phase.HELO, Phase.MAIL)
 _DATA_PHASES = (Phase.DATA, Phase.AFTER_DATA)
 _REFUSED_LATENCY = 0.005
-_DROP_TEXT = ("lost connection with {peer} while sending end of data"
-              " -- message may be sent more than once")
+_DROP_TEXT = (
+    "lost connection with {peer} while sending end of data -- message may be sent more than once"
+)
 
 
 @dataclass(slots=True)
@@ -74,14 +75,23 @@ class SimulatedUpstream:
     def __post_init__(self) -> None:
         self._routes = {}
         for r in self.routes:
-            mine = [w for w in self.scenario.windows
-                    if (not w.routes or r.name in w.routes)
-                    and (not w.sources or r.source_address in w.sources)]
+            mine = [
+                w
+                for w in self.scenario.windows
+                if (not w.routes or r.name in w.routes)
+                and (not w.sources or r.source_address in w.sources)
+            ]
             by_phase = {p: tuple(w for w in mine if w.reply.phase is p) for p in Phase}
-            accept = Reply.parse(int(self.scenario.accept[:3]), self.scenario.accept[4:],
-                                 Phase.AFTER_DATA, r.host)
-            self._routes[r.name] = _Route(r, asyncio.Semaphore(r.max_connections),
-                                          f"{r.host}[{r.host}]:{r.port}", accept, by_phase)
+            accept = Reply.parse(
+                int(self.scenario.accept[:3]), self.scenario.accept[4:], Phase.AFTER_DATA, r.host
+            )
+            self._routes[r.name] = _Route(
+                r,
+                asyncio.Semaphore(r.max_connections),
+                f"{r.host}[{r.host}]:{r.port}",
+                accept,
+                by_phase,
+            )
 
     async def send(self, route: str, tx: Transaction) -> Outcome:
         r = self._routes[route]
@@ -98,8 +108,10 @@ class SimulatedUpstream:
         windows = r.matching.get(key)
         if windows is None:
             windows = r.matching[key] = tuple(
-                w for w in r.windows[phase]
-                if w.applies(r.settings.name, r.settings.source_address, domain))
+                w
+                for w in r.windows[phase]
+                if w.applies(r.settings.name, r.settings.source_address, domain)
+            )
         for w in windows:
             if w.start <= t < w.end and (w.probability >= 1.0 or self.rng.random() < w.probability):
                 return w
@@ -165,29 +177,53 @@ class SimulatedUpstream:
         if latency > 0:
             await self.clock.sleep_until(start + latency)
         if self.on_send is not None:
-            self.on_send(Capture(start, r.settings.name, r.settings.host, tx.sender,
-                                 tuple(addresses), len(tx.body), tx.body, replies))
-        return Outcome(replies, r.settings.host, peer_has_dsn=self.scenario.peer_dsn,
-                       possible_duplicate=decisive is not None and decisive.reply.kind == "drop")
+            self.on_send(
+                Capture(
+                    start,
+                    r.settings.name,
+                    r.settings.host,
+                    tx.sender,
+                    tuple(addresses),
+                    len(tx.body),
+                    tx.body,
+                    replies,
+                )
+            )
+        return Outcome(
+            replies,
+            r.settings.host,
+            peer_has_dsn=self.scenario.peer_dsn,
+            possible_duplicate=decisive is not None and decisive.reply.kind == "drop",
+        )
 
 
 def _make_reply(spec: ReplySpec, r: _Route, domain: str) -> Reply:
     host = r.settings.host
     if spec.kind == "refused":
-        return network_reply("4.4.1", f"connect to {r.peer}: Connection refused", Phase.CONNECT,
-                             host)
+        return network_reply(
+            "4.4.1", f"connect to {r.peer}: Connection refused", Phase.CONNECT, host
+        )
     if spec.kind == "timeout":
-        return network_reply("4.4.1", f"connect to {r.peer}: Connection timed out",
-                             Phase.CONNECT, host)
+        return network_reply(
+            "4.4.1", f"connect to {r.peer}: Connection timed out", Phase.CONNECT, host
+        )
     if spec.kind == "drop":
         return network_reply("4.4.2", _DROP_TEXT.format(peer=r.peer), Phase.AFTER_DATA, host)
-    text = (spec.text.replace("{source}", r.settings.source_address or "192.0.2.1")
-            .replace("{route}", r.settings.name).replace("{host}", host)
-            .replace("{domain}", domain))
+    text = (
+        spec.text.replace("{source}", r.settings.source_address or "192.0.2.1")
+        .replace("{route}", r.settings.name)
+        .replace("{host}", host)
+        .replace("{domain}", domain)
+    )
     return Reply.parse(spec.code, text, spec.phase, host)
 
 
 def accept_all_scenario(name: str = "test-mode") -> Scenario:
     """The scenario of `serve --test-mode` without --scenario: every transaction gets 250."""
-    return Scenario(name=name, file="<test-mode>", duration=float("inf"), windows=(),
-                    latency=DurationRange(0.0, 0.0))
+    return Scenario(
+        name=name,
+        file="<test-mode>",
+        duration=float("inf"),
+        windows=(),
+        latency=DurationRange(0.0, 0.0),
+    )

@@ -78,8 +78,14 @@ _COLUMNS: dict[str, Callable[[int, _Stored], object]] = {
     "size": lambda _s, m: m.size,
 }
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "=": operator.eq, "==": operator.eq, "!=": operator.ne, "<>": operator.ne,
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<>": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 _CONDITION = re.compile(r"^\s*(\w+)\s*(==|=|!=|<>|<=|>=|<|>)\s*\?\s*$")
 
@@ -137,13 +143,24 @@ class MemorySpool:
         seq = self._last_seq
         self._ids.add(qid)
         self._messages[seq] = _Stored(
-            queue_id=qid, state=MessageState.ACTIVE, arrival_at=m.arrival_at,
-            next_attempt_at=m.arrival_at, message_id=m.message_id, size=len(m.body),
-            envelope=m.envelope, body=m.body,
+            queue_id=qid,
+            state=MessageState.ACTIVE,
+            arrival_at=m.arrival_at,
+            next_attempt_at=m.arrival_at,
+            message_id=m.message_id,
+            size=len(m.body),
+            envelope=m.envelope,
+            body=m.body,
         )
-        return QueuedMessage(seq=seq, queue_id=qid, envelope=m.envelope, arrival_at=m.arrival_at,
-                             next_attempt_at=m.arrival_at, size=len(m.body),
-                             message_id=m.message_id)
+        return QueuedMessage(
+            seq=seq,
+            queue_id=qid,
+            envelope=m.envelope,
+            arrival_at=m.arrival_at,
+            next_attempt_at=m.arrival_at,
+            size=len(m.body),
+            message_id=m.message_id,
+        )
 
     # -- the Spool interface -----------------------------------------------
 

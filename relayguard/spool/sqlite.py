@@ -276,7 +276,11 @@ class SqliteSpool:
         return await asyncio.get_running_loop().run_in_executor(self._reader, job)
 
     async def set_state(
-        self, seq: int, state: MessageState, *, next_attempt_at: float | None = None,
+        self,
+        seq: int,
+        state: MessageState,
+        *,
+        next_attempt_at: float | None = None,
         only_from: MessageState | None = None,
     ) -> bool:
         """An operator's hold or release; False if the message is gone (or not in
@@ -285,8 +289,9 @@ class SqliteSpool:
 
     async def set_next_attempt(self, seq: int, at: float) -> bool:
         """An operator's retry: due at `at`; only for a message that is not held."""
-        return await self._run(lambda c: _set_state(
-            c, seq, MessageState.ACTIVE, at, MessageState.ACTIVE))
+        return await self._run(
+            lambda c: _set_state(c, seq, MessageState.ACTIVE, at, MessageState.ACTIVE)
+        )
 
     async def delete(self, seq: int) -> bool:
         """An operator's delete: the message and its attempts; False if already gone."""
@@ -385,7 +390,10 @@ def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[A
 
 
 def _set_state(
-    conn: sqlite3.Connection, seq: int, state: MessageState, next_attempt_at: float | None,
+    conn: sqlite3.Connection,
+    seq: int,
+    state: MessageState,
+    next_attempt_at: float | None,
     only_from: MessageState | None,
 ) -> bool:
     sql = "UPDATE messages SET state=?"

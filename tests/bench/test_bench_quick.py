@@ -25,12 +25,18 @@ SKIP_EXIT = 77
 def test_bench_quick(tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=280, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT,
+        check=False,
     )
     if res.returncode == SKIP_EXIT:
         reason = next((ln for ln in res.stdout.splitlines() if "skipped" in ln), res.stdout)
         pytest.skip(reason.strip())
-    assert res.returncode == 0, f"bench/run.py --quick failed:\n{res.stdout[-3000:]}\n{res.stderr[-2000:]}"
+    assert res.returncode == 0, (
+        f"bench/run.py --quick failed:\n{res.stdout[-3000:]}\n{res.stderr[-2000:]}"
+    )
 
     files = list(tmp_path.glob("bench-*.json"))
     assert len(files) == 1, files
@@ -67,7 +73,9 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert scale["restart"]["total_seconds"] > 0
     assert scale["restart"]["traced_bytes_per_message"] > 0
     assert {g["goal"] for g in data["goals"]} >= {
-        "durable ingest ≥ 1.0x Postfix", "end-to-end ≥ 1.0x Postfix",
-        "restart with 1M queued ≤ 30 s", "≤ 1 KB of memory per queued message",
+        "durable ingest ≥ 1.0x Postfix",
+        "end-to-end ≥ 1.0x Postfix",
+        "restart with 1M queued ≤ 30 s",
+        "≤ 1 KB of memory per queued message",
     }
     assert "relayguard vs Postfix" in res.stdout  # the table was printed

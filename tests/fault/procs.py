@@ -30,14 +30,15 @@ from support import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_config(tmp: Path, *, listen_port: int, upstream_port: int, extra: str = "",
-                 route_extra: str = "") -> Path:
+def write_config(
+    tmp: Path, *, listen_port: int, upstream_port: int, extra: str = "", route_extra: str = ""
+) -> Path:
     """A config file for a relay on 127.0.0.1:listen_port with one route to the upstream."""
     text = textwrap.dedent(f"""
         [server]
         listen = "127.0.0.1:{listen_port}"
         hostname = "relay.test"
-        spool = "{tmp / 'spool'}"
+        spool = "{tmp / "spool"}"
         {extra}
 
         [[route]]
@@ -92,8 +93,11 @@ class RelayProcess:
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "relayguard", "--config", str(self.config), "serve"],
-                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-                cwd=self.config.parent, env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=self.config.parent,
+                env=env,
             )
         self._reader = threading.Thread(target=self._read, name=f"{self.name}-stdout", daemon=True)
         self._reader.start()
@@ -142,8 +146,9 @@ class RelayProcess:
             async with asyncio.timeout(timeout):
                 return await asyncio.to_thread(proc.wait)
         except TimeoutError:
-            raise AssertionError(f"{self.name} (pid {proc.pid}) did not exit within "
-                                 f"{timeout}s\n{self.tail()}") from None
+            raise AssertionError(
+                f"{self.name} (pid {proc.pid}) did not exit within {timeout}s\n{self.tail()}"
+            ) from None
 
     def cleanup(self) -> None:
         """For finally blocks: make sure the child is gone and its pipe drained."""
@@ -170,13 +175,15 @@ class RelayProcess:
         err = ""
         with contextlib.suppress(OSError):
             err = "\n".join(self.stderr_path.read_text("utf-8", "replace").splitlines()[-lines:])
-        return (f"--- {self.name} stdout (last {lines} lines) ---\n"
-                + "\n".join(self.raw[-lines:])
-                + f"\n--- {self.name} stderr ---\n{err}")
+        return (
+            f"--- {self.name} stdout (last {lines} lines) ---\n"
+            + "\n".join(self.raw[-lines:])
+            + f"\n--- {self.name} stderr ---\n{err}"
+        )
 
-    async def wait_event(self, name: str, timeout: float,
-                         where: Callable[[dict[str, Any]], bool] = lambda _e: True
-                         ) -> dict[str, Any]:
+    async def wait_event(
+        self, name: str, timeout: float, where: Callable[[dict[str, Any]], bool] = lambda _e: True
+    ) -> dict[str, Any]:
         """The first log event `name` matching `where`; fails clearly after `timeout`."""
         assert self._changed is not None
         try:
@@ -187,12 +194,15 @@ class RelayProcess:
                         if e.get("event") == name and where(e):
                             return e
                     if self._eof:
-                        raise AssertionError(f"{self.name} exited (rc={self.proc and self.proc.poll()})"
-                                             f" before logging {name!r}\n{self.tail()}")
+                        raise AssertionError(
+                            f"{self.name} exited (rc={self.proc and self.proc.poll()})"
+                            f" before logging {name!r}\n{self.tail()}"
+                        )
                     await self._changed.wait()
         except TimeoutError:
-            raise AssertionError(f"{self.name}: no {name!r} log event within {timeout}s\n"
-                                 f"{self.tail()}") from None
+            raise AssertionError(
+                f"{self.name}: no {name!r} log event within {timeout}s\n{self.tail()}"
+            ) from None
 
     async def start_listening(self, port: int, timeout: float = 15.0) -> tuple[str, int]:
         self.start()
@@ -206,10 +216,11 @@ class RelayProcess:
 
 
 def message(mid: str, *, body_size: int = 0) -> bytes:
-    filler = "".join(f"line {i:05d} of filler text for {mid}\r\n"
-                     for i in range(body_size // 40))
-    return (f"From: <sender@example.org>\r\nTo: <rcpt@example.com>\r\nSubject: {mid}\r\n"
-            f"Message-ID: <{mid}@fault.test>\r\n\r\nHello {mid}.\r\n{filler}").encode()
+    filler = "".join(f"line {i:05d} of filler text for {mid}\r\n" for i in range(body_size // 40))
+    return (
+        f"From: <sender@example.org>\r\nTo: <rcpt@example.com>\r\nSubject: {mid}\r\n"
+        f"Message-ID: <{mid}@fault.test>\r\n\r\nHello {mid}.\r\n{filler}"
+    ).encode()
 
 
 def message_id(mid: str) -> str:
@@ -242,8 +253,9 @@ class SmtpClients:
 
     async def _client(self, c: int) -> None:
         host, port = self.address
-        smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, timeout=20,
-                               local_hostname="client.test")
+        smtp = aiosmtplib.SMTP(
+            hostname=host, port=port, start_tls=False, timeout=20, local_hostname="client.test"
+        )
         try:
             await smtp.connect()
             for i in range(self.per_client):
@@ -276,24 +288,28 @@ class PartialData:
         """EHLO, MAIL, RCPT, DATA, then part of the content ending with `tail`."""
         self.reader, self.writer = await asyncio.open_connection(*address)
         await self._expect(b"220")
-        for command, code in ((b"EHLO partial.test", b"250"),
-                              (b"MAIL FROM:<sender@example.org>", b"250"),
-                              (b"RCPT TO:<rcpt@example.com>", b"250"),
-                              (b"DATA", b"354")):
+        for command, code in (
+            (b"EHLO partial.test", b"250"),
+            (b"MAIL FROM:<sender@example.org>", b"250"),
+            (b"RCPT TO:<rcpt@example.com>", b"250"),
+            (b"DATA", b"354"),
+        ):
             self.writer.write(command + b"\r\n")
             await self.writer.drain()
             await self._expect(code)
         content = message(self.mid, body_size=2000)
         self.writer.write(content[: len(content) // 2])
         await self.writer.drain()
-        self.writer.write(content[len(content) // 2:] + tail)
+        self.writer.write(content[len(content) // 2 :] + tail)
         await self.writer.drain()
 
     async def _expect(self, code: bytes) -> None:
         assert self.reader is not None
         while True:
             line = await asyncio.wait_for(self.reader.readline(), 10)
-            assert line.startswith(code), f"partial client {self.mid}: expected {code!r}, got {line!r}"
+            assert line.startswith(code), (
+                f"partial client {self.mid}: expected {code!r}, got {line!r}"
+            )
             if line[3:4] != b"-":
                 return
 

@@ -57,8 +57,9 @@ def arrived_ids(handler: UpstreamHandler) -> set[str]:
     return {r.message_id for r in handler.received}
 
 
-async def until(predicate: Callable[[], bool], event: asyncio.Event, timeout: float,
-                what: Callable[[], str]) -> None:
+async def until(
+    predicate: Callable[[], bool], event: asyncio.Event, timeout: float, what: Callable[[], str]
+) -> None:
     """Wait for predicate() to hold, re-checking each time `event` fires."""
     try:
         async with asyncio.timeout(timeout):
@@ -74,8 +75,10 @@ async def until(predicate: Callable[[], bool], event: asyncio.Event, timeout: fl
 def spool_leftovers(spool: Path) -> str:
     conn = sqlite3.connect(f"file:{spool / 'queue.db'}?mode=ro", uri=True, timeout=5)
     try:
-        rows = conn.execute("SELECT queue_id, message_id, state, next_attempt_at FROM messages"
-                            " ORDER BY seq LIMIT 10").fetchall()
+        rows = conn.execute(
+            "SELECT queue_id, message_id, state, next_attempt_at FROM messages"
+            " ORDER BY seq LIMIT 10"
+        ).fetchall()
     finally:
         conn.close()
     now = time.time()
@@ -83,7 +86,11 @@ def spool_leftovers(spool: Path) -> str:
 
 
 async def restart_until_acked_arrive(
-    relay: RelayProcess, port: int, handler: UpstreamHandler, acked: set[str], context: str,
+    relay: RelayProcess,
+    port: int,
+    handler: UpstreamHandler,
+    acked: set[str],
+    context: str,
 ) -> tuple[float, dict[str, Any]]:
     """Start the relay again on the same spool and wait until every acknowledged
     message has arrived upstream; returns when it restarted and its queue_loaded event."""
@@ -94,10 +101,16 @@ async def restart_until_acked_arrive(
     def missing() -> set[str]:
         return acked - arrived_ids(handler)
 
-    await until(lambda: not missing(), handler.arrived, RESTART_DEADLINE,
-                lambda: f"{len(missing())} of {len(acked)} acknowledged message(s) never "
-                        f"arrived upstream, e.g. {sorted(missing())[:5]}; {context}; restart "
-                        f"loaded {loaded['messages']} message(s)\n{relay.tail()}")
+    await until(
+        lambda: not missing(),
+        handler.arrived,
+        RESTART_DEADLINE,
+        lambda: (
+            f"{len(missing())} of {len(acked)} acknowledged message(s) never "
+            f"arrived upstream, e.g. {sorted(missing())[:5]}; {context}; restart "
+            f"loaded {loaded['messages']} message(s)\n{relay.tail()}"
+        ),
+    )
     return t_restart, loaded
 
 
@@ -106,8 +119,10 @@ async def wait_spool_empty(spool: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while (left := spool_count(spool)) > 0:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{left} message(s) still spooled {timeout}s after every "
-                                 f"acknowledged one arrived: {spool_leftovers(spool)}")
+            raise AssertionError(
+                f"{left} message(s) still spooled {timeout}s after every "
+                f"acknowledged one arrived: {spool_leftovers(spool)}"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -158,20 +173,30 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path, kill_point: str)
                     return
                 first.kill()  # synchronously: no await between the trigger and the signal
                 killed.set()
-                at_kill.update(acked=len(clients.acked), sent=len(clients.sent),
-                               in_upstream_data=handler.concurrent,
-                               arrived=len(handler.received),
-                               t=round(time.monotonic() - t_start, 2))
+                at_kill.update(
+                    acked=len(clients.acked),
+                    sent=len(clients.sent),
+                    in_upstream_data=handler.concurrent,
+                    arrived=len(handler.received),
+                    t=round(time.monotonic() - t_start, 2),
+                )
 
-            clients = SmtpClients(address, count=CLIENTS,
-                                  per_client=point.get("per_client", PER_CLIENT),
-                                  body_size=20_000 if point["partials"] else 2_000,
-                                  on_ack=kill_if_due)
+            clients = SmtpClients(
+                address,
+                count=CLIENTS,
+                per_client=point.get("per_client", PER_CLIENT),
+                body_size=20_000 if point["partials"] else 2_000,
+                on_ack=kill_if_due,
+            )
             clients_task = asyncio.create_task(clients.run())
 
             if point["partials"]:
-                await asyncio.gather(*(p.begin(address, tail)
-                                       for p, tail in zip(partials, PARTIAL_TAILS, strict=True)))
+                await asyncio.gather(
+                    *(
+                        p.begin(address, tail)
+                        for p, tail in zip(partials, PARTIAL_TAILS, strict=True)
+                    )
+                )
                 partials_ready = True
                 kill_if_due()
             if point["delay"]:
@@ -180,21 +205,30 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path, kill_point: str)
                     kill_if_due()
                     return killed.is_set()
 
-                await until(upstream_tick, handler.changed, 20,
-                            lambda: f"deliveries in flight: {handler.concurrent}, "
-                                    f"arrived {len(handler.received)}")
+                await until(
+                    upstream_tick,
+                    handler.changed,
+                    20,
+                    lambda: (
+                        f"deliveries in flight: {handler.concurrent}, "
+                        f"arrived {len(handler.received)}"
+                    ),
+                )
             kill_wait = asyncio.ensure_future(killed.wait())
             try:
-                await asyncio.wait({kill_wait, clients_task}, timeout=20,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {kill_wait, clients_task}, timeout=20, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 kill_wait.cancel()
             if not killed.is_set():
                 if clients_task.done():
                     clients_task.result()  # a bug in the test's clients shows here
-                raise AssertionError(f"kill point {kill_point} never reached: "
-                                     f"acked={len(clients.acked)} errors={clients.errors[:3]}\n"
-                                     f"{first.tail()}")
+                raise AssertionError(
+                    f"kill point {kill_point} never reached: "
+                    f"acked={len(clients.acked)} errors={clients.errors[:3]}\n"
+                    f"{first.tail()}"
+                )
             rc = await first.wait_exit(10)
             assert rc == -9, f"first run ended with {rc}, not by SIGKILL"
             # Clients see the connection drop and stop; their records are then final.
@@ -205,7 +239,8 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path, kill_point: str)
 
             handler.data_delay = 0.0  # the smarthost recovers along with the relay
             t_restart, loaded = await restart_until_acked_arrive(
-                second, port, handler, acked, f"kill at {at_kill}")
+                second, port, handler, acked, f"kill at {at_kill}"
+            )
             # What was committed but not acknowledged (kill between fsync and
             # 250) is delivered too: the queue drains completely.
             t_acked_arrived = time.monotonic() - t_restart
@@ -213,10 +248,12 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path, kill_point: str)
 
             arrived = arrived_ids(handler)
             duplicates = len(handler.received) - len(arrived)
-            summary = (f"{kill_point}: kill at {at_kill}; acked {len(acked)}, sent {len(sent)}, "
-                       f"arrived {len(arrived)} distinct, {duplicates} duplicate(s); restart "
-                       f"loaded {loaded['messages']}, all acked arrived {t_acked_arrived:.2f}s after "
-                       f"restart; total {time.monotonic() - t_start:.1f}s")
+            summary = (
+                f"{kill_point}: kill at {at_kill}; acked {len(acked)}, sent {len(sent)}, "
+                f"arrived {len(arrived)} distinct, {duplicates} duplicate(s); restart "
+                f"loaded {loaded['messages']}, all acked arrived {t_acked_arrived:.2f}s after "
+                f"restart; total {time.monotonic() - t_start:.1f}s"
+            )
             assert acked <= arrived, summary
             assert arrived <= sent, f"arrived but never sent: {sorted(arrived - sent)}; {summary}"
             cut = {message_id(p.mid) for p in partials} & arrived

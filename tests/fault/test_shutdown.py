@@ -73,8 +73,15 @@ class RawSession:
 async def try_mail(session: RawSession, mid: str, *, greeted: bool) -> list[str]:
     """Go as far as the relay lets us; return the replies. Stops at the first non-2xx/3xx."""
     replies: list[str] = []
-    steps = [] if greeted else [b"EHLO late.test\r\n", b"MAIL FROM:<late@example.org>\r\n",
-                                b"RCPT TO:<rcpt@example.com>\r\n"]
+    steps = (
+        []
+        if greeted
+        else [
+            b"EHLO late.test\r\n",
+            b"MAIL FROM:<late@example.org>\r\n",
+            b"RCPT TO:<rcpt@example.com>\r\n",
+        ]
+    )
     steps += [b"DATA\r\n", message(mid) + b".\r\n"]
     try:
         for data in steps:
@@ -95,8 +102,12 @@ async def test_sigterm_drains_in_grace_and_keeps_acknowledged(
     handler = SignallingHandler(data_delay=upstream_delay)
     async with upstream(handler) as up:
         port = pick_port()
-        config = write_config(tmp_path, listen_port=port, upstream_port=up.port,
-                              extra=f'shutdown_grace = "{GRACE:g}s"')
+        config = write_config(
+            tmp_path,
+            listen_port=port,
+            upstream_port=up.port,
+            extra=f'shutdown_grace = "{GRACE:g}s"',
+        )
         spool = tmp_path / "spool"
         first = RelayProcess(config, "first-run")
         second = RelayProcess(config, "restart")
@@ -109,8 +120,11 @@ async def test_sigterm_drains_in_grace_and_keeps_acknowledged(
             address = await first.start_listening(port)
             # A session opened before SIGTERM that only sends DATA afterwards.
             assert (await held.open(address)).startswith("220")
-            for line in (b"EHLO held.test\r\n", b"MAIL FROM:<held@example.org>\r\n",
-                         b"RCPT TO:<rcpt@example.com>\r\n"):
+            for line in (
+                b"EHLO held.test\r\n",
+                b"MAIL FROM:<held@example.org>\r\n",
+                b"RCPT TO:<rcpt@example.com>\r\n",
+            ):
                 assert (await held.step(line)).startswith("250")
 
             def term_if_due(_mid: str = "") -> None:
@@ -118,14 +132,24 @@ async def test_sigterm_drains_in_grace_and_keeps_acknowledged(
                     return
                 first.terminate()
                 termed.set()
-                at_term.update(t=time.monotonic(), acked=len(clients.acked),
-                               in_upstream_data=handler.concurrent, arrived=len(handler.received))
+                at_term.update(
+                    t=time.monotonic(),
+                    acked=len(clients.acked),
+                    in_upstream_data=handler.concurrent,
+                    arrived=len(handler.received),
+                )
 
             clients = SmtpClients(address, count=20, per_client=3, on_ack=term_if_due)
             clients_task = asyncio.create_task(clients.run())
-            await until(lambda: (term_if_due() or termed.is_set()), handler.changed, 20,
-                        lambda: f"no moment with 30 acks and 5 deliveries in flight: "
-                                f"acked {len(clients.acked)}, in flight {handler.concurrent}")
+            await until(
+                lambda: term_if_due() or termed.is_set(),
+                handler.changed,
+                20,
+                lambda: (
+                    f"no moment with 30 acks and 5 deliveries in flight: "
+                    f"acked {len(clients.acked)}, in flight {handler.concurrent}"
+                ),
+            )
             await first.wait_event("stopping", 5)
 
             # After SIGTERM: nothing new is accepted.
@@ -141,16 +165,19 @@ async def test_sigterm_drains_in_grace_and_keeps_acknowledged(
                     late_replies += await try_mail(late, "late-new", greeted=False)
             assert not any(r.startswith("250 2.0.0") for r in late_replies[-1:]), late_replies
             assert late_replies[-1].startswith(("421", "(")), (
-                f"a new connection after SIGTERM got {late_replies}")
+                f"a new connection after SIGTERM got {late_replies}"
+            )
             held_replies = await try_mail(held, "late-held", greeted=True)
             assert held_replies[-1].startswith(("421", "(")), (
-                f"a session open before SIGTERM got {held_replies} for DATA after it")
+                f"a session open before SIGTERM got {held_replies} for DATA after it"
+            )
 
             rc = await first.wait_exit(GRACE + EXIT_SLACK + 3)
             took = time.monotonic() - at_term["t"]
             assert rc == 0, f"exit status {rc} after SIGTERM\n{first.tail()}"
             assert took <= GRACE + EXIT_SLACK, (
-                f"exited {took:.2f}s after SIGTERM (grace {GRACE}s)\n{first.tail()}")
+                f"exited {took:.2f}s after SIGTERM (grace {GRACE}s)\n{first.tail()}"
+            )
             assert first.find("stopped"), first.tail()
 
             async with asyncio.timeout(20):
@@ -160,17 +187,20 @@ async def test_sigterm_drains_in_grace_and_keeps_acknowledged(
 
             handler.data_delay = 0.0
             t_restart, loaded = await restart_until_acked_arrive(
-                second, port, handler, acked, "after SIGTERM")
+                second, port, handler, acked, "after SIGTERM"
+            )
             t_arrived = time.monotonic() - t_restart
             await wait_spool_empty(spool, 10)
             arrived = arrived_ids(handler)
-            summary = (f"delay {upstream_delay}s: SIGTERM at {at_term}, exit after {took:.2f}s; "
-                       f"acked {len(acked)}, sent {len(sent)}, delivered before exit "
-                       f"{len(delivered_before)}, restart loaded {loaded['messages']}, acked "
-                       f"all arrived {t_arrived:.2f}s after restart, "
-                       f"{len(handler.received) - len(arrived)} duplicate(s); late: "
-                       f"{late_replies[-1]!r}, held: {held_replies[-1]!r}; "
-                       f"total {time.monotonic() - t_start:.1f}s")
+            summary = (
+                f"delay {upstream_delay}s: SIGTERM at {at_term}, exit after {took:.2f}s; "
+                f"acked {len(acked)}, sent {len(sent)}, delivered before exit "
+                f"{len(delivered_before)}, restart loaded {loaded['messages']}, acked "
+                f"all arrived {t_arrived:.2f}s after restart, "
+                f"{len(handler.received) - len(arrived)} duplicate(s); late: "
+                f"{late_replies[-1]!r}, held: {held_replies[-1]!r}; "
+                f"total {time.monotonic() - t_start:.1f}s"
+            )
             assert acked <= arrived, summary
             assert arrived <= sent, f"arrived but never sent: {sorted(arrived - sent)}"
             if upstream_delay < GRACE:

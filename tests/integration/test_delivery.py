@@ -37,25 +37,34 @@ async def _queued(relay) -> list:
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain-peer", "peer-offers-pipelining"])
 async def test_partial_rcpt_rejection_keeps_only_refused(tmp_path: Path, pipelining: bool) -> None:
     handler = UpstreamHandler(
-        on_rcpt=lambda peer, rcpt: "550 5.1.1 <bad@example.com>: User unknown"
-        if rcpt.startswith("bad") else ("450 4.2.0 Greylisted" if rcpt.startswith("grey") else None)
+        on_rcpt=lambda peer, rcpt: (
+            "550 5.1.1 <bad@example.com>: User unknown"
+            if rcpt.startswith("bad")
+            else ("450 4.2.0 Greylisted" if rcpt.startswith("grey") else None)
+        )
     )
     clock = VirtualClock()
     async with upstream(handler, pipelining=pipelining) as up:
-        settings = relay_settings(tmp_path, [{"name": "primary", "host": "127.0.0.1",
-                                              "port": up.port}])
+        settings = relay_settings(
+            tmp_path, [{"name": "primary", "host": "127.0.0.1", "port": up.port}]
+        )
         async with running_relay(settings, clock) as relay:
-            await send(relay.address, "s@example.org",
-                       ["good@example.com", "bad@example.com", "grey@example.com"],
-                       make_message(1))
+            await send(
+                relay.address,
+                "s@example.org",
+                ["good@example.com", "bad@example.com", "grey@example.com"],
+                make_message(1),
+            )
             [got] = await up.wait_for(1)
             assert got.rcpt_tos == ["good@example.com"]
             await _until(lambda: relay.manager.in_flight == 0)
             [msg] = await _queued(relay)
             states = {r.address: r.state for r in msg.envelope.recipients}
-            assert states == {"good@example.com": RecipientState.DELIVERED,
-                              "bad@example.com": RecipientState.FAILED,
-                              "grey@example.com": RecipientState.QUEUED}
+            assert states == {
+                "good@example.com": RecipientState.DELIVERED,
+                "bad@example.com": RecipientState.FAILED,
+                "grey@example.com": RecipientState.QUEUED,
+            }
             # Greylisting lifts; the deferred recipient goes alone, once.
             handler.on_rcpt = lambda peer, rcpt: None
             await clock.run_to(clock.now() + 3600)
@@ -75,8 +84,9 @@ async def test_4xx_then_success_with_backoff(tmp_path: Path, pipelining: bool) -
     handler = UpstreamHandler(on_data=lambda peer, content: answers.pop(0) if answers else None)
     clock = VirtualClock()
     async with upstream(handler, pipelining=pipelining) as up:
-        settings = relay_settings(tmp_path, [{"name": "primary", "host": "127.0.0.1",
-                                              "port": up.port}])
+        settings = relay_settings(
+            tmp_path, [{"name": "primary", "host": "127.0.0.1", "port": up.port}]
+        )
         async with running_relay(settings, clock) as relay:
             t0 = clock.now()
             await send(relay.address, "s@example.org", ["r@example.com"], make_message(7))
@@ -101,10 +111,13 @@ async def test_4xx_then_success_with_backoff(tmp_path: Path, pipelining: bool) -
 
 async def test_connection_refused_falls_back_to_next_route(tmp_path: Path) -> None:
     async with upstream() as up:
-        settings = relay_settings(tmp_path, [
-            {"name": "primary", "host": "127.0.0.1", "port": free_port()},
-            {"name": "backup", "host": "127.0.0.1", "port": up.port},
-        ])
+        settings = relay_settings(
+            tmp_path,
+            [
+                {"name": "primary", "host": "127.0.0.1", "port": free_port()},
+                {"name": "backup", "host": "127.0.0.1", "port": up.port},
+            ],
+        )
         async with running_relay(settings) as relay:
             await send(relay.address, "s@example.org", ["r@example.com"], make_message(2))
             [got] = await up.wait_for(1)
@@ -115,8 +128,9 @@ async def test_connection_refused_falls_back_to_next_route(tmp_path: Path) -> No
 
 async def test_tls_required_but_not_offered_defers_without_sending(tmp_path: Path) -> None:
     async with upstream() as up:
-        settings = relay_settings(tmp_path, [
-            {"name": "primary", "host": "127.0.0.1", "port": up.port, "tls": "required"}])
+        settings = relay_settings(
+            tmp_path, [{"name": "primary", "host": "127.0.0.1", "port": up.port, "tls": "required"}]
+        )
         async with running_relay(settings) as relay:
             await send(relay.address, "s@example.org", ["r@example.com"], make_message(3))
             await _until(lambda: len(up.handler.connections) >= 1)
@@ -139,9 +153,19 @@ async def test_tls_required_and_offered_delivers_encrypted(tmp_path: Path) -> No
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     async with upstream(tls_context=server_ctx) as up:
-        settings = relay_settings(tmp_path, [
-            {"name": "primary", "host": "127.0.0.1", "port": up.port, "tls": "required",
-             "tls_verify": True, "tls_ca_file": str(ca_file)}])
+        settings = relay_settings(
+            tmp_path,
+            [
+                {
+                    "name": "primary",
+                    "host": "127.0.0.1",
+                    "port": up.port,
+                    "tls": "required",
+                    "tls_verify": True,
+                    "tls_ca_file": str(ca_file),
+                }
+            ],
+        )
         async with running_relay(settings) as relay:
             await send(relay.address, "s@example.org", ["r@example.com"], make_message(4))
             [got] = await up.wait_for(1)
@@ -150,22 +174,33 @@ async def test_tls_required_and_offered_delivers_encrypted(tmp_path: Path) -> No
 
 async def test_connections_are_reused_for_several_messages(tmp_path: Path) -> None:
     async with upstream() as up:
-        settings = relay_settings(tmp_path, [
-            {"name": "primary", "host": "127.0.0.1", "port": up.port, "max_connections": 2}])
+        settings = relay_settings(
+            tmp_path,
+            [{"name": "primary", "host": "127.0.0.1", "port": up.port, "max_connections": 2}],
+        )
         async with running_relay(settings) as relay:
             for i in range(10):
                 await send(relay.address, "s@example.org", ["r@example.com"], make_message(i))
             await up.wait_for(10)
     assert len(up.handler.connections) <= 3
     assert sorted(g.message_id for g in up.received) == sorted(
-        f"<msg-{i}@test.example>" for i in range(10))
+        f"<msg-{i}@test.example>" for i in range(10)
+    )
 
 
 async def test_route_binds_source_address(tmp_path: Path) -> None:
     async with upstream() as up:
-        settings = relay_settings(tmp_path, [
-            {"name": "primary", "host": "127.0.0.1", "port": up.port,
-             "source_address": "127.0.0.2"}])
+        settings = relay_settings(
+            tmp_path,
+            [
+                {
+                    "name": "primary",
+                    "host": "127.0.0.1",
+                    "port": up.port,
+                    "source_address": "127.0.0.2",
+                }
+            ],
+        )
         async with running_relay(settings) as relay:
             await send(relay.address, "s@example.org", ["r@example.com"], make_message(5))
             [got] = await up.wait_for(1)
@@ -181,8 +216,12 @@ async def test_restart_delivers_what_was_queued(tmp_path: Path) -> None:
     # Now the smarthost is up, on the same port; a fresh relay finds the spool.
     handler = UpstreamHandler()
     server = await asyncio.get_running_loop().create_server(
-        lambda: __import__("support").ScriptedSMTP(handler, dsn=False, starttls=False,
-                                                   hostname="up"), "127.0.0.1", port)
+        lambda: __import__("support").ScriptedSMTP(
+            handler, dsn=False, starttls=False, hostname="up"
+        ),
+        "127.0.0.1",
+        port,
+    )
     try:
         async with running_relay(settings) as relay:
             for m in await _queued(relay):
@@ -193,7 +232,8 @@ async def test_restart_delivers_what_was_queued(tmp_path: Path) -> None:
     finally:
         server.close()
     assert sorted(r.message_id for r in handler.received) == [
-        f"<msg-{i}@test.example>" for i in range(3)]
+        f"<msg-{i}@test.example>" for i in range(3)
+    ]
 
 
 async def test_all_recipients_refused_when_pipelined_sends_no_data(tmp_path: Path) -> None:

@@ -35,8 +35,9 @@ async def test_message_arrives_byte_exact_with_received_header(tmp_path: Path) -
     async with upstream() as up, running_relay(_settings(tmp_path, port=up.port)) as relay:
         body = "Line one\r\n.leading dot survives\r\n..two dots\r\n\r\n8bit: caf\u00e9\r\n"
         original = make_message(1, body=body)
-        refused, reply = await send(relay.address, "s@example.org",
-                                    ["a@example.com", "b@example.com"], original)
+        refused, reply = await send(
+            relay.address, "s@example.org", ["a@example.com", "b@example.com"], original
+        )
         assert refused == {}
         assert "queued as" in reply
         [got] = await up.wait_for(1)
@@ -50,8 +51,9 @@ async def test_message_arrives_byte_exact_with_received_header(tmp_path: Path) -
 
 async def test_enhanced_codes_on_every_reply(tmp_path: Path) -> None:
     async with running_relay(_settings(tmp_path)) as relay:
-        replies = await raw_session(relay.address, [
-            EHLO, b"FOO bar\r\n", MAIL, RCPT, b"RSET\r\n", b"NOOP\r\n", b"QUIT\r\n"])
+        replies = await raw_session(
+            relay.address, [EHLO, b"FOO bar\r\n", MAIL, RCPT, b"RSET\r\n", b"NOOP\r\n", b"QUIT\r\n"]
+        )
     assert replies[0].startswith("220 relay.test ESMTP")
     assert "250-ENHANCEDSTATUSCODES" in replies[1]
     assert "250-DSN" in replies[1]
@@ -65,20 +67,30 @@ async def test_enhanced_codes_on_every_reply(tmp_path: Path) -> None:
 
 async def test_address_validation(tmp_path: Path) -> None:
     async with running_relay(_settings(tmp_path)) as relay:
-        replies = await raw_session(relay.address, [
-            EHLO, MAIL,
-            b"RCPT TO:<@hop1,@hop2:user@example.com>\r\n",
-            b"RCPT TO:<>\r\n",
-            b"RCPT TO:<a\x00b@example.com>\r\n",
-            b"RCPT TO:<a\rb@example.com>\r\n",
-            b"RCPT TO:<no-domain>\r\n",
-            b"RCPT TO:<ok@example.com> FOO=BAR\r\n",
-            b"RCPT TO:<ok@example.com> NOTIFY=SOMETIMES\r\n",
-            RCPT,
-        ])
+        replies = await raw_session(
+            relay.address,
+            [
+                EHLO,
+                MAIL,
+                b"RCPT TO:<@hop1,@hop2:user@example.com>\r\n",
+                b"RCPT TO:<>\r\n",
+                b"RCPT TO:<a\x00b@example.com>\r\n",
+                b"RCPT TO:<a\rb@example.com>\r\n",
+                b"RCPT TO:<no-domain>\r\n",
+                b"RCPT TO:<ok@example.com> FOO=BAR\r\n",
+                b"RCPT TO:<ok@example.com> NOTIFY=SOMETIMES\r\n",
+                RCPT,
+            ],
+        )
     assert [r[:9] for r in replies[3:]] == [
-        "501 5.1.3", "501 5.1.3", "501 5.1.3", "501 5.1.3", "501 5.1.3",
-        "555 5.5.4", "501 5.5.4", "250 2.1.5",
+        "501 5.1.3",
+        "501 5.1.3",
+        "501 5.1.3",
+        "501 5.1.3",
+        "501 5.1.3",
+        "555 5.5.4",
+        "501 5.5.4",
+        "250 2.1.5",
     ]
 
 
@@ -91,8 +103,10 @@ async def test_relay_denied_outside_allowed_networks(tmp_path: Path) -> None:
 
 async def test_too_many_recipients(tmp_path: Path) -> None:
     async with running_relay(_settings(tmp_path, "max_recipients = 2")) as relay:
-        replies = await raw_session(relay.address, [
-            EHLO, MAIL, RCPT, b"RCPT TO:<r2@example.com>\r\n", b"RCPT TO:<r3@example.com>\r\n"])
+        replies = await raw_session(
+            relay.address,
+            [EHLO, MAIL, RCPT, b"RCPT TO:<r2@example.com>\r\n", b"RCPT TO:<r3@example.com>\r\n"],
+        )
     assert replies[3].startswith("250")
     assert replies[4].startswith("250")
     assert replies[5].startswith("452 4.5.3")
@@ -101,9 +115,18 @@ async def test_too_many_recipients(tmp_path: Path) -> None:
 async def test_oversize_message_refused(tmp_path: Path) -> None:
     async with running_relay(_settings(tmp_path, "max_message_size = 2048")) as relay:
         big = b"Subject: big\r\n\r\n" + b"x" * 100 + b"\r\n"
-        replies = await raw_session(relay.address, [
-            EHLO, b"MAIL FROM:<s@example.org> SIZE=4096\r\n", MAIL, RCPT, b"DATA\r\n",
-            big * 40 + b".\r\n", b"QUIT\r\n"])
+        replies = await raw_session(
+            relay.address,
+            [
+                EHLO,
+                b"MAIL FROM:<s@example.org> SIZE=4096\r\n",
+                MAIL,
+                RCPT,
+                b"DATA\r\n",
+                big * 40 + b".\r\n",
+                b"QUIT\r\n",
+            ],
+        )
         spool = relay.spool
         assert await spool.index() == []
     assert "250-SIZE 2048" in replies[1]
@@ -114,10 +137,14 @@ async def test_oversize_message_refused(tmp_path: Path) -> None:
 
 async def test_bare_lf_cr_and_nul_refused(tmp_path: Path) -> None:
     async with running_relay(_settings(tmp_path)) as relay:
-        for bad in (b"Subject: x\r\n\r\nsmuggle\n.\r\nMAIL FROM:<evil@x>\r\n",
-                    b"Subject: x\r\n\r\nbare\rcr\r\n", b"Subject: x\r\n\r\nnul\x00\r\n"):
-            replies = await raw_session(relay.address, [
-                EHLO, MAIL, RCPT, b"DATA\r\n", bad + b".\r\n"])
+        for bad in (
+            b"Subject: x\r\n\r\nsmuggle\n.\r\nMAIL FROM:<evil@x>\r\n",
+            b"Subject: x\r\n\r\nbare\rcr\r\n",
+            b"Subject: x\r\n\r\nnul\x00\r\n",
+        ):
+            replies = await raw_session(
+                relay.address, [EHLO, MAIL, RCPT, b"DATA\r\n", bad + b".\r\n"]
+            )
             assert replies[5].startswith("550 5.6.0"), replies
         assert await relay.spool.index() == []
 
@@ -126,8 +153,9 @@ async def test_empty_body_and_dot_lines(tmp_path: Path) -> None:
     async with upstream() as up, running_relay(_settings(tmp_path, port=up.port)) as relay:
         replies = await raw_session(relay.address, [EHLO, MAIL, RCPT, b"DATA\r\n", b".\r\n"])
         assert replies[5].startswith("250 2.0.0 Ok: queued as")
-        replies = await raw_session(relay.address, [
-            EHLO, MAIL, RCPT, b"DATA\r\n", b"a.\r\n..\r\nb.\r\n.\r\n"])
+        replies = await raw_session(
+            relay.address, [EHLO, MAIL, RCPT, b"DATA\r\n", b"a.\r\n..\r\nb.\r\n.\r\n"]
+        )
         assert replies[5].startswith("250 2.0.0")
         got = await up.wait_for(2)
     assert sorted(strip_received(g.content) for g in got) == [b"", b"a.\r\n.\r\nb.\r\n"]
@@ -135,12 +163,15 @@ async def test_empty_body_and_dot_lines(tmp_path: Path) -> None:
 
 async def test_internal_error_answers_451_and_keeps_session(tmp_path: Path) -> None:
     async with running_relay(_settings(tmp_path)) as relay:
+
         async def broken(_message: object) -> object:
             raise RuntimeError("simulated bug")
 
         relay.handler.spool = type("Broken", (), {"accept": staticmethod(broken)})()
-        replies = await raw_session(relay.address, [
-            EHLO, MAIL, RCPT, b"DATA\r\n", b"Subject: x\r\n\r\nhi\r\n.\r\n", b"NOOP\r\n"])
+        replies = await raw_session(
+            relay.address,
+            [EHLO, MAIL, RCPT, b"DATA\r\n", b"Subject: x\r\n\r\nhi\r\n.\r\n", b"NOOP\r\n"],
+        )
     assert replies[5].startswith("451 4.3.0")
     assert replies[6].startswith("250")
 
@@ -218,8 +249,9 @@ async def test_client_vanishing_after_the_dot_does_not_cancel_the_commit(tmp_pat
 
 async def test_data_timeout_says_421(tmp_path: Path) -> None:
     async with running_relay(_settings(tmp_path, 'data_timeout = "0.3s"')) as relay:
-        replies = await raw_session(relay.address, [
-            EHLO, MAIL, RCPT, b"DATA\r\n", b"Subject: slow\r\n\r\nand then nothing"])
+        replies = await raw_session(
+            relay.address, [EHLO, MAIL, RCPT, b"DATA\r\n", b"Subject: slow\r\n\r\nand then nothing"]
+        )
         assert await relay.spool.index() == []
     assert replies[4].startswith("354")
     assert replies[5].startswith("421 4.4.2")

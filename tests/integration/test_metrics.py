@@ -39,23 +39,36 @@ async def until(predicate, timeout: float = 15.0) -> None:
 
 
 async def test_metrics_count_deliveries_and_healthz(tmp_path: Path) -> None:
-    handler = UpstreamHandler(on_rcpt=lambda peer, rcpt: (
-        "550 5.1.1 <gone@example.com>: User unknown" if rcpt.startswith("gone")
-        else "450 4.2.0 Greylisted" if rcpt.startswith("grey") else None))
+    handler = UpstreamHandler(
+        on_rcpt=lambda peer, rcpt: (
+            "550 5.1.1 <gone@example.com>: User unknown"
+            if rcpt.startswith("gone")
+            else "450 4.2.0 Greylisted"
+            if rcpt.startswith("grey")
+            else None
+        )
+    )
     async with upstream(handler) as up:
-        settings = relay_settings(tmp_path, [{"name": "primary", "host": "127.0.0.1",
-                                              "port": up.port}],
-                                  extra='[metrics]\nlisten = "127.0.0.1:0"')
+        settings = relay_settings(
+            tmp_path,
+            [{"name": "primary", "host": "127.0.0.1", "port": up.port}],
+            extra='[metrics]\nlisten = "127.0.0.1:0"',
+        )
         with structlog.testing.capture_logs():
             async with running_relay(settings) as relay:
                 address = relay.metrics_address
                 assert address is not None
                 assert address[1] != 0
                 for i in range(3):
-                    await send(relay.address, "s@example.org", [f"r{i}@example.com"],
-                               make_message(i))
-                await send(relay.address, "s@example.org",
-                           ["gone@example.com", "grey@example.com"], make_message(9))
+                    await send(
+                        relay.address, "s@example.org", [f"r{i}@example.com"], make_message(i)
+                    )
+                await send(
+                    relay.address,
+                    "s@example.org",
+                    ["gone@example.com", "grey@example.com"],
+                    make_message(9),
+                )
                 await up.wait_for(4)  # three messages and the NDR
                 await until(lambda: not relay.manager.delivering and len(relay.manager.due) == 1)
 
@@ -66,10 +79,18 @@ async def test_metrics_count_deliveries_and_healthz(tmp_path: Path) -> None:
                 assert m["relayguard_accepted_messages_total"] == 4
                 # three messages and the NDR went out through primary
                 assert m['relayguard_delivered_recipients_total{route="primary"}'] == 4
-                assert m['relayguard_bounced_recipients_total{route="primary",rule="user-unknown"}'] == 1
-                assert m['relayguard_deferred_recipients_total{route="primary",rule="greylisted"}'] == 1
+                assert (
+                    m['relayguard_bounced_recipients_total{route="primary",rule="user-unknown"}']
+                    == 1
+                )
+                assert (
+                    m['relayguard_deferred_recipients_total{route="primary",rule="greylisted"}']
+                    == 1
+                )
                 assert m['relayguard_delivery_duration_seconds_count{route="primary"}'] == 5
-                assert m['relayguard_delivery_duration_seconds_bucket{le="+Inf",route="primary"}'] == 5
+                assert (
+                    m['relayguard_delivery_duration_seconds_bucket{le="+Inf",route="primary"}'] == 5
+                )
                 assert m['relayguard_queue_messages{state="deferred"}'] == 1
                 assert m['relayguard_queue_messages{state="active"}'] == 0
                 assert m['relayguard_queue_messages{state="held"}'] == 0

@@ -32,14 +32,14 @@ def _with_ndr(tmp_path: Path, mail_port: int, ndr_port: int, extra: str = "") ->
 [server]
 listen = "127.0.0.1:0"
 hostname = "relay.test"
-spool = "{tmp_path / 'spool'}"
+spool = "{tmp_path / "spool"}"
 
 [queue]
 {extra}
 
 [ndr]
 route = "back"
-record_file = "{tmp_path / 'bounces.jsonl'}"
+record_file = "{tmp_path / "bounces.jsonl"}"
 
 [[route]]
 name = "smarthost"
@@ -62,8 +62,12 @@ async def test_one_of_three_unknown_gets_exactly_one_ndr_via_ndr_route(tmp_path:
         settings = _with_ndr(tmp_path, mail_up.port, back.port)
         async with running_relay(settings) as relay:
             original = make_message(1, body="Please read.\r\n")
-            await send(relay.address, "sender@origin.example", ["a@example.com", "b@example.com",
-                                                                 "c@example.com"], original)
+            await send(
+                relay.address,
+                "sender@origin.example",
+                ["a@example.com", "b@example.com", "c@example.com"],
+                original,
+            )
             [delivered] = await mail_up.wait_for(1)
             [ndr] = await back.wait_for(1)
             await _until(lambda: relay.manager.in_flight == 0)
@@ -113,9 +117,14 @@ async def test_dsn_parameters_pass_upstream_when_offered(tmp_path: Path) -> None
     async with upstream(dsn=True) as up:
         settings = relay_settings(tmp_path, [{"name": "p", "host": "127.0.0.1", "port": up.port}])
         async with running_relay(settings) as relay:
-            await send(relay.address, "s@example.org", ["r@example.com"], make_message(3),
-                       mail_options=["RET=HDRS", "ENVID=abc+2B1"],
-                       rcpt_options=["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;Orig+2Bx@example.com"])
+            await send(
+                relay.address,
+                "s@example.org",
+                ["r@example.com"],
+                make_message(3),
+                mail_options=["RET=HDRS", "ENVID=abc+2B1"],
+                rcpt_options=["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;Orig+2Bx@example.com"],
+            )
             [got] = await up.wait_for(1)
     # (aiosmtpd upper-cases parameters on its side; we compare the same way)
     assert "RET=HDRS" in got.mail_options
@@ -128,8 +137,13 @@ async def test_notify_success_without_upstream_dsn_sends_relayed_report(tmp_path
     async with upstream() as mail_up, upstream() as back:
         settings = _with_ndr(tmp_path, mail_up.port, back.port)
         async with running_relay(settings) as relay:
-            await send(relay.address, "s@origin.example", ["r@example.com"], make_message(4),
-                       rcpt_options=["NOTIFY=SUCCESS"])
+            await send(
+                relay.address,
+                "s@origin.example",
+                ["r@example.com"],
+                make_message(4),
+                rcpt_options=["NOTIFY=SUCCESS"],
+            )
             await mail_up.wait_for(1)
             [report] = await back.wait_for(1)
     assert not any("NOTIFY" in o for o in mail_up.received[0].rcpt_options)

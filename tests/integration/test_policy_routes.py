@@ -13,8 +13,10 @@ from support import UpstreamHandler, make_message, relay_settings, running_relay
 
 from relayguard.clock import VirtualClock
 
-RBL = ("554 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using zen.spamhaus.org;"
-       " https://www.spamhaus.org/query/ip/127.0.0.2")
+RBL = (
+    "554 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using zen.spamhaus.org;"
+    " https://www.spamhaus.org/query/ip/127.0.0.2"
+)
 BUSY = "451 4.7.500 Server busy. Please try again later"
 
 
@@ -25,19 +27,35 @@ async def _until(predicate, timeout: float = 20.0) -> None:
 
 
 def _two_routes(tmp_path: Path, port: int) -> object:
-    return relay_settings(tmp_path, [
-        {"name": "A", "host": "127.0.0.1", "port": port, "source_address": "127.0.0.2",
-         "max_connections": 5},
-        {"name": "B", "host": "127.0.0.1", "port": port, "source_address": "127.0.0.3",
-         "max_connections": 5},
-    ])
+    return relay_settings(
+        tmp_path,
+        [
+            {
+                "name": "A",
+                "host": "127.0.0.1",
+                "port": port,
+                "source_address": "127.0.0.2",
+                "max_connections": 5,
+            },
+            {
+                "name": "B",
+                "host": "127.0.0.1",
+                "port": port,
+                "source_address": "127.0.0.3",
+                "max_connections": 5,
+            },
+        ],
+    )
 
 
 async def test_rbl_listing_reroutes_suspends_and_probes(tmp_path: Path) -> None:
     listed = {"127.0.0.2"}
     handler = UpstreamHandler(on_connect=lambda peer: RBL if peer in listed else None)
     clock = VirtualClock()
-    async with upstream(handler) as up, running_relay(_two_routes(tmp_path, up.port), clock) as relay:
+    async with (
+        upstream(handler) as up,
+        running_relay(_two_routes(tmp_path, up.port), clock) as relay,
+    ):
         await send(relay.address, "s@example.org", ["r0@example.com"], make_message(0))
         [first] = await up.wait_for(1)
         assert first.peer == "127.0.0.3"
@@ -48,25 +66,32 @@ async def test_rbl_listing_reroutes_suspends_and_probes(tmp_path: Path) -> None:
         assert "blocked using" in suspension.reason
 
         # While A is suspended for example.com, nothing tries it.
-        await asyncio.gather(*(
-            send(relay.address, "s@example.org", [f"r{i}@example.com"], make_message(i))
-            for i in range(1, 50)))
+        await asyncio.gather(
+            *(
+                send(relay.address, "s@example.org", [f"r{i}@example.com"], make_message(i))
+                for i in range(1, 50)
+            )
+        )
         await up.wait_for(50)
         await _until(lambda: relay.manager.in_flight == 0)
         assert handler.connections.count("127.0.0.2") == 1
         assert {g.peer for g in up.received} == {"127.0.0.3"}
         assert all(g.mail_from == "s@example.org" for g in up.received)  # no NDR
         assert sorted(g.message_id for g in up.received) == sorted(
-            f"<msg-{i}@test.example>" for i in range(50))
+            f"<msg-{i}@test.example>" for i in range(50)
+        )
         assert await relay.spool.messages() == []
 
         # Delisted; the suspension ends: one probe goes to A, alone, and then A carries mail.
         listed.clear()
         await clock.run_to(suspension.until + 1)
         handler.data_delay = 0.3  # keep the probe in flight while the others choose
-        await asyncio.gather(*(
-            send(relay.address, "s@example.org", [f"p{i}@example.com"], make_message(100 + i))
-            for i in range(5)))
+        await asyncio.gather(
+            *(
+                send(relay.address, "s@example.org", [f"p{i}@example.com"], make_message(100 + i))
+                for i in range(5)
+            )
+        )
         await up.wait_for(55)
         after = up.received[50:]
         assert [g.peer for g in after].count("127.0.0.2") == 1  # the probe
@@ -79,7 +104,10 @@ async def test_rbl_listing_reroutes_suspends_and_probes(tmp_path: Path) -> None:
 async def test_rbl_listing_on_every_route_defers_not_bounces(tmp_path: Path) -> None:
     handler = UpstreamHandler(on_connect=lambda peer: RBL.replace("127.0.0.2", peer))
     clock = VirtualClock()
-    async with upstream(handler) as up, running_relay(_two_routes(tmp_path, up.port), clock) as relay:
+    async with (
+        upstream(handler) as up,
+        running_relay(_two_routes(tmp_path, up.port), clock) as relay,
+    ):
         t0 = clock.now()
         await send(relay.address, "s@example.org", ["r@example.com"], make_message(1))
         await _until(lambda: len(handler.connections) >= 2)
@@ -94,28 +122,35 @@ async def test_rbl_listing_on_every_route_defers_not_bounces(tmp_path: Path) -> 
 
         # Listed for 48 h: then it bounces with the last real reply (an NDR to the sender).
         handler.on_connect = lambda peer: (
-            RBL.replace("127.0.0.2", peer) if peer != "127.0.0.1" else None)
+            RBL.replace("127.0.0.2", peer) if peer != "127.0.0.1" else None
+        )
         await clock.run_to(t0 + 49 * 3600, settle=0.002)
         await _until(lambda: relay.manager.in_flight == 0)
         assert await relay.spool.messages() == [] or all(
-            m.envelope.sender == "" for m in await relay.spool.messages())
+            m.envelope.sender == "" for m in await relay.spool.messages()
+        )
 
 
 async def test_throttling_upstream_gets_fewer_connections_and_5_to_10_minute_deferrals(
     tmp_path: Path,
 ) -> None:
     busy = {"on": True}
-    handler = UpstreamHandler(on_data=lambda peer, content: BUSY if busy["on"] else None,
-                              data_delay=0.05)
+    handler = UpstreamHandler(
+        on_data=lambda peer, content: BUSY if busy["on"] else None, data_delay=0.05
+    )
     clock = VirtualClock()
     async with upstream(handler) as up:
-        settings = relay_settings(tmp_path, [
-            {"name": "A", "host": "127.0.0.1", "port": up.port, "max_connections": 8}])
+        settings = relay_settings(
+            tmp_path, [{"name": "A", "host": "127.0.0.1", "port": up.port, "max_connections": 8}]
+        )
         async with running_relay(settings, clock) as relay:
             t0 = clock.now()
-            await asyncio.gather(*(
-                send(relay.address, "s@example.org", [f"r{i}@example.com"], make_message(i))
-                for i in range(16)))
+            await asyncio.gather(
+                *(
+                    send(relay.address, "s@example.org", [f"r{i}@example.com"], make_message(i))
+                    for i in range(16)
+                )
+            )
             await _until(lambda: relay.manager.in_flight == 0 and len(handler.connections) > 0)
             first_round_peak = handler.max_concurrent
             msgs = await relay.spool.messages()

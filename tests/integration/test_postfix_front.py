@@ -77,7 +77,8 @@ class PrivatePostfix:
         for d in (self.conf, self.queue, self.data):
             d.mkdir()
         shutil.chown(self.data, "postfix")  # master.lock, postlogd, caches
-        (self.conf / "main.cf").write_text(textwrap.dedent(f"""\
+        (self.conf / "main.cf").write_text(
+            textwrap.dedent(f"""\
             compatibility_level = 3.6
             queue_directory = {self.queue}
             data_directory = {self.data}
@@ -101,12 +102,14 @@ class PrivatePostfix:
             queue_run_delay = 1s
             minimal_backoff_time = 1s
             maximal_backoff_time = 2s
-        """))
+        """)
+        )
         (self.conf / "master.cf").write_text(MASTER_CF.format(smtpd=f"127.0.0.1:{smtpd_port}"))
 
     def command(self, *argv: str | Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                              timeout=30, check=False)
+        return subprocess.run(
+            [str(a) for a in argv], capture_output=True, text=True, timeout=30, check=False
+        )
 
     def start(self) -> None:
         done = self.command(POSTFIX, "-c", self.conf, "start")
@@ -158,12 +161,15 @@ def private_postfix(relayhost_port: int) -> Iterator[PrivatePostfix]:
 
 
 def message(n: int, to: str) -> bytes:
-    return (f"From: <sender@example.org>\r\nTo: <{to}>\r\nSubject: through postfix {n}\r\n"
-            f"Message-ID: <pf-{n}@relayguard.test>\r\n\r\nMessage {n}.\r\n").encode()
+    return (
+        f"From: <sender@example.org>\r\nTo: <{to}>\r\nSubject: through postfix {n}\r\n"
+        f"Message-ID: <pf-{n}@relayguard.test>\r\n\r\nMessage {n}.\r\n"
+    ).encode()
 
 
 async def inject(port: int, numbers: range, connections: int = 4) -> None:
     """SMTP into Postfix's smtpd, several sessions in parallel."""
+
     async def session(part: list[int]) -> None:
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False) as smtp:
             for n in part:
@@ -189,11 +195,14 @@ async def test_postfix_relays_through_relayguard(tmp_path: Path) -> None:
     relay_port = free_port()
     async with upstream() as sink:
         settings = relay_settings(
-            tmp_path, [{"name": "primary", "host": "127.0.0.1", "port": sink.port}])
+            tmp_path, [{"name": "primary", "host": "127.0.0.1", "port": sink.port}]
+        )
         # A fixed port: relayguard comes back where Postfix's relayhost points.
-        settings = replace(settings, server=replace(settings.server,
-                                                    listen=("127.0.0.1", relay_port)))
+        settings = replace(
+            settings, server=replace(settings.server, listen=("127.0.0.1", relay_port))
+        )
         with structlog.testing.capture_logs(), private_postfix(relay_port) as pf:
+
             def arrived() -> set[str]:
                 return {r.message_id for r in sink.received}
 
@@ -225,8 +234,12 @@ async def test_postfix_relays_through_relayguard(tmp_path: Path) -> None:
             # Back on the same port: a flush brings the rest through.
             async with running_relay(settings):
                 await asyncio.to_thread(pf.flush)
-                await until(lambda: all_arrived(MESSAGES + LATE), 20,
-                            "the deferred messages at the sink", pf)
+                await until(
+                    lambda: all_arrived(MESSAGES + LATE),
+                    20,
+                    "the deferred messages at the sink",
+                    pf,
+                )
 
                 async def postfix_empty() -> bool:
                     return not await asyncio.to_thread(pf.queue_entries)

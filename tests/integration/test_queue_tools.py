@@ -31,14 +31,18 @@ def write_config(tmp_path: Path, *ports: int) -> Path:
     names = ["primary", "backup"]
     routes = "".join(
         f'\n[[route]]\nname = "{names[i]}"\nhost = "127.0.0.1"\nport = {port}\n'
-        for i, port in enumerate(ports))
+        for i, port in enumerate(ports)
+    )
     path = tmp_path / "relayguard.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [server]
         listen = "127.0.0.1:0"
         hostname = "relay.test"
-        spool = "{tmp_path / 'spool'}"
-    """) + routes)
+        spool = "{tmp_path / "spool"}"
+    """)
+        + routes
+    )
     return path
 
 
@@ -64,15 +68,21 @@ async def settled(relay, count: int) -> dict:
     async with asyncio.timeout(15):
         while True:
             msgs = await queued(relay)
-            if (len(msgs) == count and all(m.attempts for m in msgs.values())
-                    and not relay.manager.delivering):
+            if (
+                len(msgs) == count
+                and all(m.attempts for m in msgs.values())
+                and not relay.manager.delivering
+            ):
                 return msgs
             await asyncio.sleep(0.02)
 
 
 def greylist(domain: str) -> UpstreamHandler:
-    return UpstreamHandler(on_rcpt=lambda peer, rcpt: "450 4.2.0 Greylisted, come back later"
-                           if rcpt.endswith("@" + domain) else None)
+    return UpstreamHandler(
+        on_rcpt=lambda peer, rcpt: (
+            "450 4.2.0 Greylisted, come back later" if rcpt.endswith("@" + domain) else None
+        )
+    )
 
 
 async def test_list_show_retry_hold_release_delete(tmp_path: Path, capsys) -> None:
@@ -95,8 +105,17 @@ async def test_list_show_retry_hold_release_delete(tmp_path: Path, capsys) -> No
             assert "[rule greylisted, route primary]" in out
             assert "-- 3 message(s)" in out
 
-            code, out, _ = await rg(capsys, config, "queue", "list", "--json",
-                                    "--domain", "GREY.example", "--route", "primary")
+            code, out, _ = await rg(
+                capsys,
+                config,
+                "queue",
+                "list",
+                "--json",
+                "--domain",
+                "GREY.example",
+                "--route",
+                "primary",
+            )
             listed = json.loads(out)
             assert sorted(m["queue_id"] for m in listed) == sorted(ids.values())
             assert {m["state"] for m in listed} == {"deferred"}
@@ -157,7 +176,10 @@ async def test_list_show_retry_hold_release_delete(tmp_path: Path, capsys) -> No
             assert await queued(relay) == {}
             await asyncio.sleep(0.3)
     assert sorted(r.message_id for r in up.received) == [
-        "<msg-1@test.example>", "<msg-2@test.example>", "<msg-4@test.example>"]
+        "<msg-1@test.example>",
+        "<msg-2@test.example>",
+        "<msg-4@test.example>",
+    ]
 
 
 async def test_shape_bounce_and_retry_all(tmp_path: Path, capsys) -> None:
@@ -165,20 +187,51 @@ async def test_shape_bounce_and_retry_all(tmp_path: Path, capsys) -> None:
     async with upstream(handler) as up:
         config = write_config(tmp_path, up.port)
         async with running_relay(load_settings(config)) as relay:
-            await send(relay.address, "s@example.org", ["a@grey.example", "b@grey.example"],
-                       make_message(1))
+            await send(
+                relay.address,
+                "s@example.org",
+                ["a@grey.example", "b@grey.example"],
+                make_message(1),
+            )
             await send(relay.address, "s@example.org", ["c@grey.example"], make_message(2))
-            await send(relay.address, "s@example.org", ["d@grey.example", "ok@fine.example"],
-                       make_message(3))
+            await send(
+                relay.address,
+                "s@example.org",
+                ["d@grey.example", "ok@fine.example"],
+                make_message(3),
+            )
             msgs = await settled(relay, 3)
 
             code, out, _ = await rg(capsys, config, "queue", "shape")
             assert code == 0
             lines = out.splitlines()
-            assert lines[0].split() == ["T", "5", "10", "20", "40", "80", "160", "320", "640",
-                                        "1280", "1280+"]
-            assert lines[1].split() == ["TOTAL", "3", "3", "0", "0", "0", "0", "0", "0", "0",
-                                        "0", "0"]
+            assert lines[0].split() == [
+                "T",
+                "5",
+                "10",
+                "20",
+                "40",
+                "80",
+                "160",
+                "320",
+                "640",
+                "1280",
+                "1280+",
+            ]
+            assert lines[1].split() == [
+                "TOTAL",
+                "3",
+                "3",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+            ]
             assert lines[2].split()[:3] == ["grey.example", "3", "3"]
             assert len(lines) == 3  # fine.example was delivered: nothing pending there
             _, out, _ = await rg(capsys, config, "queue", "shape", "--json", "--state", "held")
@@ -214,8 +267,11 @@ async def test_shape_bounce_and_retry_all(tmp_path: Path, capsys) -> None:
 
 
 async def test_routes_and_resume(tmp_path: Path, capsys) -> None:
-    blocked = UpstreamHandler(on_rcpt=lambda peer, rcpt: (
-        "554 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using zen.spamhaus.org"))
+    blocked = UpstreamHandler(
+        on_rcpt=lambda peer, rcpt: (
+            "554 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using zen.spamhaus.org"
+        )
+    )
     async with upstream(blocked) as primary, upstream() as backup:
         config = write_config(tmp_path, primary.port, backup.port)
         async with running_relay(load_settings(config)) as relay:
@@ -240,11 +296,13 @@ async def test_routes_and_resume(tmp_path: Path, capsys) -> None:
             assert suspension["until"] > data["now"] + 250
             assert data["routes"][1]["counts"] == {"delivered": 1}
 
-            code, out, _ = await rg(capsys, config, "routes", "resume", "primary",
-                                    "--domain", "other.example")
+            code, out, _ = await rg(
+                capsys, config, "routes", "resume", "primary", "--domain", "other.example"
+            )
             assert (code, out.strip()) == (0, "primary: no suspension for other.example to lift")
-            code, out, _ = await rg(capsys, config, "routes", "resume", "primary",
-                                    "--domain", "example.com")
+            code, out, _ = await rg(
+                capsys, config, "routes", "resume", "primary", "--domain", "example.com"
+            )
             assert (code, out.strip()) == (0, "primary: lifted 1 suspension(s) for example.com")
             assert relay.manager.routes.suspensions == {}
             _, out, _ = await rg(capsys, config, "routes")

@@ -31,7 +31,7 @@ def _config(tmp_path: Path, policy: Path) -> Path:
     cfg.write_text(f"""
 [server]
 listen = "127.0.0.1:0"
-spool = "{tmp_path / 'spool'}"
+spool = "{tmp_path / "spool"}"
 
 [policy]
 files = ["{policy}"]
@@ -47,8 +47,9 @@ port = {free_port()}
 def _rule_for_550(relay) -> str:
     reply = Reply(550, "5.1.1", "User unknown", Phase.RCPT, "mx")
     view = RouteView(route="primary", destination="example.com", routes=("primary",))
-    return decide(reply, [], view, 0.0, relay.manager.policy, arrival_at=0.0,
-                  rng=random.Random(0)).rule
+    return decide(
+        reply, [], view, 0.0, relay.manager.policy, arrival_at=0.0, rng=random.Random(0)
+    ).rule
 
 
 async def test_reload_applies_good_policy_and_keeps_old_on_bad(tmp_path: Path) -> None:
@@ -71,7 +72,9 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
     cfg = _config(tmp_path, policy)
     proc = subprocess.Popen(
         [sys.executable, "-m", "relayguard", "serve", "--config", str(cfg)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     events: list[dict] = []
 

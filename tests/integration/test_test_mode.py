@@ -28,14 +28,21 @@ async def _until(predicate, timeout: float = 10.0) -> None:
 
 async def test_capture_instead_of_upstream(tmp_path):
     async with upstream() as up:
-        settings = relay_settings(tmp_path, [
-            {"name": "A", "host": "127.0.0.1", "port": up.port},
-            {"name": "B", "host": "127.0.0.1", "port": up.port},
-        ])
+        settings = relay_settings(
+            tmp_path,
+            [
+                {"name": "A", "host": "127.0.0.1", "port": up.port},
+                {"name": "B", "host": "127.0.0.1", "port": up.port},
+            ],
+        )
         capture = CaptureSender(settings, SystemClock(), capture_dir=tmp_path / "captured")
         async with running_relay(settings, sender=capture) as relay:
-            await send(relay.address, "s@example.org", ["r1@example.com", "r2@example.net"],
-                       make_message(1))
+            await send(
+                relay.address,
+                "s@example.org",
+                ["r1@example.com", "r2@example.net"],
+                make_message(1),
+            )
             await _until(lambda: capture.count == 2 and relay.manager.in_flight == 0)
             assert await relay.spool.messages() == []  # delivered, as far as the relay knows
         assert up.handler.connections == []  # nothing left the process
@@ -55,7 +62,8 @@ async def test_capture_instead_of_upstream(tmp_path):
 
 async def test_scenario_replies_in_test_mode(tmp_path):
     scenario = tmp_path / "down.toml"
-    scenario.write_text(textwrap.dedent("""
+    scenario.write_text(
+        textwrap.dedent("""
         [scenario]
         duration = "1d"
         [upstream]
@@ -63,18 +71,24 @@ async def test_scenario_replies_in_test_mode(tmp_path):
         [[window]]
         route = "A"
         reply = "refused"
-    """))
-    settings = relay_settings(tmp_path, [
-        {"name": "A", "host": "127.0.0.1", "port": free_port()},
-        {"name": "B", "host": "127.0.0.1", "port": free_port()},
-    ])
+    """)
+    )
+    settings = relay_settings(
+        tmp_path,
+        [
+            {"name": "A", "host": "127.0.0.1", "port": free_port()},
+            {"name": "B", "host": "127.0.0.1", "port": free_port()},
+        ],
+    )
     capture = make_capture_sender(settings, scenario=str(scenario), seed=1, capture_dir=None)
     async with running_relay(settings, sender=capture) as relay:
         await send(relay.address, "s@example.org", ["r@example.com"], make_message(2))
         await _until(lambda: capture.count == 2 and relay.manager.in_flight == 0)
     refused, delivered = capture.captured
     assert (refused.route, refused.replies["r@example.com"].text) == (
-        "A", f"connect to 127.0.0.1[127.0.0.1]:{settings.routes[0].port}: Connection refused")
+        "A",
+        f"connect to 127.0.0.1[127.0.0.1]:{settings.routes[0].port}: Connection refused",
+    )
     assert delivered.route == "B"  # the fallback relay took it, as it would live
 
 
@@ -88,20 +102,31 @@ def test_serve_parser_takes_test_mode(tmp_path):
 async def test_relayguard_serve_test_mode_process(tmp_path):
     port, never = free_port(), free_port()
     config = tmp_path / "relayguard.toml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         [server]
         listen = "127.0.0.1:{port}"
         hostname = "relay.test"
-        spool = "{tmp_path / 'spool'}"
+        spool = "{tmp_path / "spool"}"
         [[route]]
         name = "primary"
         host = "127.0.0.1"
         port = {never}
-    """))
+    """)
+    )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relayguard", "--config", str(config), "serve", "--test-mode",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        sys.executable,
+        "-m",
+        "relayguard",
+        "--config",
+        str(config),
+        "serve",
+        "--test-mode",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert proc.stdout is not None
     lines: list[dict] = []
 

@@ -40,8 +40,10 @@ async def test_run_to_wakes_sleepers_in_order_at_their_time():
         await c.sleep_until(when)
         woke.append((name, c.now()))
 
-    tasks = [asyncio.create_task(sleeper(n, w))
-             for n, w in [("c", 30.0), ("a", 10.0), ("b", 20.0), ("a2", 10.0), ("d", 50.0)]]
+    tasks = [
+        asyncio.create_task(sleeper(n, w))
+        for n, w in [("c", 30.0), ("a", 10.0), ("b", 20.0), ("a2", 10.0), ("d", 50.0)]
+    ]
     await asyncio.sleep(0)
     assert c.next_wakeup() == 10.0
     await c.run_to(25.0, settle=SETTLE)

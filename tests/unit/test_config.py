@@ -119,7 +119,11 @@ def test_full_config_parses_to_the_right_values():
     assert [r.name for r in s.routes] == ["primary", "backup-2", "third_route.x"]
     p = s.route("primary")
     assert (p.host, p.port, p.source_address, p.tls, p.tls_verify) == (
-        "smtp1.example.net", 587, "192.0.2.10", "required", True,
+        "smtp1.example.net",
+        587,
+        "192.0.2.10",
+        "required",
+        True,
     )
     assert p.tls_ca_file == Path("/etc/ssl/ca.pem")
     assert p.max_connections == 7
@@ -130,7 +134,11 @@ def test_full_config_parses_to_the_right_values():
 
     b = s.route("backup-2")
     assert (b.host, b.port, b.tls, b.tls_verify, b.tls_ca_file) == (
-        "smtp2.example.net", 25, "none", False, None,
+        "smtp2.example.net",
+        25,
+        "none",
+        False,
+        None,
     )
     assert b.source_address == "2001:db8::1"  # normalised
     assert b.helo_name is None
@@ -248,8 +256,11 @@ def test_unknown_key_lists_the_known_ones():
         ('[server]\nmax_recipients = "10"\n' + ROUTE, "server.max_recipients", "a number"),
         ("[server]\nmax_connections = true\n" + ROUTE, "server.max_connections", "a number"),
         ("[server]\nmax_message_size = 1.5e6\n" + ROUTE, "server.max_message_size", "bytes"),
-        ('[server]\nallowed_networks = "10.0.0.0/8"\n' + ROUTE, "server.allowed_networks",
-         "a list of networks"),
+        (
+            '[server]\nallowed_networks = "10.0.0.0/8"\n' + ROUTE,
+            "server.allowed_networks",
+            "a list of networks",
+        ),
         ("[server]\nidle_timeout = true\n" + ROUTE, "server.idle_timeout", "a duration"),
         (ROUTE + 'port = "25"\n', "route[0].port", "a port from 1 to 65535"),
         (ROUTE + 'tls_verify = "yes"\n', "route[0].tls_verify", "true or false"),
@@ -257,8 +268,11 @@ def test_unknown_key_lists_the_known_ones():
         (ROUTE + '[[route]]\nname = "b"\nhost = 4\n', "route[1].host", "host name or address"),
         (ROUTE + "helo_name = 7\n", "route[0].helo_name", "a host name"),
         (ROUTE + "max_connections = 0\n", "route[0].max_connections", "a number from 1"),
-        (ROUTE + "messages_per_connection = -1\n", "route[0].messages_per_connection",
-         "a number from 1"),
+        (
+            ROUTE + "messages_per_connection = -1\n",
+            "route[0].messages_per_connection",
+            "a number from 1",
+        ),
         ('[policy]\nfiles = "a.toml"\n' + ROUTE, "policy.files", "a list of policy file paths"),
         ("[policy]\nfiles = [1]\n" + ROUTE, "policy.files", "a list of policy file paths"),
         ("[ndr]\nrecord_file = false\n" + ROUTE, "ndr.record_file", "a file path"),
@@ -278,18 +292,36 @@ def test_wrong_types(text, key, expected):
     [
         (ROUTE + "port = 0\n", "route[0].port", "a port from 1 to 65535, got 0"),
         (ROUTE + "port = 65536\n", "route[0].port", "a port from 1 to 65535, got 65536"),
-        (ROUTE + '[[route]]\nname = "b"\nhost = "h"\nport = 70000\n', "route[1].port",
-         "a port from 1 to 65535, got 70000"),
-        ('[server]\nlisten = "127.0.0.1:65536"\n' + ROUTE, "server.listen",
-         "a port number from 0 to 65535"),
-        ('[server]\nlisten = "127.0.0.1:x"\n' + ROUTE, "server.listen",
-         "a port number from 0 to 65535"),
-        ("[server]\nmax_message_size = 1023\n" + ROUTE, "server.max_message_size",
-         "a size in bytes from 1024, got 1023"),
-        ("[server]\nmax_recipients = 100001\n" + ROUTE, "server.max_recipients",
-         "a number from 1 to 100000"),
-        ("[server]\nmax_connections_per_client = 0\n" + ROUTE,
-         "server.max_connections_per_client", "a number from 1"),
+        (
+            ROUTE + '[[route]]\nname = "b"\nhost = "h"\nport = 70000\n',
+            "route[1].port",
+            "a port from 1 to 65535, got 70000",
+        ),
+        (
+            '[server]\nlisten = "127.0.0.1:65536"\n' + ROUTE,
+            "server.listen",
+            "a port number from 0 to 65535",
+        ),
+        (
+            '[server]\nlisten = "127.0.0.1:x"\n' + ROUTE,
+            "server.listen",
+            "a port number from 0 to 65535",
+        ),
+        (
+            "[server]\nmax_message_size = 1023\n" + ROUTE,
+            "server.max_message_size",
+            "a size in bytes from 1024, got 1023",
+        ),
+        (
+            "[server]\nmax_recipients = 100001\n" + ROUTE,
+            "server.max_recipients",
+            "a number from 1 to 100000",
+        ),
+        (
+            "[server]\nmax_connections_per_client = 0\n" + ROUTE,
+            "server.max_connections_per_client",
+            "a number from 1",
+        ),
     ],
 )
 def test_out_of_range(text, key, expected):
@@ -446,9 +478,19 @@ def test_default_file_name_in_messages():
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
-        ("90s", 90.0), ("5m", 300.0), ("4h", 14400.0), ("5d", 432000.0), ("2w", 1209600.0),
-        ("250ms", 0.25), ("1.5h", 5400.0), ("0", 0.0), ("42", 42.0), (" 5 m ", 300.0),
-        (7, 7.0), (2.5, 2.5), (0, 0.0),
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("4h", 14400.0),
+        ("5d", 432000.0),
+        ("2w", 1209600.0),
+        ("250ms", 0.25),
+        ("1.5h", 5400.0),
+        ("0", 0.0),
+        ("42", 42.0),
+        (" 5 m ", 300.0),
+        (7, 7.0),
+        (2.5, 2.5),
+        (0, 0.0),
     ],
 )
 def test_parse_duration_good(value, seconds):
@@ -458,8 +500,24 @@ def test_parse_duration_good(value, seconds):
 
 
 @pytest.mark.parametrize(
-    "value", ["5 parsecs", "", "m", "5x", "-5m", "5M", "1e3s", "5m30s", True, False, -1, -0.5,
-              None, [5], "five"],
+    "value",
+    [
+        "5 parsecs",
+        "",
+        "m",
+        "5x",
+        "-5m",
+        "5M",
+        "1e3s",
+        "5m30s",
+        True,
+        False,
+        -1,
+        -0.5,
+        None,
+        [5],
+        "five",
+    ],
 )
 def test_parse_duration_bad(value):
     with pytest.raises((ValueError, TypeError), match=r"^a duration"):
@@ -469,9 +527,19 @@ def test_parse_duration_bad(value):
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [
-        (0, "0s"), (0.5, "0.5s"), (45, "45s"), (60, "1m"), (90, "90s"), (300, "5m"),
-        (3600, "1h"), (5400, "90m"), (4000, "4000s"), (86400, "1d"), (432000, "5d"),
-        (90000, "25h"), (604800, "7d"),
+        (0, "0s"),
+        (0.5, "0.5s"),
+        (45, "45s"),
+        (60, "1m"),
+        (90, "90s"),
+        (300, "5m"),
+        (3600, "1h"),
+        (5400, "90m"),
+        (4000, "4000s"),
+        (86400, "1d"),
+        (432000, "5d"),
+        (90000, "25h"),
+        (604800, "7d"),
     ],
 )
 def test_format_duration(seconds, text):

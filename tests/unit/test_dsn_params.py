@@ -24,6 +24,7 @@ def xtext_encode(value: str) -> str:
         chr(b) if 33 <= b <= 126 and b not in b"+=" else f"+{b:02X}" for b in value.encode()
     )
 
+
 # -- MAIL ------------------------------------------------------------------------
 
 
@@ -119,7 +120,8 @@ def test_upstream_mail_params():
     assert MailParams(size=5, ret="FULL", envid="x").upstream == ()
     assert MailParams(body="8BITMIME", smtputf8=True).upstream == ("BODY=8BITMIME", "SMTPUTF8")
     assert parse_mail_params("smtputf8 body=7bit", max_size=None).upstream == (
-        "BODY=7BIT", "SMTPUTF8",
+        "BODY=7BIT",
+        "SMTPUTF8",
     )
 
 
@@ -154,7 +156,10 @@ def test_rcpt_params_good(params, expected):
         ("NOTIFY", "501 5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE, DELAY"),
         ("NOTIFY=", "501 5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE, DELAY"),
         ("NOTIFY=SOMETIMES", "501 5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE, DELAY"),
-        ("NOTIFY=NEVER,SUCCESS", "501 5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE, DELAY"),
+        (
+            "NOTIFY=NEVER,SUCCESS",
+            "501 5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE, DELAY",
+        ),
         ("NOTIFY=SUCCESS,", "501 5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE, DELAY"),
         ("ORCPT", "501 5.5.4 Bad ORCPT parameter"),
         ("ORCPT=", "501 5.5.4 Bad ORCPT parameter"),
@@ -250,9 +255,17 @@ def test_parse_orcpt(orcpt, decoded):
 )
 def test_orcpt_and_notify_survive_the_relay(address, notify):
     received = f"rfc822;{xtext_encode(address)}"
-    parsed = parse_rcpt_params(" ".join(filter(None, [
-        "NOTIFY=" + ",".join(notify) if notify else "", f"ORCPT={received}",
-    ])))
+    parsed = parse_rcpt_params(
+        " ".join(
+            filter(
+                None,
+                [
+                    "NOTIFY=" + ",".join(notify) if notify else "",
+                    f"ORCPT={received}",
+                ],
+            )
+        )
+    )
     assert parsed.orcpt == received
     assert parsed.notify == tuple(notify)
     # upstream gets it verbatim; a report shows it decoded
@@ -266,5 +279,6 @@ def test_rcpt_upstream_params():
     assert rcpt_upstream_params((), None) == ()
     assert rcpt_upstream_params(("NEVER",), None) == ("NOTIFY=NEVER",)
     assert rcpt_upstream_params(("SUCCESS", "FAILURE"), "rfc822;a+2Bb@x") == (
-        "NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;a+2Bb@x",
+        "NOTIFY=SUCCESS,FAILURE",
+        "ORCPT=rfc822;a+2Bb@x",
     )

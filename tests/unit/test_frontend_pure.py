@@ -24,8 +24,10 @@ from relayguard.frontend import ConnectionLimits, DataError, unstuff_and_check, 
         (b"221 Bye", b"221 2.0.0 Bye"),
         (b"421 Too busy", b"421 4.3.0 Too busy"),
         (b"452   lots of space", b"452 4.3.1 lots of space"),
-        (b"555 MAIL FROM parameters not recognized",
-         b"555 5.5.4 MAIL FROM parameters not recognized"),
+        (
+            b"555 MAIL FROM parameters not recognized",
+            b"555 5.5.4 MAIL FROM parameters not recognized",
+        ),
     ],
 )
 def test_adds_enhanced_codes(reply, expected):
@@ -80,8 +82,10 @@ def test_bare_reply_code_gets_a_well_formed_enhanced_code():
         (b"..\r\n..\r\n", b".\r\n.\r\n"),
         (b"a.b\r\nc.\r\n", b"a.b\r\nc.\r\n"),  # dots not at a line start stay
         ("caf\u00e9 \u2603\r\n".encode(), "caf\u00e9 \u2603\r\n".encode()),
-        (bytes(range(1, 10)) + bytes(range(14, 256)) + b"\r\n",
-         bytes(range(1, 10)) + bytes(range(14, 256)) + b"\r\n"),
+        (
+            bytes(range(1, 10)) + bytes(range(14, 256)) + b"\r\n",
+            bytes(range(1, 10)) + bytes(range(14, 256)) + b"\r\n",
+        ),
         (b"\t\x0b\x0c\r\n", b"\t\x0b\x0c\r\n"),
     ],
 )

@@ -22,7 +22,10 @@ def test_corpus_covers_every_rule_of_the_default_pack():
     # Each rule but the pure-synonym ones has at least one real reply in the corpus.
     untested = {r.id for r in POLICY.rules} - expected
     assert untested <= {
-        "auth-failed-code", "spam-verdict-code", "user-unknown-text", "ip-blocked-microsoft",
+        "auth-failed-code",
+        "spam-verdict-code",
+        "user-unknown-text",
+        "ip-blocked-microsoft",
     }
 
 

@@ -81,8 +81,12 @@ def test_enhanced_code_only_on_first_line():
 @pytest.mark.parametrize(
     ("code", "message", "status", "text"),
     [
-        (421, "Service not available, closing channel", "4.0.0",
-         "Service not available, closing channel"),
+        (
+            421,
+            "Service not available, closing channel",
+            "4.0.0",
+            "Service not available, closing channel",
+        ),
         (550, "Mailbox unavailable\nGo away", "5.0.0", "Mailbox unavailable Go away"),
         (250, "Ok", "2.0.0", "Ok"),
         (451, "", "4.0.0", ""),
@@ -110,8 +114,14 @@ def test_render_forms():
 
 @pytest.mark.parametrize(
     ("code", "success", "transient", "permanent"),
-    [(250, True, False, False), (354, True, False, False), (421, False, True, False),
-     (499, False, True, False), (500, False, False, True), (554, False, False, True)],
+    [
+        (250, True, False, False),
+        (354, True, False, False),
+        (421, False, True, False),
+        (499, False, True, False),
+        (500, False, False, True),
+        (554, False, False, True),
+    ],
 )
 def test_reply_classes(code, success, transient, permanent):
     r = Reply(code, None, "", Phase.DATA)
@@ -139,7 +149,11 @@ def test_split_enhanced(text, expected):
 def test_network_reply_is_synthetic_421():
     r = network_reply("4.4.1", "connection refused", Phase.CONNECT, "10.0.0.1")
     assert (r.code, r.enhanced, r.text, r.synthetic, r.remote_host) == (
-        421, "4.4.1", "connection refused", True, "10.0.0.1",
+        421,
+        "4.4.1",
+        "connection refused",
+        True,
+        "10.0.0.1",
     )
 
 
@@ -164,11 +178,22 @@ def through_json(d: dict) -> dict:
     "recipient",
     [
         Recipient("a@example.com"),
-        Recipient("b@example.com", RecipientState.FAILED, orcpt="rfc822;b+2B@example.com",
-                  notify=("FAILURE", "DELAY"), last_reply=REPLY, failed_rule="mailbox-full",
-                  delay_warned=True),
-        Recipient("c@example.com", RecipientState.DELIVERED, notify=("NEVER",),
-                  last_reply=Reply(250, None, "", Phase.AFTER_DATA), delivered_via="backup"),
+        Recipient(
+            "b@example.com",
+            RecipientState.FAILED,
+            orcpt="rfc822;b+2B@example.com",
+            notify=("FAILURE", "DELAY"),
+            last_reply=REPLY,
+            failed_rule="mailbox-full",
+            delay_warned=True,
+        ),
+        Recipient(
+            "c@example.com",
+            RecipientState.DELIVERED,
+            notify=("NEVER",),
+            last_reply=Reply(250, None, "", Phase.AFTER_DATA),
+            delivered_via="backup",
+        ),
         Recipient("\u00fcser@ex\u00e4mple.de", last_reply=SYNTH),
     ],
 )
@@ -208,8 +233,15 @@ def test_envelope_round_trip(envelope):
 
 
 def test_envelope_pending_and_with_recipients():
-    env = Envelope("s@x", (Recipient("a@x"), Recipient("b@x", RecipientState.DELIVERED),
-                           Recipient("c@x", RecipientState.FAILED), Recipient("d@x")))
+    env = Envelope(
+        "s@x",
+        (
+            Recipient("a@x"),
+            Recipient("b@x", RecipientState.DELIVERED),
+            Recipient("c@x", RecipientState.FAILED),
+            Recipient("d@x"),
+        ),
+    )
     assert [r.address for r in env.pending()] == ["a@x", "d@x"]
     changed = env.with_recipients((Recipient("z@x"),))
     assert changed.sender == "s@x"
@@ -222,8 +254,14 @@ def test_envelope_pending_and_with_recipients():
     [
         Attempt(1_700_000_000.123456, "primary", ("a@x", "b@x"), REPLY, "defer", "greylist", 0.75),
         Attempt(0.1 + 0.2, "backup", (), SYNTH, "reroute"),
-        Attempt(1e-9, "r", ("c@y",), Reply(250, "2.0.0", "ok", Phase.AFTER_DATA), "delivered",
-                duration=1 / 3),
+        Attempt(
+            1e-9,
+            "r",
+            ("c@y",),
+            Reply(250, "2.0.0", "ok", Phase.AFTER_DATA),
+            "delivered",
+            duration=1 / 3,
+        ),
     ],
 )
 def test_attempt_round_trip(attempt):
@@ -246,7 +284,8 @@ recipient_st = st.builds(
     state=st.sampled_from(list(RecipientState)),
     orcpt=st.none() | st.text(max_size=20),
     notify=st.lists(st.sampled_from(["NEVER", "SUCCESS", "FAILURE", "DELAY"]), max_size=3).map(
-        tuple),
+        tuple
+    ),
     last_reply=st.none() | reply_st,
     delivered_via=st.none() | st.text(max_size=8),
     failed_rule=st.none() | st.text(max_size=8),
@@ -286,15 +325,33 @@ def test_attempt_round_trip_property(at, route, rcpts, reply, action, rule, dura
 def test_decision_to_dict_names_everything():
     s = Suspension("primary", "*", 100.0, "421 4.7.0 busy", "busy")
     t = Throttle("primary", "gmail.com", 2, 200.0, "slow-down")
-    d = Decision(Action.DEFER, "busy", REPLY, retry_at=50.0, reroute_to=("backup",),
-                 suspend=s, throttle=t, reason="busy")
+    d = Decision(
+        Action.DEFER,
+        "busy",
+        REPLY,
+        retry_at=50.0,
+        reroute_to=("backup",),
+        suspend=s,
+        throttle=t,
+        reason="busy",
+    )
     out = through_json(d.to_dict())
     assert out["action"] == "defer"
     assert out["rule"] == "busy"
     assert out["retry_at"] == 50.0
     assert out["reroute_to"] == ["backup"]
-    assert out["suspend"] == {"route": "primary", "destination": "*", "until": 100.0,
-                              "reason": "421 4.7.0 busy", "rule": "busy"}
-    assert out["throttle"] == {"route": "primary", "destination": "gmail.com",
-                               "max_connections": 2, "until": 200.0, "rule": "slow-down"}
+    assert out["suspend"] == {
+        "route": "primary",
+        "destination": "*",
+        "until": 100.0,
+        "reason": "421 4.7.0 busy",
+        "rule": "busy",
+    }
+    assert out["throttle"] == {
+        "route": "primary",
+        "destination": "gmail.com",
+        "max_connections": 2,
+        "until": 200.0,
+        "rule": "slow-down",
+    }
     assert Decision(Action.BOUNCE, "x", REPLY).to_dict()["suspend"] is None

@@ -130,8 +130,14 @@ def test_explain_a_rule_match():
 def test_explain_a_deferral_with_throttle(tmp_path):
     policy = load_policy([write(tmp_path, "p.toml", ROUTED)], ROUTES)
     text = explain(
-        policy, code=451, text="4.7.500 Server busy", domain="outlook.com", route="backup",
-        routes=ROUTES, now=0.0, seed=3,
+        policy,
+        code=451,
+        text="4.7.500 Server busy",
+        domain="outlook.com",
+        route="backup",
+        routes=ROUTES,
+        now=0.0,
+        seed=3,
     )
     assert "rule:      to-backup" in text
     assert "and: domain is *.outlook.com or outlook.com" in text
@@ -148,7 +154,11 @@ def test_explain_builtins():
     assert "rule:      builtin:5xx (built-in)" in text
     assert "bounce:    NDR with 554 5.9.9 odd" in text
     text = explain(
-        policy, code=421, text="4.4.1 Connection refused", phase="connect", synthetic=True,
+        policy,
+        code=421,
+        text="4.4.1 Connection refused",
+        phase="connect",
+        synthetic=True,
         routes=ROUTES,
     )
     assert "builtin:fallback-relay" in text

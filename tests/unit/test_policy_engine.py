@@ -48,8 +48,9 @@ def run(r: Reply, policy: Policy, *, history=(), rv=None, now=NOW, arrival_at=No
 
 
 def attempt(at: float, r: Reply, action: str, rule: str, route: str = "primary") -> Attempt:
-    return Attempt(at=at, route=route, recipients=("a@example.com",), reply=r, action=action,
-                   rule=rule)
+    return Attempt(
+        at=at, route=route, recipients=("a@example.com",), reply=r, action=action, rule=rule
+    )
 
 
 # --- matching: a table of rules and replies -------------------------------------
@@ -174,8 +175,11 @@ def test_builtin_backoff_doubles_per_deferral_up_to_the_cap(deferrals, delay):
 
 
 def test_fallback_relay_reroutes_a_connection_failure_to_the_next_route():
-    r = reply("421 4.4.1 connect to 127.0.0.1[127.0.0.1]:2526: Connection refused",
-              Phase.CONNECT, synthetic=True)
+    r = reply(
+        "421 4.4.1 connect to 127.0.0.1[127.0.0.1]:2526: Connection refused",
+        Phase.CONNECT,
+        synthetic=True,
+    )
     d = run(r, Policy())
     assert d.action is Action.REROUTE
     assert d.rule == "builtin:fallback-relay"
@@ -235,8 +239,13 @@ def test_lifetime_bounce_reports_the_last_real_reply_not_a_synthetic_one():
     real = reply("451 4.7.1 greylisted")
     synthetic = reply("421 4.4.1 connection refused", Phase.CONNECT, synthetic=True)
     history = [attempt(NOW - 100, real, "defer", "builtin:4xx")]
-    d = run(synthetic, Policy(), history=history, rv=view(tried=("backup", "third")),
-            arrival_at=NOW - 6 * 86400)
+    d = run(
+        synthetic,
+        Policy(),
+        history=history,
+        rv=view(tried=("backup", "third")),
+        arrival_at=NOW - 6 * 86400,
+    )
     assert d.action is Action.BOUNCE
     assert d.rule == "builtin:lifetime"
     assert d.reply == real
@@ -280,8 +289,7 @@ def test_give_up_after_is_measured_from_the_rules_first_decision():
     assert d.action is Action.DEFER
     assert d.retry_at is not None
     assert d.retry_at <= first + 48 * HOUR  # clamped to the cap
-    d = run(r, policy, history=history, rv=rv, now=first + 48 * HOUR,
-            arrival_at=NOW - 61 * HOUR)
+    d = run(r, policy, history=history, rv=rv, now=first + 48 * HOUR, arrival_at=NOW - 61 * HOUR)
     assert d.action is Action.BOUNCE
     assert d.rule == "rbl"
     assert d.reply == r
@@ -308,8 +316,13 @@ def test_the_cap_bounce_reports_the_last_real_reply():
     real = reply("554 5.7.1 blocked using zen.spamhaus.org")
     synthetic = reply("421 4.4.2 timeout", Phase.DATA, synthetic=True)
     history = [attempt(NOW - 50 * HOUR, real, "defer", "rbl")]
-    d = run(synthetic, policy, history=history, rv=view(tried=("backup", "third")),
-            arrival_at=NOW - 50 * HOUR)
+    d = run(
+        synthetic,
+        policy,
+        history=history,
+        rv=view(tried=("backup", "third")),
+        arrival_at=NOW - 50 * HOUR,
+    )
     assert d.action is Action.BOUNCE
     assert d.reply == real
 
@@ -453,8 +466,12 @@ def test_reroute_falls_back_to_defer_when_no_route_is_left():
 
 def test_reroute_ignores_routes_the_view_does_not_know():
     policy = policy_from(RBL.replace('reroute = "next"', 'reroute = ["backup"]'))
-    rv = RouteView(route="primary", destination="example.com", routes=("primary",),
-                   tried_now=frozenset({"primary"}))
+    rv = RouteView(
+        route="primary",
+        destination="example.com",
+        routes=("primary",),
+        tried_now=frozenset({"primary"}),
+    )
     assert run(reply("554 5.7.1 blocked using x"), policy, rv=rv).action is Action.DEFER
 
 
@@ -488,8 +505,11 @@ def test_throttle_lowers_the_routes_connections_and_defers():
         retry_after = "5m..10m"
         """
     )
-    d = run(reply("451 4.7.500 Server busy. Please try again later"), policy,
-            rv=view(destination="outlook.com"))
+    d = run(
+        reply("451 4.7.500 Server busy. Please try again later"),
+        policy,
+        rv=view(destination="outlook.com"),
+    )
     assert d.action is Action.DEFER
     assert d.throttle is not None
     assert (d.throttle.route, d.throttle.destination) == ("primary", "outlook.com")
@@ -518,9 +538,7 @@ def test_treat_as_permanent_bounces_a_4xx():
 
 
 def test_treat_as_temporary_defers_a_5xx():
-    policy = policy_from(
-        '[[rule]]\nid = "t"\nmatch = { code = "5xx" }\ntreat_as = "temporary"\n'
-    )
+    policy = policy_from('[[rule]]\nid = "t"\nmatch = { code = "5xx" }\ntreat_as = "temporary"\n')
     d = run(reply("550 5.7.1 blocked"), policy)
     assert (d.action, d.rule) == (Action.DEFER, "t")
     assert d.retry_at == pytest.approx(NOW + 300)  # the built-in backoff
@@ -535,8 +553,14 @@ def test_decision_to_dict_is_plain_data():
 
 def test_only_this_destinations_attempts_count():
     r = reply("450 4.3.0 try later")
-    other = Attempt(at=NOW - 100, route="primary", recipients=("b@other.example",), reply=r,
-                    action="defer", rule="builtin:4xx")
+    other = Attempt(
+        at=NOW - 100,
+        route="primary",
+        recipients=("b@other.example",),
+        reply=r,
+        action="defer",
+        rule="builtin:4xx",
+    )
     mine = attempt(NOW - 50, r, "defer", "builtin:4xx")
     d = run(r, Policy(), history=[other, other, mine], arrival_at=NOW - 200)
     assert d.retry_at == pytest.approx(NOW + 600)  # one earlier deferral, not three

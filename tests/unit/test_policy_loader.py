@@ -50,8 +50,9 @@ def test_default_pack_loads_and_is_used_without_files():
 
 
 def test_load_policy_passes_queue_settings_through(tmp_path):
-    policy = load_policy([write(tmp_path, GOOD)], ROUTES, max_lifetime=60, backoff_start=1,
-                         backoff_max=2)
+    policy = load_policy(
+        [write(tmp_path, GOOD)], ROUTES, max_lifetime=60, backoff_start=1, backoff_max=2
+    )
     assert (policy.max_lifetime, policy.backoff_start, policy.backoff_max) == (60, 1, 2)
     assert [r.id for r in policy.rules] == ["ok"]
 
@@ -108,30 +109,51 @@ def test_files_load_in_order(tmp_path):
         ('action = "explode"', "action", "unknown action 'explode'"),
         ('action = "bounce"\nretry_afer = "5m"', "retry_afer", "unknown key"),
         ('action = "bounce"\nmatch = { cdoe = "5xx" }', "match.cdoe", "unknown key"),
-        ('action = "reroute"\nreroute = ["nope"]', "reroute",
-         "unknown route 'nope' (routes: primary, backup)"),
-        ('action = "defer"\nmatch = { route = ["primary", "nope"] }', "match.route",
-         "unknown route 'nope'"),
+        (
+            'action = "reroute"\nreroute = ["nope"]',
+            "reroute",
+            "unknown route 'nope' (routes: primary, backup)",
+        ),
+        (
+            'action = "defer"\nmatch = { route = ["primary", "nope"] }',
+            "match.route",
+            "unknown route 'nope'",
+        ),
         ('action = "defer"\nretry_after = "5 parsecs"', "retry_after", "bad duration"),
         ('action = "defer"\nretry_after = "10m..5m"', "retry_after", "bad duration range"),
         ('action = "defer"\ngive_up_after = "-3h"', "give_up_after", "bad duration"),
         ('action = "suspend"\nsuspend_for = "0s"', "suspend_for", "more than zero"),
         ('action = "defer"\nbackoff = { start = "5m", factor = 2 }', "backoff.cap", "required"),
         ('action = "defer"\nbackoff = { start = "1h", cap = "5m" }', "backoff.cap", "not below"),
-        ('action = "defer"\nbackoff = { start = "5m", cap = "1h", factor = 0 }',
-         "backoff.factor", "from 1 to 100"),
-        ('action = "defer"\nbackoff = { start = "5m", cap = "1h", jitter = 1 }',
-         "backoff.jitter", "unknown key"),
-        ('action = "defer"\nretry_after = "5m"\nbackoff = { start = "5m", cap = "1h" }',
-         "backoff", "not both"),
+        (
+            'action = "defer"\nbackoff = { start = "5m", cap = "1h", factor = 0 }',
+            "backoff.factor",
+            "from 1 to 100",
+        ),
+        (
+            'action = "defer"\nbackoff = { start = "5m", cap = "1h", jitter = 1 }',
+            "backoff.jitter",
+            "unknown key",
+        ),
+        (
+            'action = "defer"\nretry_after = "5m"\nbackoff = { start = "5m", cap = "1h" }',
+            "backoff",
+            "not both",
+        ),
         ('action = "throttle"', "throttle", "required for action 'throttle'"),
-        ('action = "throttle"\nthrottle = { max_connections = 0, for = "1h" }',
-         "throttle.max_connections", "from 1"),
+        (
+            'action = "throttle"\nthrottle = { max_connections = 0, for = "1h" }',
+            "throttle.max_connections",
+            "from 1",
+        ),
         ('action = "throttle"\nthrottle = { max_connections = 2 }', "throttle.for", "required"),
         ('action = "suspend"', "suspend_for", "required for action 'suspend'"),
         ('action = "defer"\nsuspend_scope = "route"', "suspend_scope", "only used together"),
-        ('action = "defer"\nsuspend_for = "5m"\nsuspend_scope = "planet"', "suspend_scope",
-         "unknown suspend_scope"),
+        (
+            'action = "defer"\nsuspend_for = "5m"\nsuspend_scope = "planet"',
+            "suspend_scope",
+            "unknown suspend_scope",
+        ),
         ('action = "reroute"', "reroute", "required for action 'reroute'"),
         ('action = "defer"\nreroute = "next"', "reroute", "only used with action 'reroute'"),
         ('action = "reroute"\nreroute = "elsewhere"', "reroute", 'expected "next"'),

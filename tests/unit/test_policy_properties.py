@@ -76,8 +76,13 @@ histories = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(reply=replies, view=views, history=histories, age=st.floats(0, 10 * 86400),
-       seed=st.integers(0, 2**32))
+@given(
+    reply=replies,
+    view=views,
+    history=histories,
+    age=st.floats(0, 10 * 86400),
+    seed=st.integers(0, 2**32),
+)
 def test_decide_never_raises_and_is_coherent(reply, view, history, age, seed):
     d = decide(reply, history, view, NOW, DEFAULT, arrival_at=NOW - age, rng=random.Random(seed))
     assert d.rule
@@ -99,15 +104,17 @@ def test_decide_never_raises_and_is_coherent(reply, view, history, age, seed):
 @given(reply=replies, view=views, history=histories, seed=st.integers(0, 2**32))
 def test_same_seed_same_decision(reply, view, history, seed):
     def once():
-        return decide(reply, history, view, NOW, DEFAULT, arrival_at=NOW - 3600,
-                      rng=random.Random(seed))
+        return decide(
+            reply, history, view, NOW, DEFAULT, arrival_at=NOW - 3600, rng=random.Random(seed)
+        )
 
     assert once() == once()
 
 
 @settings(max_examples=200, deadline=None)
-@given(code=st.integers(500, 599), text=st.text(max_size=80), view=views,
-       seed=st.integers(0, 2**32))
+@given(
+    code=st.integers(500, 599), text=st.text(max_size=80), view=views, seed=st.integers(0, 2**32)
+)
 def test_jitter_stays_in_range(code, text, view, seed):
     reply = Reply(code, None, text, Phase.RCPT)
     d = decide(reply, (), view, NOW, JITTERY, arrival_at=NOW, rng=random.Random(seed))

@@ -32,27 +32,46 @@ from relayguard.queue_tools import (
 NOW = 1_700_000_000.0
 BUSY = Reply(451, "4.7.500", "Server busy. Please try again later", Phase.RCPT, "mx.example.com")
 OK = Reply(250, "2.0.0", "Ok: queued", Phase.AFTER_DATA, "mx.example.net")
-BODY = (b"Received: from x by y;\r\n\tWed, 1 Jan 2025 00:00:00 +0000\r\n"
-        b"From: <me@example.org>\r\nSubject: hello\r\n  there\r\nMessage-ID: <m1@example.org>\r\n"
-        b"\r\nBody: not a header\r\n")
+BODY = (
+    b"Received: from x by y;\r\n\tWed, 1 Jan 2025 00:00:00 +0000\r\n"
+    b"From: <me@example.org>\r\nSubject: hello\r\n  there\r\nMessage-ID: <m1@example.org>\r\n"
+    b"\r\nBody: not a header\r\n"
+)
 
 
 def message(
-    seq: int = 1, *, age: float = 600.0, next_in: float = 300.0,
-    state: MessageState = MessageState.ACTIVE, recipients: tuple[Recipient, ...] | None = None,
+    seq: int = 1,
+    *,
+    age: float = 600.0,
+    next_in: float = 300.0,
+    state: MessageState = MessageState.ACTIVE,
+    recipients: tuple[Recipient, ...] | None = None,
     attempts: list[Attempt] | None = None,
 ) -> QueuedMessage:
-    rcpts = recipients if recipients is not None else (
-        Recipient("a@example.com", last_reply=BUSY),
-        Recipient("b@example.net", RecipientState.DELIVERED, last_reply=OK, delivered_via="primary"),
+    rcpts = (
+        recipients
+        if recipients is not None
+        else (
+            Recipient("a@example.com", last_reply=BUSY),
+            Recipient(
+                "b@example.net", RecipientState.DELIVERED, last_reply=OK, delivered_via="primary"
+            ),
+        )
     )
     return QueuedMessage(
-        seq=seq, queue_id=f"Q{seq:04d}", envelope=Envelope("me@example.org", rcpts,
-                                                           client_address="192.0.2.1",
-                                                           client_helo="mta.example.org"),
-        arrival_at=NOW - age, next_attempt_at=NOW + next_in, state=state, size=1234,
+        seq=seq,
+        queue_id=f"Q{seq:04d}",
+        envelope=Envelope(
+            "me@example.org", rcpts, client_address="192.0.2.1", client_helo="mta.example.org"
+        ),
+        arrival_at=NOW - age,
+        next_attempt_at=NOW + next_in,
+        state=state,
+        size=1234,
         message_id="<m1@example.org>",
-        attempts=attempts if attempts is not None else [
+        attempts=attempts
+        if attempts is not None
+        else [
             Attempt(NOW - 590, "primary", ("a@example.com",), BUSY, "defer", "rate-limited", 0.2),
             Attempt(NOW - 590, "primary", ("b@example.net",), OK, "delivered", "", 0.2),
         ],
@@ -72,11 +91,20 @@ def test_summary_names_the_last_reply_rule_and_route_of_each_recipient() -> None
     assert s["age"] == 600
     assert s["attempts"] == 2
     assert s["recipients"] == [
-        {"address": "a@example.com", "state": "queued",
-         "last_reply": "451 4.7.500 Server busy. Please try again later",
-         "route": "primary", "rule": "rate-limited"},
-        {"address": "b@example.net", "state": "delivered", "last_reply": "250 2.0.0 Ok: queued",
-         "route": "primary", "rule": None},
+        {
+            "address": "a@example.com",
+            "state": "queued",
+            "last_reply": "451 4.7.500 Server busy. Please try again later",
+            "route": "primary",
+            "rule": "rate-limited",
+        },
+        {
+            "address": "b@example.net",
+            "state": "delivered",
+            "last_reply": "250 2.0.0 Ok: queued",
+            "route": "primary",
+            "rule": None,
+        },
     ]
     assert json.loads(json.dumps(s)) == s
 
@@ -97,9 +125,18 @@ def test_shape_buckets_like_qshape() -> None:
         summarize(message(1, age=60), NOW),  # < 5 minutes
         summarize(message(2, age=7 * 60), NOW),  # 5-10
         summarize(message(3, age=2000 * 60), NOW),  # 1280+
-        summarize(message(4, age=30 * 60, recipients=(
-            Recipient("x@example.org"), Recipient("y@example.org"), Recipient("z@example.com"),
-        )), NOW),  # 20-40, once per domain
+        summarize(
+            message(
+                4,
+                age=30 * 60,
+                recipients=(
+                    Recipient("x@example.org"),
+                    Recipient("y@example.org"),
+                    Recipient("z@example.com"),
+                ),
+            ),
+            NOW,
+        ),  # 20-40, once per domain
     ]
     table = shape(summaries)
     assert table["buckets"] == ["5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+"]
@@ -133,8 +170,10 @@ def test_list_table() -> None:
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["Queue", "ID", "State"]
     assert lines[1].split() == ["Q0001", "deferred", "1234", "10m", "in", "5m", "<me@example.org>"]
-    assert lines[2] == ("    a@example.com (queued) 451 4.7.500 Server busy. Please try again "
-                        "later [rule rate-limited, route primary]")
+    assert lines[2] == (
+        "    a@example.com (queued) 451 4.7.500 Server busy. Please try again "
+        "later [rule rate-limited, route primary]"
+    )
     assert lines[3] == "    b@example.net (delivered) via primary"
     assert lines[4].split() == ["Q0002", "held", "1234", "10m", "-", "<me@example.org>"]
     assert lines[-1] == "-- 2 message(s), 2468 bytes"
@@ -161,8 +200,10 @@ def test_show() -> None:
     assert "  Subject: hello there" in text
     assert "Attempts: 2" in text
     assert "route primary (0.20s) a@example.com" in text
-    assert ("      451 4.7.500 Server busy. Please try again later -> defer by rule rate-limited"
-            in text)
+    assert (
+        "      451 4.7.500 Server busy. Please try again later -> defer by rule rate-limited"
+        in text
+    )
     assert "      250 2.0.0 Ok: queued -> delivered" in text
     held = format_show(detail(message(state=MessageState.HELD), BODY, NOW), NOW)
     assert "State:       held (not tried until released)" in held
@@ -170,30 +211,67 @@ def test_show() -> None:
 
 def test_routes_and_actions() -> None:
     data = {
-        "now": NOW, "running": True,
+        "now": NOW,
+        "running": True,
         "routes": [
-            {"name": "primary", "host": "smtp-a.example.net", "port": 25, "max_connections": 20,
-             "connections": 3,
-             "suspensions": [{"route": "primary", "destination": "example.com",
-                              "until": NOW + 420, "reason": "554 5.7.1 blocked using zen",
-                              "rule": "ip-blocklisted"}],
-             "throttles": [{"destination": "example.net", "max_connections": 2,
-                            "until": NOW + 1800, "rule": "rate-limited"}],
-             "probing": ["example.org"],
-             "counts": {"rerouted": 1, "delivered": 5},
-             "recent": [{"at": NOW - 5, "event": "rerouted", "reply": "554 5.7.1 blocked using zen",
-                         "rule": "ip-blocklisted"}]},
-            {"name": "backup", "host": "smtp-b.example.net", "port": 587, "max_connections": 10,
-             "connections": 0, "suspensions": [], "throttles": [], "probing": [], "counts": {},
-             "recent": []},
+            {
+                "name": "primary",
+                "host": "smtp-a.example.net",
+                "port": 25,
+                "max_connections": 20,
+                "connections": 3,
+                "suspensions": [
+                    {
+                        "route": "primary",
+                        "destination": "example.com",
+                        "until": NOW + 420,
+                        "reason": "554 5.7.1 blocked using zen",
+                        "rule": "ip-blocklisted",
+                    }
+                ],
+                "throttles": [
+                    {
+                        "destination": "example.net",
+                        "max_connections": 2,
+                        "until": NOW + 1800,
+                        "rule": "rate-limited",
+                    }
+                ],
+                "probing": ["example.org"],
+                "counts": {"rerouted": 1, "delivered": 5},
+                "recent": [
+                    {
+                        "at": NOW - 5,
+                        "event": "rerouted",
+                        "reply": "554 5.7.1 blocked using zen",
+                        "rule": "ip-blocklisted",
+                    }
+                ],
+            },
+            {
+                "name": "backup",
+                "host": "smtp-b.example.net",
+                "port": 587,
+                "max_connections": 10,
+                "connections": 0,
+                "suspensions": [],
+                "throttles": [],
+                "probing": [],
+                "counts": {},
+                "recent": [],
+            },
         ],
     }
     assert format_routes(data).splitlines() == [
         "primary  smtp-a.example.net:25  connections 3/20",
-        ("  suspended for example.com until 2023-11-14 22:20:20Z (in 7m): "
-         "554 5.7.1 blocked using zen [rule ip-blocklisted]"),
-        ("  throttled for example.net to 2 connection(s) until 2023-11-14 22:43:20Z "
-         "[rule rate-limited]"),
+        (
+            "  suspended for example.com until 2023-11-14 22:20:20Z (in 7m): "
+            "554 5.7.1 blocked using zen [rule ip-blocklisted]"
+        ),
+        (
+            "  throttled for example.net to 2 connection(s) until 2023-11-14 22:43:20Z "
+            "[rule rate-limited]"
+        ),
         "  probing (one message at a time): example.org",
         "  since start: delivered 5, rerouted 1",
         "  2023-11-14 22:13:15Z rerouted 554 5.7.1 blocked using zen [rule ip-blocklisted]",
@@ -203,9 +281,17 @@ def test_routes_and_actions() -> None:
     stopped = format_routes({**data, "running": False, "routes": data["routes"][1:]})
     assert stopped.startswith("relayguard is not running")
     assert "not suspended" not in stopped
-    result = {"op": "hold", "done": ["Q1", "Q2"], "skipped": [{"queue_id": "Q3",
-              "why": "already held"}], "missing": ["NOPE"]}
+    result = {
+        "op": "hold",
+        "done": ["Q1", "Q2"],
+        "skipped": [{"queue_id": "Q3", "why": "already held"}],
+        "missing": ["NOPE"],
+    }
     assert format_action(result).splitlines() == [
-        "hold: 2 message(s): Q1 Q2", "  skipped Q3: already held", "  not in the queue: NOPE"]
+        "hold: 2 message(s): Q1 Q2",
+        "  skipped Q3: already held",
+        "  not in the queue: NOPE",
+    ]
     assert format_action({"op": "retry", "done": [], "skipped": [], "missing": []}) == (
-        "retry: 0 message(s)")
+        "retry: 0 message(s)"
+    )

@@ -44,17 +44,27 @@ def mbox(tmp_path_factory) -> Path:
 
 
 def _scenario(windows: str, extra: str = "") -> object:
-    return parse_scenario(tomllib.loads(
-        '[scenario]\nduration = "1h"\n[upstream]\nlatency = "2s"\n' + extra + windows), "t.toml")
+    return parse_scenario(
+        tomllib.loads(
+            '[scenario]\nduration = "1h"\n[upstream]\nlatency = "2s"\n' + extra + windows
+        ),
+        "t.toml",
+    )
 
 
-ROUTES = (RouteSettings("A", "a.example.net", source_address="192.0.2.10", max_connections=2),
-          RouteSettings("B", "b.example.net", source_address="198.51.100.7"))
+ROUTES = (
+    RouteSettings("A", "a.example.net", source_address="192.0.2.10", max_connections=2),
+    RouteSettings("B", "b.example.net", source_address="198.51.100.7"),
+)
 
 
 async def _send(upstream: SimulatedUpstream, clock: VirtualClock, route: str, rcpts: list[str]):
-    task = asyncio.create_task(upstream.send(route, Transaction(
-        "s@example.org", [(a, ()) for a in rcpts], b"Subject: x\r\n\r\nx\r\n")))
+    task = asyncio.create_task(
+        upstream.send(
+            route,
+            Transaction("s@example.org", [(a, ()) for a in rcpts], b"Subject: x\r\n\r\nx\r\n"),
+        )
+    )
     while not task.done():
         await clock.advance_to_next()
     return task.result()
@@ -93,7 +103,8 @@ reply = "451 4.7.500 Server busy. Please try again later"
 
     listed = await _send(up, clock, "A", ["x@listed.example"])
     assert listed.replies["x@listed.example"].render() == (
-        "554 5.7.1 Service unavailable; Client host [192.0.2.10] blocked using zen.spamhaus.org")
+        "554 5.7.1 Service unavailable; Client host [192.0.2.10] blocked using zen.spamhaus.org"
+    )
     assert listed.replies["x@listed.example"].phase is Phase.GREETING
 
     start = clock.now()
@@ -104,8 +115,10 @@ reply = "451 4.7.500 Server busy. Please try again later"
     assert mixed.replies["ok@gmail.com"].render() == "250 2.0.0 Ok: queued"
 
     clock.set(1000.0 + 1800)
-    codes = [(await _send(up, clock, "A", ["ok@gmail.com"])).replies["ok@gmail.com"].code
-             for _ in range(40)]
+    codes = [
+        (await _send(up, clock, "A", ["ok@gmail.com"])).replies["ok@gmail.com"].code
+        for _ in range(40)
+    ]
     assert 8 < codes.count(451) < 32
     assert set(codes) == {250, 451}
 
@@ -145,8 +158,9 @@ async def test_virtual_clock_advance_to_next_runs_ready_work_then_jumps():
 
 
 def _run(mbox: Path, scenario: str, *, seed: int = 1, compare: bool = False) -> dict:
-    return runner.run_files(SCENARIOS / scenario, mbox, seed=seed,
-                            compare=[PLAIN] if compare else ())
+    return runner.run_files(
+        SCENARIOS / scenario, mbox, seed=seed, compare=[PLAIN] if compare else ()
+    )
 
 
 def test_same_seed_same_bytes_and_another_seed_differs(mbox):
@@ -158,21 +172,26 @@ def test_same_seed_same_bytes_and_another_seed_differs(mbox):
 
 def test_same_bytes_across_processes(mbox, tmp_path):
     """Hash randomisation must not leak in: another interpreter gives the same bytes."""
-    code = ("import sys; from relayguard import logging as l; l.configure(level='error');"
-            "from relayguard.replay import runner;"
-            "sys.stdout.write(runner.to_json(runner.run_files(sys.argv[1], sys.argv[2], seed=3)))")
+    code = (
+        "import sys; from relayguard import logging as l; l.configure(level='error');"
+        "from relayguard.replay import runner;"
+        "sys.stdout.write(runner.to_json(runner.run_files(sys.argv[1], sys.argv[2], seed=3)))"
+    )
     outs = {
-        subprocess.run([sys.executable, "-c", code, str(SCENARIOS / "throttling.toml"), str(mbox)],
-                       capture_output=True, check=True, env={"PYTHONHASHSEED": str(h)},
-                       cwd=ROOT).stdout
+        subprocess.run(
+            [sys.executable, "-c", code, str(SCENARIOS / "throttling.toml"), str(mbox)],
+            capture_output=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(h)},
+            cwd=ROOT,
+        ).stdout
         for h in (1, 2)
     }
     assert len(outs) == 1
     assert json.loads(outs.pop())["runs"][0]["messages"]["arrived"] == 160
 
 
-@pytest.mark.parametrize("name", ["rbl-incident.toml", "throttling.toml",
-                                  "smarthost-outage.toml"])
+@pytest.mark.parametrize("name", ["rbl-incident.toml", "throttling.toml", "smarthost-outage.toml"])
 def test_each_shipped_scenario_replays(mbox, name):
     doc = _run(mbox, name)
     [run] = doc["runs"]
@@ -191,19 +210,30 @@ def test_plain_mta_bounces_what_the_default_policy_delivers_through_route_b(mbox
     finals = []
     for spec in prepared.runs:
         kept: dict = {}
-        replay(prepared.settings, spec.policy, prepared.scenario, messages, seed=1,
-               on_stats=lambda s, kept=kept: kept.update(s.final))
+        replay(
+            prepared.settings,
+            spec.policy,
+            prepared.scenario,
+            messages,
+            seed=1,
+            on_stats=lambda s, kept=kept: kept.update(s.final),
+        )
         finals.append(kept)
     default, plain = finals
-    via_b = [i for i, (outcome, routes) in default.items()
-             if outcome == "delivered" and routes == ("B",)]
+    via_b = [
+        i for i, (outcome, routes) in default.items() if outcome == "delivered" and routes == ("B",)
+    ]
     assert len(via_b) > 40
     bounced = [i for i in via_b if plain[i][0] == "bounced"]
     assert len(bounced) >= 0.8 * len(via_b)
     # the receivers that refuse at RCPT while A is listed: every one of those bounces
-    rcpt_listed = [i for i in via_b if messages[i].envelope.recipients[0].domain in
-                   ("example.com", "example.net", "mail.example")
-                   and messages[i].arrival - messages[0].arrival < 24 * 3600]
+    rcpt_listed = [
+        i
+        for i in via_b
+        if messages[i].envelope.recipients[0].domain
+        in ("example.com", "example.net", "mail.example")
+        and messages[i].arrival - messages[0].arrival < 24 * 3600
+    ]
     assert rcpt_listed
     assert all(plain[i][0] == "bounced" for i in rcpt_listed)
     delivered = sum(1 for o, _ in default.values() if o == "delivered")
@@ -212,8 +242,17 @@ def test_plain_mta_bounces_what_the_default_policy_delivers_through_route_b(mbox
 
 def test_cli_compare_writes_json_and_html_report(mbox, tmp_path, capsys):
     out = tmp_path / "report"
-    args = ["replay", "--scenario", str(SCENARIOS / "rbl-incident.toml"), "--input", str(mbox),
-            "--compare", str(PLAIN), "--report", str(out)]
+    args = [
+        "replay",
+        "--scenario",
+        str(SCENARIOS / "rbl-incident.toml"),
+        "--input",
+        str(mbox),
+        "--compare",
+        str(PLAIN),
+        "--report",
+        str(out),
+    ]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "default" in table
@@ -224,14 +263,16 @@ def test_cli_compare_writes_json_and_html_report(mbox, tmp_path, capsys):
     assert doc["runs"][1]["policy_files"] == ["policies/plain-mta.toml"]
     default, plain = doc["runs"]
     assert plain["messages"]["bounced"] > 5 * default["messages"]["bounced"]
-    assert plain["failures_by_rule"]["builtin:5xx"] > default["routes"]["B"]["recipients_delivered"] / 2
+    assert (
+        plain["failures_by_rule"]["builtin:5xx"]
+        > default["routes"]["B"]["recipients_delivered"] / 2
+    )
     html = (out / "report.html").read_text()
     assert html.count("<svg") == 1 + 3 * 2  # the scenario timeline, then 3 plots per policy
     for title in ("Queue depth by state", "Deliveries per route", "Time to delivery"):
         assert html.count(title) >= 2
     assert "<script" not in html
-    assert "http://" not in html.replace(
-        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     first = (out / "result.json").read_bytes()
     assert main(args) == 0
     assert (out / "result.json").read_bytes() == first  # no wall-clock time in the JSON
@@ -242,6 +283,16 @@ def test_cli_reports_bad_files_without_a_traceback(mbox, tmp_path, capsys):
     bad.write_text('[scenario]\nduration = "1h"\n[[window]]\nreply = "hello"\n')
     assert main(["replay", "--scenario", str(bad), "--input", str(mbox)]) == 2
     assert "bad.toml: window[0].reply: expected a reply" in capsys.readouterr().err
-    assert main(["replay", "--scenario", str(SCENARIOS / "throttling.toml"),
-                 "--input", str(tmp_path / "missing")]) == 2
+    assert (
+        main(
+            [
+                "replay",
+                "--scenario",
+                str(SCENARIOS / "throttling.toml"),
+                "--input",
+                str(tmp_path / "missing"),
+            ]
+        )
+        == 2
+    )
     assert "no such file" in capsys.readouterr().err

@@ -89,11 +89,18 @@ recipient: erin@example.com
 """
 
 
-def eml(n: int, *, to: str = "bob@example.com", date: str = "Mon, 15 Jan 2024 08:00:00 +0000",
-        extra: str = "") -> bytes:
-    return (f"Return-Path: <alice@example.org>\nFrom: Alice <alice@example.org>\nTo: {to}\n"
-            f"Subject: {n}\nDate: {date}\nMessage-ID: <{n}@example.org>\n{extra}\n"
-            f"body {n}\n").encode()
+def eml(
+    n: int,
+    *,
+    to: str = "bob@example.com",
+    date: str = "Mon, 15 Jan 2024 08:00:00 +0000",
+    extra: str = "",
+) -> bytes:
+    return (
+        f"Return-Path: <alice@example.org>\nFrom: Alice <alice@example.org>\nTo: {to}\n"
+        f"Subject: {n}\nDate: {date}\nMessage-ID: <{n}@example.org>\n{extra}\n"
+        f"body {n}\n"
+    ).encode()
 
 
 def test_eml_directory(tmp_path):
@@ -105,8 +112,10 @@ def test_eml_directory(tmp_path):
     assert inp.format == "eml"
     first, second = inp.messages
     assert [r.address for r in first.envelope.recipients] == ["dave@example.com"]
-    assert [r.address for r in second.envelope.recipients] == ["bob@example.com",
-                                                               "carol@example.net"]
+    assert [r.address for r in second.envelope.recipients] == [
+        "bob@example.com",
+        "carol@example.net",
+    ]
     assert first.envelope.sender == "alice@example.org"
     assert first.arrival == JAN15
     assert first.message_id == "<1@example.org>"
@@ -121,7 +130,8 @@ def test_mbox_with_from_lines_and_quoting(tmp_path):
         b"From bounce@example.org Mon Jan 15 09:30:00 2024\n"
         b"From: Alice <alice@example.org>\nTo: bob@example.com\nSubject: no date\n\n"
         b">From the start\n>>From quoted\n\n"
-        b"From MAILER-DAEMON Mon Jan 15 10:00:00 2024\n" + eml(2) + b"\n")
+        b"From MAILER-DAEMON Mon Jan 15 10:00:00 2024\n" + eml(2) + b"\n"
+    )
     inp = read_input(box)
     assert inp.format == "mbox"
     one, two = inp.messages
@@ -137,27 +147,36 @@ def test_maildir(tmp_path):
     for sub in ("new", "cur", "tmp"):
         (tmp_path / sub).mkdir()
     (tmp_path / "cur" / "1705309200.M1P1.host:2,S").write_bytes(
-        b"Delivered-To: bob@example.com\nTo: list@example.com\nSubject: x\n\nhi\n")
+        b"Delivered-To: bob@example.com\nTo: list@example.com\nSubject: x\n\nhi\n"
+    )
     (tmp_path / "new" / "1705305600.M2P2.host").write_bytes(eml(2))
     inp = read_input(tmp_path)
     assert inp.format == "maildir"
-    assert [m.source for m in inp.messages] == ["new/1705305600.M2P2.host",
-                                                "cur/1705309200.M1P1.host:2,S"]
+    assert [m.source for m in inp.messages] == [
+        "new/1705305600.M2P2.host",
+        "cur/1705309200.M1P1.host:2,S",
+    ]
     assert inp.messages[1].arrival == 1705309200.0  # no Date: the file name's time
     assert [r.address for r in inp.messages[1].envelope.recipients] == ["bob@example.com"]
 
 
 async def test_relayguard_spool(tmp_path):
     spool = SqliteSpool(tmp_path / "spool")
-    env = Envelope(sender="alice@example.org", recipients=(
-        Recipient("bob@example.com", notify=("FAILURE",), orcpt="rfc822;bob@example.com"),
-        Recipient("carol@example.net")), ret="HDRS")
+    env = Envelope(
+        sender="alice@example.org",
+        recipients=(
+            Recipient("bob@example.com", notify=("FAILURE",), orcpt="rfc822;bob@example.com"),
+            Recipient("carol@example.net"),
+        ),
+        ret="HDRS",
+    )
     try:
         a = await spool.accept(NewMessage(env, b"Subject: a\r\n\r\nx\r\n", 1000.0, "<a@x>"))
         b = await spool.accept(NewMessage(env, b"Subject: b\r\n\r\ny\r\n", 2000.0, "<b@x>"))
         msg, _ = await spool.load(a.seq)
-        msg.envelope = env.with_recipients((
-            Recipient("bob@example.com", RecipientState.DELIVERED), env.recipients[1]))
+        msg.envelope = env.with_recipients(
+            (Recipient("bob@example.com", RecipientState.DELIVERED), env.recipients[1])
+        )
         await spool.update(msg, [])
         held, _ = await spool.load(b.seq)
         held.state = MessageState.HELD
@@ -204,15 +223,24 @@ def _record(rtype: bytes, data: bytes) -> bytes:
 def test_postfix_long_lines_extracted_recipients_done_and_pointers():
     long = b"x" * 2500
     records = [
-        _record(b"C", b"%15d" % 100), _record(b"T", b"1705305600 1234"),
-        _record(b"S", b"dan@example.org"), _record(b"D", b"gone@example.com"),
-        _record(b"M", b""), _record(b"N", b"Subject: long"), _record(b"N", b""),
-        _record(b"L", long[:2048]), _record(b"N", long[2048:]),
+        _record(b"C", b"%15d" % 100),
+        _record(b"T", b"1705305600 1234"),
+        _record(b"S", b"dan@example.org"),
+        _record(b"D", b"gone@example.com"),
+        _record(b"M", b""),
+        _record(b"N", b"Subject: long"),
+        _record(b"N", b""),
+        _record(b"L", long[:2048]),
+        _record(b"N", long[2048:]),
     ]
     head = b"".join(records)
     # a pointer to a later stretch of records (as cleanup writes when headers change)
-    tail = _record(b"N", b"end") + _record(b"X", b"") + _record(b"R", b"erin@example.com") + \
-        _record(b"E", b"")
+    tail = (
+        _record(b"N", b"end")
+        + _record(b"X", b"")
+        + _record(b"R", b"erin@example.com")
+        + _record(b"E", b"")
+    )
     pad = _record(b"w", b"padding that the pointer skips")
     target = len(head) + len(_record(b"p", b"%15d" % 0)) + len(pad)
     data = head + _record(b"p", b"%15d" % target) + pad + tail

@@ -20,13 +20,25 @@ from relayguard.spool.sqlite import SqliteSpool
 
 def new(n: int, *, qid: str = "", rcpts=("a@one.example", "b@two.example")) -> NewMessage:
     env = Envelope(sender=f"s{n}@example.org", recipients=tuple(Recipient(a) for a in rcpts))
-    return NewMessage(envelope=env, body=f"Subject: {n}\r\n\r\nhi\r\n".encode(),
-                      arrival_at=1000.0 + n, message_id=f"<{n}@x>", queue_id=qid)
+    return NewMessage(
+        envelope=env,
+        body=f"Subject: {n}\r\n\r\nhi\r\n".encode(),
+        arrival_at=1000.0 + n,
+        message_id=f"<{n}@x>",
+        queue_id=qid,
+    )
 
 
 def attempt(at: float) -> Attempt:
-    return Attempt(at, "primary", ("a@one.example",),
-                   Reply(451, "4.7.1", "try later", Phase.RCPT), "defer", "greylisted", 0.5)
+    return Attempt(
+        at,
+        "primary",
+        ("a@one.example",),
+        Reply(451, "4.7.1", "try later", Phase.RCPT),
+        "defer",
+        "greylisted",
+        0.5,
+    )
 
 
 async def script(spool) -> list[object]:
@@ -40,13 +52,17 @@ async def script(spool) -> list[object]:
     out.append((body, (await spool.load(a.seq))[0].attempts))
     msg.attempts = [attempt(5.0)]
     msg.next_attempt_at = 2000.0
-    msg.envelope = msg.envelope.with_recipients((
-        Recipient("a@one.example", RecipientState.DELIVERED, delivered_via="primary"),
-        Recipient("b@two.example")))
+    msg.envelope = msg.envelope.with_recipients(
+        (
+            Recipient("a@one.example", RecipientState.DELIVERED, delivered_via="primary"),
+            Recipient("b@two.example"),
+        )
+    )
     await spool.update(msg, [attempt(5.0)])
     again, _ = await spool.load(a.seq)
-    out.append((again.attempts, again.next_attempt_at,
-                [r.state for r in again.envelope.recipients]))
+    out.append(
+        (again.attempts, again.next_attempt_at, [r.state for r in again.envelope.recipients])
+    )
     again.state = MessageState.DONE
     queued = await spool.finish_with_reports(again, [attempt(6.0)], [new(4, qid="QD")])
     out.append([(q.seq, q.queue_id) for q in queued])
@@ -93,7 +109,8 @@ async def test_messages_accepts_a_predicate_and_rejects_unknown_sql():
     spool = MemorySpool()
     await spool.accept_many([new(1), new(2)])
     assert [m.message_id for m in await spool.messages(lambda m: m.message_id == "<2@x>")] == [
-        "<2@x>"]
+        "<2@x>"
+    ]
     assert len(await spool.messages("state = ? AND size > ?", ["active", 0])) == 2
     with pytest.raises(SpoolError):
         await spool.messages("sender LIKE ?", ["%"])

@@ -151,8 +151,7 @@ def table() -> RouteTable:
 
 
 def susp(route: str, destination: str, until: float, rule: str = "r") -> Suspension:
-    return Suspension(route=route, destination=destination, until=until, reason="421 x",
-                      rule=rule)
+    return Suspension(route=route, destination=destination, until=until, reason="421 x", rule=rule)
 
 
 def test_choose_order_prefer_exclude():

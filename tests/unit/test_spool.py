@@ -48,9 +48,13 @@ def new(body: bytes = b"Subject: hi\r\n\r\nhello\r\n", at: float = 1000.0, **kw)
 
 def attempt(at: float, code: int = 451, rcpts=("a@one.example",), action="defer") -> Attempt:
     return Attempt(
-        at=at, route="primary", recipients=tuple(rcpts),
+        at=at,
+        route="primary",
+        recipients=tuple(rcpts),
         reply=Reply.parse(code, "4.7.1 try later\n4.7.1 greylisted", Phase.RCPT, "mx.one.example"),
-        action=action, rule="greylist", duration=0.25,
+        action=action,
+        rule="greylist",
+        duration=0.25,
     )
 
 
@@ -86,8 +90,12 @@ async def test_accept_then_load_round_trips_byte_exact(spool, body):
     assert raw == body
     assert type(raw) is bytes
     assert msg.envelope == env
-    assert (msg.seq, msg.queue_id, msg.message_id, msg.size) == (queued.seq, "QID1", "<m@id>",
-                                                                  len(body))
+    assert (msg.seq, msg.queue_id, msg.message_id, msg.size) == (
+        queued.seq,
+        "QID1",
+        "<m@id>",
+        len(body),
+    )
     assert msg.arrival_at == 1234.5
     assert msg.attempts == []
 
@@ -124,11 +132,19 @@ async def test_update_stores_states_attempts_and_next_time(spool):
     a1 = attempt(1001.0)
     rcpts = queued.envelope.recipients
     reply = Reply.parse(250, "2.0.0 Ok: queued as X", Phase.AFTER_DATA, "mx.two.example")
-    queued.envelope = queued.envelope.with_recipients((
-        rcpts[0],
-        Recipient(rcpts[1].address, RecipientState.DELIVERED, rcpts[1].orcpt, rcpts[1].notify,
-                  reply, delivered_via="primary"),
-    ))
+    queued.envelope = queued.envelope.with_recipients(
+        (
+            rcpts[0],
+            Recipient(
+                rcpts[1].address,
+                RecipientState.DELIVERED,
+                rcpts[1].orcpt,
+                rcpts[1].notify,
+                reply,
+                delivered_via="primary",
+            ),
+        )
+    )
     queued.next_attempt_at = 1300.0
     await spool.update(queued, [a1])
 
@@ -162,8 +178,9 @@ async def test_done_deletes_message_and_attempts(spool):
     await spool.update(gone, [attempt(3.0, 550, action="bounce")])
     assert await spool.load(gone.seq) is None
     assert [e.seq for e in await spool.index()] == [keep.seq]
-    n = await spool._run(lambda c: c.execute(
-        "SELECT count(*) FROM attempts WHERE seq=?", (gone.seq,)).fetchone()[0])
+    n = await spool._run(
+        lambda c: c.execute("SELECT count(*) FROM attempts WHERE seq=?", (gone.seq,)).fetchone()[0]
+    )
     assert n == 0
     msg, _ = await spool.load(keep.seq)
     assert len(msg.attempts) == 1
@@ -172,10 +189,13 @@ async def test_done_deletes_message_and_attempts(spool):
 async def test_finish_with_reports_inserts_reports(spool):
     original = await spool.accept(new())
     original.state = MessageState.DONE
-    ndr_env = Envelope(sender="", recipients=(Recipient("sender@example.org"),),
-                       pinned_routes=("primary",))
-    reports = [new(b"NDR one\r\n", at=2000.0, env=ndr_env), new(b"NDR two\r\n", at=2000.0,
-                                                                  env=ndr_env)]
+    ndr_env = Envelope(
+        sender="", recipients=(Recipient("sender@example.org"),), pinned_routes=("primary",)
+    )
+    reports = [
+        new(b"NDR one\r\n", at=2000.0, env=ndr_env),
+        new(b"NDR two\r\n", at=2000.0, env=ndr_env),
+    ]
     queued = await spool.finish_with_reports(original, [attempt(2000.0, 550)], reports)
     assert len(queued) == 2
     assert await spool.load(original.seq) is None
@@ -277,15 +297,17 @@ async def test_failing_job_does_not_fail_the_batch(spool):
     assert spool.batches - before_batches < 33
     assert len(await spool.index()) == 30
     # the bad job's own insert was rolled back with its savepoint
-    n = await spool._run(lambda c: c.execute(
-        "SELECT count(*) FROM messages WHERE queue_id='BAD'").fetchone()[0])
+    n = await spool._run(
+        lambda c: c.execute("SELECT count(*) FROM messages WHERE queue_id='BAD'").fetchone()[0]
+    )
     assert n == 0
 
 
 async def test_sqlite_error_in_a_job_becomes_spool_error(spool):
     await spool.accept(new(queue_id="SAME"))
     results = await asyncio.gather(
-        spool.accept(new(queue_id="SAME")), spool.accept(new(queue_id="OTHER")),
+        spool.accept(new(queue_id="SAME")),
+        spool.accept(new(queue_id="OTHER")),
         return_exceptions=True,
     )
     assert isinstance(results[0], SpoolError)
