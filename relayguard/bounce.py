@@ -377,6 +377,16 @@ def _recipient_record(fact: RecipientFacts) -> dict[str, object]:
         "reply": reply.render() if reply else None,
         "remote_host": reply.remote_host if reply else None,
         "rule": fact.rule,
+        "category": fact.category,
+        "second_opinion": (
+            {
+                "first_route": fact.second_opinion[0],
+                "first_reply": fact.second_opinion[1].render(),
+                "second_route": fact.second_opinion[2],
+            }
+            if fact.second_opinion is not None
+            else None
+        ),
         "attempts": fact.attempts,
         "routes": [{"route": r, "attempts": n} for r, n in fact.routes],
         "last_attempt": (

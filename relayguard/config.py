@@ -12,7 +12,7 @@ import math
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,6 +98,9 @@ class ServerSettings:
     data_timeout: float = 600.0
     shutdown_grace: float = 30.0
     workers: int = 1  # front-end processes; 0: the main process accepts connections itself
+    # A message with more Received: headers than this is refused (554 5.4.6), as
+    # Postfix's hopcount_limit: a misconfigured loop ends instead of circling.
+    max_hops: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,8 @@ class QueueSettings:
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
     files: tuple[Path, ...] = ()
+    second_opinions: int = 1  # extra attempts through another egress before a 5xx bounces
+    second_opinion_suspend: tuple[float, float] = (300.0, 600.0)  # seconds, low..high
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +296,18 @@ def _opt_ip(v: object) -> str | None:
     return _ip(v)
 
 
+def _duration_range(v: object) -> tuple[float, float]:
+    """'5m..10m' or one duration: (low, high) in seconds."""
+    if isinstance(v, str) and ".." in v:
+        low_s, _, high_s = v.partition("..")
+        low, high = parse_duration(low_s), parse_duration(high_s)
+    else:
+        low = high = parse_duration(v)
+    if high <= 0 or low > high:
+        raise ValueError
+    return low, high
+
+
 def _route_name(v: object) -> str:
     s = _str(v)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", s):
@@ -330,6 +347,7 @@ def _read_server(file: str, table: object) -> ServerSettings:
         data_timeout=s.get("data_timeout", parse_duration, d.data_timeout, "a duration"),
         shutdown_grace=s.get("shutdown_grace", parse_duration, d.shutdown_grace, "a duration"),
         workers=s.get("workers", _int_range(0, 64), d.workers, "a process count from 0 to 64"),
+        max_hops=s.get("max_hops", _int_range(1, 1000), d.max_hops, "a number from 1 to 1000"),
     )
     s.finish()
     return out
@@ -380,8 +398,6 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
         raise ConfigError(f"{file}: route: expected at least one [[route]] table")
     routes = tuple(_read_route(file, i, r) for i, r in enumerate(raw_routes))
     names = [r.name for r in routes]
-    if all(r.ndr_only for r in routes):
-        raise ConfigError(f"{file}: route: expected at least one route without ndr_only = true")
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(
@@ -399,7 +415,19 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
     q.finish()
 
     p = _Section(file, "policy", top.raw("policy", {}))
-    files: tuple[Path, ...] = p.get("files", _paths, (), "a list of policy file paths")
+    dp = PolicySettings()
+    policy = PolicySettings(
+        files=p.get("files", _paths, (), "a list of policy file paths"),
+        second_opinions=p.get(
+            "second_opinions", _int_range(0, 5), dp.second_opinions, "a number from 0 to 5"
+        ),
+        second_opinion_suspend=p.get(
+            "second_opinion_suspend",
+            _duration_range,
+            dp.second_opinion_suspend,
+            "a duration or a range like '5m..10m'",
+        ),
+    )
     p.finish()
 
     nd = _Section(file, "ndr", top.raw("ndr", {}))
@@ -412,6 +440,7 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
         raise ConfigError(
             f"{file}: ndr.route: expected one of the routes {names}, got {ndr.route!r}"
         )
+    routes = _ndr_route_carries_reports_only(file, routes, raw_routes, ndr.route)
 
     m = _Section(file, "metrics", top.raw("metrics", {}))
     metrics = MetricsSettings(listen=m.get("listen", _opt_hostport, None, "host:port"))
@@ -422,11 +451,39 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
         server=server,
         routes=routes,
         queue=queue,
-        policy=PolicySettings(files=files),
+        policy=policy,
         ndr=ndr,
         metrics=metrics,
         source=Path(file) if file != "<config>" else None,
     )
+
+
+def _ndr_route_carries_reports_only(
+    file: str,
+    routes: tuple[RouteSettings, ...],
+    raw_routes: list[Any],
+    ndr_route: str | None,
+) -> tuple[RouteSettings, ...]:
+    """The route named by [ndr] route leads back to the origin MTA: it carries only
+    reports unless its own ndr_only says otherwise, so that no fallback or second
+    opinion ever sends mail back where it came from."""
+    out = []
+    for route, raw in zip(routes, raw_routes, strict=True):
+        explicit = isinstance(raw, dict) and "ndr_only" in raw
+        if route.name == ndr_route and not explicit:
+            route = replace(route, ndr_only=True)  # noqa: PLW2901
+        out.append(route)
+    if all(r.ndr_only for r in out):
+        hint = (
+            f" (route {ndr_route!r} is the [ndr] route: set ndr_only = false on it to let "
+            "it carry mail too)"
+            if ndr_route
+            else ""
+        )
+        raise ConfigError(
+            f"{file}: route: expected at least one route without ndr_only = true{hint}"
+        )
+    return tuple(out)
 
 
 def read_text_file(path: Path, error: type[ValueError]) -> str:

@@ -73,6 +73,9 @@ class RecipientFacts:
     attempts: int
     last_attempt_at: float | None
     orcpt: tuple[str, str] | None  # (address type, decoded address)
+    category: str | None = None  # the classification of the last refusal
+    # A second opinion that was refused too: (first route, its reply, second route).
+    second_opinion: tuple[str, Reply, str] | None = None
 
     @property
     def reply(self) -> Reply | None:
@@ -287,6 +290,7 @@ def recipient_facts(
     rule = recipient.failed_rule or rule
     expired = kind is ReportKind.BOUNCE and is_expired(message, recipient, rule, ctx)
     tried = attempts_for(message, recipient.address)
+    category = next((a.category for a in reversed(tried) if a.category), None)
     return RecipientFacts(
         recipient=recipient,
         action=ACTIONS[kind],
@@ -297,7 +301,20 @@ def recipient_facts(
         attempts=len(tried),
         last_attempt_at=max((a.at for a in tried), default=None),
         orcpt=parse_orcpt(recipient.orcpt),
+        category=category,
+        second_opinion=second_opinion_refused(tried),
     )
+
+
+def second_opinion_refused(tried: Sequence[Attempt]) -> tuple[str, Reply, str] | None:
+    """(first route, its reply, second route) when another egress was asked and refused."""
+    for i, asked in enumerate(tried):
+        if asked.second_opinion != "asked":
+            continue
+        for later in tried[i + 1 :]:
+            if later.second_opinion == "refused":
+                return asked.route, asked.reply, later.route
+    return None
 
 
 def remote_mta(reply: Reply | None) -> str | None:

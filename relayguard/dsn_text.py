@@ -20,6 +20,7 @@ from relayguard.dsn_facts import (
     rfc5322_date,
 )
 from relayguard.model import Phase, QueuedMessage, Reply, domain_of
+from relayguard.policy.categories import CATEGORY_MEANING, Category
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -221,6 +222,17 @@ def human_text(
         if fact.orcpt is not None:
             lines += _wrap(f"(original recipient: <{clean(fact.orcpt[1])}>)", indent="    ")
         lines += _wrap(f"Status {fact.status}. {_routes(fact)}", indent="    ")
+        if fact.category in CATEGORY_MEANING:
+            meaning = CATEGORY_MEANING[Category(fact.category)]
+            lines += _wrap(f"Kind of failure: {fact.category} ({meaning}).", indent="    ")
+        if fact.second_opinion is not None:
+            first, reply, second = fact.second_opinion
+            lines += _wrap(
+                f"First refused through route {clean(first)}: {describe_reply(reply)}. "
+                f"A second opinion through route {clean(second)}, which leaves from "
+                "another address, was refused too.",
+                indent="    ",
+            )
         if fact.rule:
             lines += _wrap(f"Decided by policy rule: {clean(fact.rule)}", indent="    ")
         if kind is ReportKind.BOUNCE:

@@ -134,6 +134,27 @@ def unstuff_and_check(raw: bytes) -> bytes:
     return raw.replace(b"\r\n.", b"\r\n")
 
 
+_RECEIVED = re.compile(rb"(?:^|\r\n)received:", re.IGNORECASE)
+
+
+def hop_count(content: bytes) -> int:
+    """Received: headers in the message's header section (RFC 5321 6.3: loop detection)."""
+    end = content.find(b"\r\n\r\n")
+    head = content if end < 0 else content[: end + 2]
+    return len(_RECEIVED.findall(head))
+
+
+def check_hops(content: bytes, max_hops: int) -> None:
+    """Refuse a message that has been through max_hops relays already: ours would be one
+    more than the limit, as Postfix's hopcount_limit. A loop ends instead of circling."""
+    hops = hop_count(content)
+    if hops >= max_hops:
+        log.warning("too_many_hops", hops=hops, limit=max_hops)
+        raise DataError(
+            f"554 5.4.6 Too many hops: {hops} Received: headers (limit {max_hops}), a mail loop?"
+        )
+
+
 class RelayEnvelope(SmtpEnvelope):
     """aiosmtpd's envelope plus the parsed parameters, which keep their case."""
 
@@ -329,6 +350,7 @@ class RelaySMTP(SMTP):
             return
         try:
             content = unstuff_and_check(raw)
+            check_hops(content, self._settings.max_hops)
         except DataError as exc:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(exc.reply)

@@ -68,6 +68,12 @@ class Observer:
             ["route", "rule"],
             registry=r,
         )
+        self.replies = Counter(
+            "relayguard_replies",
+            "Refusals (4xx/5xx replies) from upstream, by route and what kind of reply it was",
+            ["route", "category"],
+            registry=r,
+        )
         self.latency = Histogram(
             "relayguard_delivery_duration_seconds",
             "Time of one delivery transaction through a route, from connection to reply",
@@ -115,6 +121,9 @@ class Observer:
         if event == "delivered":
             self.delivered.labels(route).inc(count)
         else:
+            category = str(fields.get("category") or "")
+            if category and route:
+                self.replies.labels(route, category).inc()
             {"deferred": self.deferred, "rerouted": self.rerouted, "bounced": self.bounced}[
                 event
             ].labels(route, rule).inc(count)

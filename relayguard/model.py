@@ -241,6 +241,15 @@ class Envelope:
         return replace(self, recipients=recipients)
 
 
+class SecondOpinion(StrEnum):
+    """An attempt's part in a second opinion (asking another egress before bouncing)."""
+
+    NONE = ""
+    ASKED = "asked"  # this reply was refused here; another egress is asked next
+    ACCEPTED = "accepted"  # the other egress took the mail: the refusal was egress-specific
+    REFUSED = "refused"  # the other egress refused too: the recipient bounces
+
+
 class Action(StrEnum):
     """What the policy decided for a recipient after a non-success reply."""
 
@@ -258,6 +267,9 @@ class Suspension:
     until: float
     reason: str  # the reply, rendered
     rule: str
+    # Held back only while another egress gives its second opinion: lifted when that
+    # opinion is a refusal too (the reply was about the message, not the route).
+    provisional: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -266,6 +278,7 @@ class Suspension:
             "until": self.until,
             "reason": self.reason,
             "rule": self.rule,
+            "provisional": self.provisional,
         }
 
 
@@ -301,6 +314,10 @@ class Decision:
     suspend: Suspension | None = None
     throttle: Throttle | None = None
     reason: str = ""
+    category: str = ""  # the reply's classification (policy/categories.py)
+    scope: str = ""
+    evidence: str = ""
+    second_opinion: SecondOpinion = SecondOpinion.NONE
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -311,6 +328,10 @@ class Decision:
             "suspend": self.suspend.to_dict() if self.suspend else None,
             "throttle": self.throttle.to_dict() if self.throttle else None,
             "reason": self.reason,
+            "category": self.category,
+            "scope": self.scope,
+            "evidence": self.evidence,
+            "second_opinion": self.second_opinion.value,
         }
 
 
@@ -325,9 +346,11 @@ class Attempt:
     action: str  # "delivered" or a Decision action
     rule: str = ""
     duration: float = 0.0
+    category: str = ""  # the reply's classification; "" for a delivery
+    second_opinion: str = ""  # a SecondOpinion value
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        d: dict[str, object] = {
             "at": self.at,
             "route": self.route,
             "recipients": list(self.recipients),
@@ -336,6 +359,11 @@ class Attempt:
             "rule": self.rule,
             "duration": self.duration,
         }
+        if self.category:
+            d["category"] = self.category
+        if self.second_opinion:
+            d["second_opinion"] = self.second_opinion
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Attempt:
@@ -351,6 +379,8 @@ class Attempt:
             action=str(d["action"]),
             rule=str(d.get("rule", "")),
             duration=float(str(d.get("duration", 0.0))),
+            category=str(d.get("category", "")),
+            second_opinion=str(d.get("second_opinion", "")),
         )
 
 

@@ -29,6 +29,8 @@ from relayguard.model import (
     Recipient,
     RecipientState,
     Reply,
+    SecondOpinion,
+    Suspension,
 )
 from relayguard.policy import Policy, RouteView, decide
 from relayguard.scheduler import DueQueue, RouteTable
@@ -99,6 +101,9 @@ class QueueManager:
         self._route_names = tuple(r.name for r in self.settings.routes)
         self._ndr_only = frozenset(r.name for r in self.settings.routes if r.ndr_only)
         self._mail_routes = tuple(r for r in self._route_names if r not in self._ndr_only)
+        # Where each mail route leaves from: a second opinion must come from elsewhere.
+        egress = {r.name: f"{r.host}|{r.source_address or ''}" for r in self.settings.routes}
+        self._mail_egresses = tuple(egress[r] for r in self._mail_routes)
         self.routes = RouteTable(self._route_names)
         # The route's connection cap lives here, with the rest of the scheduling, so a
         # message waiting for a connection can still be told to stand down.
@@ -367,6 +372,11 @@ class QueueManager:
                 # due at the next start. No attempt is spent.
                 rnd.next_times.append(now)
                 return
+            if self.routes.unavailable(route, domain, self.clock.now()):
+                # Suspended (or probing) while this message waited for the connection:
+                # choose again, so nothing goes out on a route just found blocked.
+                self._release_slot(route)
+                continue
             try:
                 probe = self.routes.begin(route, domain)
                 started = self.clock.now()
@@ -375,9 +385,7 @@ class QueueManager:
                 success = any(rp.is_success for rp in outcome.replies.values())
                 self.routes.end(route, domain, probe=probe, success=success)
             finally:
-                self._route_slots[route].release()
-                self._slot_freed.set()
-                self._slot_freed.clear()
+                self._release_slot(route)
             tried.add(route)
             todo, prefer = self._apply(
                 message,
@@ -390,6 +398,11 @@ class QueueManager:
                 tried=frozenset(tried),
                 probe=probe,
             )
+
+    def _release_slot(self, route: str) -> None:
+        self._route_slots[route].release()
+        self._slot_freed.set()
+        self._slot_freed.clear()
 
     async def _take_slot(self, route: str, domain: str) -> bool:
         """One of the route's connections (max_connections, and a throttle's lower cap for
@@ -492,78 +505,17 @@ class QueueManager:
         probe: bool,
     ) -> tuple[list[Recipient], tuple[str, ...]]:
         """Turn replies into recipient states and attempts; return what to try next, where."""
-        started, finished = span
+        tx = _Sent(message, route, domain, outcome, rnd, span, probe)
         groups: dict[Reply, list[Recipient]] = {}
         for r in todo:
             groups.setdefault(outcome.replies[r.address], []).append(r)
         reroute: list[Recipient] = []
         prefer: tuple[str, ...] = ()
-        history = [*message.attempts, *rnd.attempts]
         for reply, rcpts in groups.items():
-            addresses = tuple(r.address for r in rcpts)
             if reply.is_success:
-                for r in rcpts:
-                    rnd.recipients[r.address] = _delivered(rnd.recipients[r.address], reply, route)
-                    if not outcome.peer_has_dsn:
-                        rnd.relayed_without_dsn.add(r.address)
-                rnd.attempts.append(
-                    Attempt(started, route, addresses, reply, "delivered", "", finished - started)
-                )
-                self._log(
-                    "delivered",
-                    message,
-                    route,
-                    addresses,
-                    reply,
-                    finished - started,
-                    probe=probe,
-                    possible_duplicate=outcome.possible_duplicate,
-                )
+                self._apply_delivered(tx, reply, rcpts)
                 continue
-            view = RouteView(
-                route=route,
-                destination=domain,
-                routes=self._mail_routes if route in self._mail_routes else (route,),
-                tried_now=tried,
-                suspended=self.routes.suspended_routes(domain, finished),
-            )
-            decision = decide(
-                reply,
-                history,
-                view,
-                finished,
-                self.policy,
-                arrival_at=message.arrival_at,
-                rng=rnd.rng(),
-            )
-            self._apply_route_effects(decision)
-            rnd.attempts.append(
-                Attempt(
-                    started,
-                    route,
-                    addresses,
-                    reply,
-                    decision.action.value,
-                    decision.rule,
-                    finished - started,
-                )
-            )
-            event = {
-                Action.DEFER: "deferred",
-                Action.REROUTE: "rerouted",
-                Action.BOUNCE: "bounced",
-            }[decision.action]
-            self._log(
-                event,
-                message,
-                route,
-                addresses,
-                reply,
-                finished - started,
-                decision=decision,
-                probe=probe,
-                possible_duplicate=outcome.possible_duplicate,
-            )
+            decision = self._apply_refusal(tx, reply, rcpts, tried)
             for r in rcpts:
                 cur = rnd.recipients[r.address]
                 if decision.action is Action.BOUNCE:
@@ -577,21 +529,122 @@ class QueueManager:
                     rnd.recipients[r.address] = _with_reply(cur, reply)
             if decision.action is Action.DEFER:
                 backoff = self.settings.queue.backoff_start
-                rnd.next_times.append(decision.retry_at or finished + backoff)
+                rnd.next_times.append(decision.retry_at or tx.finished + backoff)
         return reroute, prefer
+
+    def _apply_delivered(self, tx: _Sent, reply: Reply, rcpts: list[Recipient]) -> None:
+        rnd = tx.rnd
+        addresses = tuple(r.address for r in rcpts)
+        for r in rcpts:
+            rnd.recipients[r.address] = _delivered(rnd.recipients[r.address], reply, tx.route)
+            if not tx.outcome.peer_has_dsn:
+                rnd.relayed_without_dsn.add(r.address)
+        asked = _second_opinion_asked(rnd.attempts, addresses, tx.route)
+        opinion = SecondOpinion.NONE
+        if asked is not None:
+            opinion = SecondOpinion.ACCEPTED
+            self._second_opinion_accepted(asked, tx.domain, tx.finished, rnd)
+        after = _last_failure(rnd.attempts, addresses)
+        rnd.attempts.append(
+            Attempt(
+                tx.started,
+                tx.route,
+                addresses,
+                reply,
+                "delivered",
+                "",
+                tx.duration,
+                second_opinion=opinion.value,
+            )
+        )
+        self._log(
+            "delivered",
+            tx,
+            addresses,
+            reply,
+            after=after,
+            second_opinion=opinion,
+        )
+
+    def _apply_refusal(
+        self, tx: _Sent, reply: Reply, rcpts: list[Recipient], tried: frozenset[str]
+    ) -> Decision:
+        rnd, route, domain = tx.rnd, tx.route, tx.domain
+        addresses = tuple(r.address for r in rcpts)
+        asked = _second_opinion_asked(rnd.attempts, addresses, route)
+        # The other egress did not take it either: the first refusal was not about that
+        # route, so it may carry mail to this destination again.
+        if asked is not None and self.routes.lift_provisional(asked.route, domain):
+            log.info(
+                "route_resumed",
+                route=asked.route,
+                destination=domain,
+                reason="the second opinion was not an acceptance",
+            )
+        mail_route = route in self._mail_routes
+        view = RouteView(
+            route=route,
+            destination=domain,
+            routes=self._mail_routes if mail_route else (route,),
+            tried_now=tried,
+            suspended=self.routes.suspended_routes(domain, tx.finished),
+            egresses=self._mail_egresses if mail_route else (),
+        )
+        decision = decide(
+            reply,
+            [*tx.message.attempts, *rnd.attempts],
+            view,
+            tx.finished,
+            self.policy,
+            arrival_at=tx.message.arrival_at,
+            rng=rnd.rng(),
+        )
+        self._apply_route_effects(decision)
+        rnd.attempts.append(
+            Attempt(
+                tx.started,
+                route,
+                addresses,
+                reply,
+                decision.action.value,
+                decision.rule,
+                tx.duration,
+                category=decision.category,
+                second_opinion=decision.second_opinion.value,
+            )
+        )
+        event = {
+            Action.DEFER: "deferred",
+            Action.REROUTE: "rerouted",
+            Action.BOUNCE: "bounced",
+        }[decision.action]
+        self._log(event, tx, addresses, reply, decision=decision)
+        return decision
+
+    def _second_opinion_accepted(
+        self, asked: Attempt, domain: str, now: float, rnd: _Round
+    ) -> None:
+        """Another egress took what `asked.route` refused: that refusal was about our
+        egress, so the route stays off this destination as for an RBL block."""
+        until = now + self.policy.second_opinion_suspend.draw(rnd.rng())
+        self._suspend(Suspension(asked.route, domain, until, asked.reply.render(), asked.rule))
+
+    def _suspend(self, suspension: Suspension) -> None:
+        self.routes.suspend(suspension)
+        log.warning(
+            "route_suspended",
+            route=suspension.route,
+            destination=suspension.destination,
+            until=suspension.until,
+            reason=suspension.reason,
+            rule=suspension.rule,
+            provisional=suspension.provisional,
+        )
+        self.on_event("route_suspended", {"route": suspension.route})
 
     def _apply_route_effects(self, decision: Decision) -> None:
         if decision.suspend is not None:
-            self.routes.suspend(decision.suspend)
-            log.warning(
-                "route_suspended",
-                route=decision.suspend.route,
-                destination=decision.suspend.destination,
-                until=decision.suspend.until,
-                reason=decision.suspend.reason,
-                rule=decision.suspend.rule,
-            )
-            self.on_event("route_suspended", {"route": decision.suspend.route})
+            self._suspend(decision.suspend)
         if decision.throttle is not None:
             self.routes.throttle(decision.throttle)
             log.warning(
@@ -606,41 +659,104 @@ class QueueManager:
     def _log(
         self,
         event: str,
-        message: QueuedMessage,
-        route: str,
+        tx: _Sent,
         recipients: tuple[str, ...],
         reply: Reply,
-        duration: float,
         *,
         decision: Decision | None = None,
-        probe: bool = False,
-        possible_duplicate: bool = False,
+        after: Attempt | None = None,
+        second_opinion: SecondOpinion = SecondOpinion.NONE,
     ) -> None:
         fields: dict[str, Any] = {
-            "queue_id": message.queue_id,
-            "message_id": message.message_id,
-            "route": route,
+            "queue_id": tx.message.queue_id,
+            "message_id": tx.message.message_id,
+            "route": tx.route,
             "recipients": list(recipients),
             "code": reply.code,
             "enhanced": reply.enhanced,
             "text": reply.text,
             "remote_host": reply.remote_host,
             "phase": reply.phase.value,
-            "duration": round(duration, 4),
+            "duration": round(tx.duration, 4),
         }
         if decision is not None:
             fields["rule"] = decision.rule
+            fields["category"] = decision.category
+            fields["scope"] = decision.scope
+            fields["evidence"] = decision.evidence
             fields["reason"] = decision.reason
             if decision.retry_at is not None:
                 fields["retry_at"] = decision.retry_at
             if decision.reroute_to:
                 fields["reroute_to"] = list(decision.reroute_to)
-        if probe:
+            if decision.second_opinion:
+                fields["second_opinion"] = decision.second_opinion.value
+        elif after is not None:
+            # Delivered after a refusal in this round: what that refusal was, and where.
+            fields["category"] = after.category
+            fields["after_route"] = after.route
+            fields["after_rule"] = after.rule
+            if second_opinion is SecondOpinion.ACCEPTED:
+                fields["second_opinion"] = second_opinion.value
+                fields["egress_specific"] = True
+                fields["reason"] = (
+                    f"{tx.route} accepted what {after.route} refused: the reply was specific "
+                    f"to the egress of {after.route}"
+                )
+        if tx.probe:
             fields["probe"] = True
-        if possible_duplicate:
+        if tx.outcome.possible_duplicate:
             fields["possible_duplicate"] = True
         log.info(event, **fields)
         self.on_event(event, fields)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """One transaction that came back: what the apply steps share."""
+
+    message: QueuedMessage
+    route: str
+    domain: str
+    outcome: Outcome
+    rnd: _Round
+    span: tuple[float, float]
+    probe: bool
+
+    @property
+    def started(self) -> float:
+        return self.span[0]
+
+    @property
+    def finished(self) -> float:
+        return self.span[1]
+
+    @property
+    def duration(self) -> float:
+        return self.span[1] - self.span[0]
+
+
+def _second_opinion_asked(
+    attempts: Sequence[Attempt], addresses: Sequence[str], route: str
+) -> Attempt | None:
+    """The attempt of this round that asked another egress about these recipients, when
+    this attempt (through `route`) is that other egress's answer."""
+    wanted = set(addresses)
+    for a in reversed(attempts):
+        if wanted & set(a.recipients):
+            if a.second_opinion == SecondOpinion.ASKED and a.route != route:
+                return a
+            return None
+    return None
+
+
+def _last_failure(attempts: Sequence[Attempt], addresses: Sequence[str]) -> Attempt | None:
+    """The refusal these recipients had earlier in this round, if any."""
+    wanted = set(addresses)
+    for a in reversed(attempts):
+        if wanted & set(a.recipients) and a.action != "delivered":
+            return a
+    return None
 
 
 def _delivered(r: Recipient, reply: Reply, route: str) -> Recipient:

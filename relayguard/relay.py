@@ -26,6 +26,7 @@ from relayguard.frontend import RelayHandler, make_protocol_factory
 from relayguard.metrics import MetricsServer, Observer
 from relayguard.model import MessageState, QueuedMessage
 from relayguard.policy import Policy, load_policy
+from relayguard.policy.rules import DurationRange
 from relayguard.queue_manager import QueueManager, ReportBuilder, Sender
 from relayguard.reports import make_report_builder
 from relayguard.spool.sqlite import SqliteSpool, spool_usable
@@ -38,12 +39,15 @@ SPOOL_POLL_INTERVAL = 2.0
 
 def policy_for(settings: Settings) -> Policy:
     q = settings.queue
+    p = settings.policy
     return load_policy(
-        settings.policy.files,
+        p.files,
         [r.name for r in settings.routes],
         max_lifetime=q.max_lifetime,
         backoff_start=q.backoff_start,
         backoff_max=q.backoff_max,
+        second_opinions=p.second_opinions,
+        second_opinion_suspend=DurationRange(*p.second_opinion_suspend),
     )
 
 

@@ -176,9 +176,20 @@ class RouteTable:
     def suspend(self, s: Suspension) -> None:
         key = (s.route, s.destination)
         current = self.suspensions.get(key)
-        if current is None or current.until < s.until:
+        # A real suspension replaces a provisional one (a second opinion's hold) whatever
+        # their ends, so that lifting the provisional one never lifts a real one.
+        if current is None or _replaces(s, current):
             self.suspensions[key] = s
         self.probing.pop(key, None)
+
+    def lift_provisional(self, route: str, destination: str) -> bool:
+        """End a second opinion's provisional hold (not a real suspension); True if lifted."""
+        key = (route, destination)
+        current = self.suspensions.get(key)
+        if current is None or not current.provisional:
+            return False
+        del self.suspensions[key]
+        return True
 
     def throttle(self, t: Throttle) -> None:
         key = (t.route, t.destination)
@@ -197,3 +208,9 @@ class RouteTable:
             del self.suspensions[k]
             self.probing.pop(k, None)
         return len(keys)
+
+
+def _replaces(new: Suspension, current: Suspension) -> bool:
+    if current.provisional != new.provisional:
+        return current.provisional
+    return current.until < new.until

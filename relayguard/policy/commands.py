@@ -1,6 +1,6 @@
-"""Operator tools behind `relayguard policy check` and `relayguard policy explain`.
+"""Operator tools behind `relayguard policy check | explain | classify`.
 
-Pure functions returning text; the CLI prints it.
+Pure functions returning text or plain data; the CLI prints it.
 """
 
 from __future__ import annotations
@@ -9,10 +9,14 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relayguard.model import Action, Phase
-from relayguard.policy.corpus import corpus_for, reply_from_line, run_corpus
+from relayguard.model import Action, Phase, SecondOpinion
+from relayguard.policy.categories import CATEGORY_MEANING, Category
+from relayguard.policy.classify import classify
+from relayguard.policy.corpus import corpus_for, run_corpus
 from relayguard.policy.engine import decide
 from relayguard.policy.loader import DEFAULT_POLICY_FILE, load_rules, read_policy_file
+from relayguard.policy.reply_corpus import check_corpus, confusion_table, load_reply_corpus
+from relayguard.policy.reply_line import reply_from_line
 from relayguard.policy.rules import PolicyError, RouteView, Rule, human_duration
 
 if TYPE_CHECKING:
@@ -51,6 +55,48 @@ def check_files(files: Sequence[Path], route_names: Sequence[str] | None) -> lis
             except PolicyError as exc:
                 errors.append(str(exc))
     return errors
+
+
+def corpus_report(files: Sequence[Path], route_names: Sequence[str] | None) -> tuple[str, int]:
+    """The reply corpus classified with these files' [[classify]] overrides: the
+    confusion table, then each line classified otherwise than labelled; and how many
+    such lines there are."""
+    paths = tuple(Path(f) for f in files) or (DEFAULT_POLICY_FILE,)
+    overrides = load_rules(paths, route_names).overrides
+    confusion, failures = check_corpus(load_reply_corpus(), overrides)
+    return "\n".join([confusion_table(confusion), *failures]), len(failures)
+
+
+# The routes `policy classify` decides with: a fresh message, two mail routes that
+# leave from different egresses, the first one tried.
+CLASSIFY_ROUTES = ("primary", "backup")
+
+
+def classify_line(policy: Policy, line: str, *, domain: str = "example.com") -> dict[str, object]:
+    """One reply in log form → what it is and what the default decision would be on the
+    first attempt of a fresh message with two mail routes."""
+    reply = reply_from_line(line)
+    found = classify(reply, destination=domain, overrides=policy.overrides)
+    view = RouteView(
+        route=CLASSIFY_ROUTES[0],
+        destination=domain,
+        routes=CLASSIFY_ROUTES,
+        tried_now=frozenset({CLASSIFY_ROUTES[0]}),
+    )
+    if reply.is_success:
+        action, rule = "delivered", ""
+    else:
+        decision = decide(reply, (), view, 0.0, policy, arrival_at=0.0, rng=random.Random(0))
+        action, rule = decision.action.value, decision.rule
+    return {
+        "reply": line,
+        "category": found.category.value,
+        "scope": found.scope.value,
+        "rule": rule,
+        "evidence": f"{found.signal}: {found.evidence}",
+        "action": action,
+        "retry_in": found.retry_in,
+    }
 
 
 def explain(
@@ -96,6 +142,9 @@ def explain(
         f"reply:     {reply.render()}",
         f"           phase {smtp_phase.value}, route {via}, domain {view.destination}"
         + (", synthetic (network failure)" if synthetic else ""),
+        f"category:  {decision.category} ({CATEGORY_MEANING[Category(decision.category)]})",
+        f"scope:     {decision.scope}",
+        f"evidence:  {decision.evidence}",
     ]
     rule = policy.rule(decision.rule)
     if rule is not None:
@@ -111,7 +160,10 @@ _BUILTIN_TEXT = {
     "builtin:fallback-relay": (
         "a network failure while connecting goes to the next usable route at once"
     ),
-    "builtin:5xx": "no rule matched; RFC 5321: a 5xx reply is permanent",
+    "builtin:5xx": (
+        "no rule matched; RFC 5321: a 5xx reply is permanent "
+        "(after a second opinion from another egress, if one is left)"
+    ),
     "builtin:4xx": (
         "no rule matched; RFC 5321: a 4xx reply is temporary "
         "(backoff doubling per deferral, capped)"
@@ -132,28 +184,35 @@ def _explain_rule(rule: Rule) -> list[str]:
 
 
 def _rule_settings(rule: Rule) -> list[str]:
-    settings = [f"action = {rule.action.value}"]
-    if rule.treat_as is not None:
-        settings.append(f"treat_as = {rule.treat_as.value}")
-    if rule.reroute_next:
-        settings.append("reroute = next")
-    elif rule.reroute:
-        settings.append(f"reroute = {', '.join(rule.reroute)}")
-    if rule.retry_after is not None:
-        settings.append(f"retry_after = {rule.retry_after}")
-    if rule.backoff is not None:
-        settings.append(str(rule.backoff))
-    if rule.suspend_for is not None:
-        settings.append(f"suspend_for = {rule.suspend_for} ({rule.suspend_scope.value})")
-    if rule.throttle is not None:
-        settings.append(
-            f"throttle to {rule.throttle.max_connections} connections for {rule.throttle.duration}"
-        )
-    if rule.give_up_after is not None:
-        settings.append(f"give_up_after = {human_duration(rule.give_up_after)}")
-    if not rule.bounces and not rule.honor_retry_hint:
-        settings.append("retry hints ignored")
-    return settings
+    reroute = "reroute = next" if rule.reroute_next else ""
+    if rule.reroute:
+        reroute = f"reroute = {', '.join(rule.reroute)}"
+    throttle = rule.throttle
+    settings = (
+        f"action = {rule.action.value}",
+        f"treat_as = {rule.treat_as.value}" if rule.treat_as is not None else "",
+        reroute,
+        f"retry_after = {rule.retry_after}" if rule.retry_after is not None else "",
+        str(rule.backoff) if rule.backoff is not None else "",
+        (
+            f"suspend_for = {rule.suspend_for} ({rule.suspend_scope.value})"
+            if rule.suspend_for is not None
+            else ""
+        ),
+        (
+            f"throttle to {throttle.max_connections} connections for {throttle.duration}"
+            if throttle is not None
+            else ""
+        ),
+        (
+            f"give_up_after = {human_duration(rule.give_up_after)}"
+            if rule.give_up_after is not None
+            else ""
+        ),
+        "confirm = true (a second opinion from another egress first)" if rule.confirm else "",
+        "retry hints ignored" if not rule.bounces and not rule.honor_retry_hint else "",
+    )
+    return [s for s in settings if s]
 
 
 def _explain_decision(decision: Decision, now: float) -> list[str]:
@@ -164,6 +223,12 @@ def _explain_decision(decision: Decision, now: float) -> list[str]:
         lines.append(
             f"retry:     at {decision.retry_at:.0f} (in {human_duration(decision.retry_at - now)})"
         )
+    if decision.second_opinion is SecondOpinion.ASKED and decision.reroute_to:
+        lines.append(
+            f"second opinion: {decision.reroute_to[0]} (another egress) is asked before "
+            "bouncing; accepted there, this route is suspended for the destination, "
+            "refused there too, the recipient bounces with both replies"
+        )
     if decision.action is Action.BOUNCE:
         lines.append(f"bounce:    NDR with {decision.reply.render()}")
     if decision.suspend is not None:
@@ -172,6 +237,7 @@ def _explain_decision(decision: Decision, now: float) -> list[str]:
         lines.append(
             f"suspend:   route {s.route} for {where} until {s.until:.0f} "
             f"(for {human_duration(s.until - now)})"
+            + (", provisionally, while the second opinion is out" if s.provisional else "")
         )
     if decision.throttle is not None:
         t = decision.throttle

@@ -12,8 +12,10 @@ A corpus is a TOML file beside its policy (`x.toml` → `x.corpus.toml`):
     tried = ["backup"]      # optional: routes already tried in this round
     suspended = []          # optional: routes suspended for the domain
     age = "49h"             # optional: time since arrival (no earlier attempts)
-    expect = { rule = "ip-blocklisted", action = "reroute", reroute_to = ["backup"],
-               suspend = "5m..10m", retry = "5m..10m", throttle = 2 }
+    asked = "primary"       # optional: a second opinion was asked after a refusal there
+    expect = { rule = "rbl-block", action = "reroute", reroute_to = ["backup"],
+               suspend = "5m..10m", retry = "5m..10m", throttle = 2,
+               category = "rbl_block", second_opinion = "asked" }
 
 In `expect`, `retry` and `suspend` are ranges the drawn delay must fall in (or
 false for "none"), `throttle` is the max_connections (or false), and
@@ -24,15 +26,15 @@ seeds, so the ranges are checked against more than one draw.
 from __future__ import annotations
 
 import random
-import re
 import tomllib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from relayguard.config import parse_duration
-from relayguard.model import Attempt, Decision, Phase, Reply
+from relayguard.model import Action, Attempt, Decision, Phase, Reply, SecondOpinion
 from relayguard.policy.engine import decide
 from relayguard.policy.loader import load_policy
+from relayguard.policy.reply_line import reply_from_line
 from relayguard.policy.rules import Policy, PolicyError, RouteView
 
 if TYPE_CHECKING:
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 
 CORPUS_NOW = 1_700_000_000.0
 SEEDS = range(8)
-_REPLY_LINE = re.compile(r"^\s*([0-9]{3})(?:[ -]|$)(.*)$", re.DOTALL)
 _CASE_KEYS = (
     "reply",
     "phase",
@@ -51,6 +52,7 @@ _CASE_KEYS = (
     "tried",
     "suspended",
     "age",
+    "asked",
     "expect",
     "note",
 )
@@ -63,15 +65,9 @@ _EXPECT_KEYS = (
     "suspend_destination",
     "throttle",
     "reason",
+    "category",
+    "second_opinion",
 )
-
-
-def reply_from_line(line: str, phase: Phase, *, synthetic: bool = False) -> Reply:
-    """'421-4.7.28 [192.0.2.1] Our system...' → Reply(421, '4.7.28', ...)."""
-    m = _REPLY_LINE.match(line)
-    if m is None:
-        raise ValueError(f"expected a reply line starting with a 3-digit code, got {line!r}")
-    return Reply.parse(int(m.group(1)), m.group(2), phase, synthetic=synthetic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +78,7 @@ class CorpusCase:
     view: RouteView
     age: float
     expect: dict[str, Any]
+    history: tuple[Attempt, ...] = ()
 
     @property
     def label(self) -> str:
@@ -144,9 +141,23 @@ def _read_case(path: Path, index: int, raw: object, routes: tuple[str, ...]) -> 
             suspended=frozenset(map(str, raw.get("suspended", []))),
         )
         age = parse_duration(raw.get("age", 0))
+        history: tuple[Attempt, ...] = ()
+        if "asked" in raw:
+            # An earlier refusal through that route asked another egress (this one).
+            history = (
+                Attempt(
+                    CORPUS_NOW - 1.0,
+                    str(raw["asked"]),
+                    (),
+                    reply,
+                    Action.REROUTE.value,
+                    "earlier",
+                    second_opinion=SecondOpinion.ASKED.value,
+                ),
+            )
     except (KeyError, ValueError, TypeError) as exc:
         raise PolicyError(f"{where}: {exc}") from None
-    return CorpusCase(index, line, reply, view, age, expect)
+    return CorpusCase(index, line, reply, view, age, expect, history)
 
 
 def _range(value: object) -> tuple[float, float]:
@@ -192,6 +203,10 @@ def _check_effects(exp: dict[str, Any], decision: Decision) -> list[str]:
         thr = decision.throttle.max_connections if decision.throttle else False
         if thr != exp["throttle"]:
             problems.append(f"throttle {thr}, expected {exp['throttle']}")
+    for key in ("category", "second_opinion"):
+        got = getattr(decision, key)
+        if key in exp and str(got) != exp[key]:
+            problems.append(f"{key} {str(got)!r}, expected {exp[key]!r}")
     if "reason" in exp and str(exp["reason"]).lower() not in decision.reason.lower():
         problems.append(f"reason {decision.reason!r}, expected to contain {exp['reason']!r}")
     return problems
@@ -209,12 +224,11 @@ def _check_delay(what: str, delay: float | None, spec: object) -> list[str]:
 
 def run_case(policy: Policy, case: CorpusCase, seeds: Iterable[int] = SEEDS) -> list[str]:
     """Decide the case with each seed; the problems found, labelled."""
-    history: Sequence[Attempt] = ()
     out: list[str] = []
     for seed in seeds:
         decision = decide(
             case.reply,
-            history,
+            case.history,
             case.view,
             CORPUS_NOW,
             policy,

@@ -4,9 +4,21 @@ Pure: no clock, no I/O, all randomness from the rng handed in. The order is
 
 1. built-in fallback relay: a synthetic (network) failure while connecting goes
    to the next usable route at once, as Postfix's fallback relay does;
-2. the policy's rules, first match wins;
-3. built-in RFC 5321 semantics: 5xx bounces, anything else defers with a
-   Postfix-like exponential backoff.
+2. the reply is classified (classify.py: category, scope, evidence, retry hint),
+   with the policy's [[classify]] overrides first;
+3. the policy's rules, first match wins; a rule may match the text, the codes or
+   the classification;
+4. built-in RFC 5321 semantics: 5xx bounces (after a second opinion), anything
+   else defers with a Postfix-like exponential backoff.
+
+The second opinion: a bounce by a `confirm = true` rule or by the built-in 5xx is
+first tried once through another mail route that leaves from another egress
+(another smarthost, or the same one from another source address), if one exists
+that this message has not tried. Bouncing a reply that was about our egress loses
+mail; one extra attempt only delays an NDR. Meanwhile the first route is held
+back from the destination provisionally, so that messages waiting for it do not
+go out on it; the queue manager makes that a real suspension when the other
+egress takes the mail, and lifts it when that one refuses too.
 
 Whatever defers is bounded by the message lifetime and by the rule's own
 give_up_after cap; past either, the recipient bounces with the last real reply.
@@ -14,7 +26,7 @@ give_up_after cap; past either, the recipient bounces with the last real reply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from relayguard.config import format_duration
@@ -23,25 +35,27 @@ from relayguard.model import (
     Attempt,
     Decision,
     Reply,
+    SecondOpinion,
     Suspension,
     Throttle,
     domain_of,
 )
-from relayguard.policy.hints import retry_hint
-from relayguard.policy.loader import load_policy
+from relayguard.policy.classify import classify
 from relayguard.policy.rules import (
     CONNECTION_PHASES,
     Policy,
     PolicyError,
     RouteView,
     Rule,
-    Scope,
+    SuspendScope,
     human_duration,
 )
 
 if TYPE_CHECKING:
     import random
     from collections.abc import Sequence
+
+    from relayguard.policy.categories import Classification
 
 __all__ = [
     "BUILTIN_4XX",
@@ -52,7 +66,6 @@ __all__ = [
     "PolicyError",
     "RouteView",
     "decide",
-    "load_policy",
 ]
 
 BUILTIN_5XX = "builtin:5xx"
@@ -78,10 +91,27 @@ def decide(
 ) -> Decision:
     """What to do with a recipient after a non-success reply. Never raises."""
     mine = _for_destination(history, route_state.destination)
-    ctx = _Context(reply, mine, route_state, now, policy, arrival_at, rng)
+    found = classify(
+        reply,
+        destination=route_state.destination,
+        route=route_state.route,
+        overrides=policy.overrides,
+    )
+    ctx = _Context(reply, mine, route_state, now, policy, arrival_at, rng, found)
+    decision = _decide(ctx)
+    decision = replace(
+        decision,
+        category=found.category.value,
+        scope=found.scope.value,
+        evidence=f"{found.signal}: {found.evidence}",
+    )
+    return ctx.after_second_opinion(decision)
 
+
+def _decide(ctx: _Context) -> Decision:
+    reply, view = ctx.reply, ctx.view
     if reply.synthetic and reply.phase in CONNECTION_PHASES:
-        targets = route_state.next_routes()
+        targets = view.next_routes()
         if targets:
             return Decision(
                 Action.REROUTE,
@@ -89,27 +119,21 @@ def decide(
                 reply,
                 reroute_to=targets,
                 reason=(
-                    f"route {route_state.route} unreachable ({reply.phase.value}); "
-                    f"trying {targets[0]}"
+                    f"route {view.route} unreachable ({reply.phase.value}); trying {targets[0]}"
                 ),
             )
 
-    for rule in policy.rules:
-        if rule.match.matches(reply, route_state.route, route_state.destination):
+    for rule in ctx.policy.rules:
+        if rule.match.matches(reply, view.route, view.destination, ctx.classification):
             return ctx.apply(rule)
 
     if reply.code >= 500:
-        return Decision(
-            Action.BOUNCE,
-            BUILTIN_5XX,
-            ctx.last_real_reply(),
-            reason="permanent failure (5xx reply)",
-        )
-    deferrals = sum(1 for a in mine if a.action == Action.DEFER.value)
+        return ctx.bounce(BUILTIN_5XX, "permanent failure (5xx reply)", confirm=True)
+    deferrals = sum(1 for a in ctx.history if a.action == Action.DEFER.value)
     return ctx.defer(
         rule_id=BUILTIN_4XX,
         what="temporary failure",
-        delay=ctx.hinted(policy.builtin_backoff(deferrals), honor=True),
+        delay=ctx.hinted(ctx.policy.builtin_backoff(deferrals), honor=True),
         deadline=ctx.expiry,
         cap_reason="",
     )
@@ -134,6 +158,7 @@ class _Context:
     policy: Policy
     arrival_at: float
     rng: random.Random
+    classification: Classification
 
     @property
     def expiry(self) -> float:
@@ -151,17 +176,84 @@ class _Context:
 
     def hinted(self, delay: float, *, honor: bool) -> float:
         """The server's own "try again in N" replaces the schedule when honoured."""
-        if not honor:
-            return delay
-        hint = retry_hint(self.reply.text)
-        if hint is None:
+        hint = self.classification.retry_in
+        if not honor or hint is None:
             return delay
         return hint + self.rng.uniform(0.0, min(_HINT_JITTER_MAX, hint * _HINT_JITTER))
+
+    # -- the second opinion -------------------------------------------------------------
+
+    def asked(self) -> Attempt | None:
+        """The attempt that asked another egress for a second opinion, if any."""
+        return next(
+            (a for a in reversed(self.history) if a.second_opinion == SecondOpinion.ASKED),
+            None,
+        )
+
+    def second_opinion_routes(self) -> tuple[str, ...]:
+        """Mail routes that leave from an egress this message has not tried, usable now."""
+        view = self.view
+        tried = {a.route for a in self.history} | set(view.tried_now) | {view.route}
+        tried_egress = {view.egress(r) for r in tried}
+        return tuple(
+            r
+            for r in view.usable(view.routes)
+            if r not in tried and view.egress(r) not in tried_egress
+        )
+
+    def bounce(self, rule_id: str, what: str, *, confirm: bool) -> Decision:
+        """Bounce, unless a second opinion is still to be had (confirm)."""
+        asked = sum(1 for a in self.history if a.second_opinion == SecondOpinion.ASKED)
+        if confirm and self.reply.code >= 500 and asked < self.policy.second_opinions:
+            targets = self.second_opinion_routes()
+            if targets:
+                held = self.now + self.policy.second_opinion_suspend.draw(self.rng)
+                return Decision(
+                    Action.REROUTE,
+                    rule_id,
+                    self.reply,
+                    reroute_to=targets,
+                    suspend=Suspension(
+                        self.view.route,
+                        self.view.destination,
+                        held,
+                        self.reply.render(),
+                        rule_id,
+                        provisional=True,
+                    ),
+                    second_opinion=SecondOpinion.ASKED,
+                    reason=(
+                        f"{what}; asking {targets[0]} (another egress) for a second opinion "
+                        "before bouncing"
+                    ),
+                )
+        return Decision(Action.BOUNCE, rule_id, self.last_real_reply(), reason=what)
+
+    def after_second_opinion(self, decision: Decision) -> Decision:
+        """A bounce on the route that gave the second opinion names both refusals."""
+        asked = self.asked()
+        if (
+            decision.action is not Action.BOUNCE
+            or asked is None
+            or asked.route == self.view.route
+            or decision.second_opinion is not SecondOpinion.NONE
+        ):
+            return decision
+        return replace(
+            decision,
+            second_opinion=SecondOpinion.REFUSED,
+            reason=(
+                f"{decision.reason}; refused through {asked.route} "
+                f"({asked.reply.render()}) and, as a second opinion, through {self.view.route}"
+            ),
+        )
+
+    # -- rules --------------------------------------------------------------------------
 
     def apply(self, rule: Rule) -> Decision:
         what = base = rule.description or f"matched rule {rule.id}"
         if rule.bounces:
-            return Decision(Action.BOUNCE, rule.id, self.last_real_reply(), reason=what)
+            return self.bounce(rule.id, what, confirm=rule.confirm)
 
         # Draw in a fixed order so that the same seed gives the same decision.
         suspension = self._suspension(rule)
@@ -259,7 +351,7 @@ class _Context:
         if rule.suspend_for is None:
             return None
         until = self.now + rule.suspend_for.draw(self.rng)
-        destination = "*" if rule.suspend_scope is Scope.ROUTE else self.view.destination
+        destination = "*" if rule.suspend_scope is SuspendScope.ROUTE else self.view.destination
         return Suspension(self.view.route, destination, until, self.reply.render(), rule.id)
 
     def _throttle(self, rule: Rule) -> Throttle | None:

@@ -1,8 +1,9 @@
 """Policy TOML files → validated rules. Every error names the file, the rule and the key.
 
-A policy file is a list of `[[rule]]` tables (see relayguard/policies/default.toml,
-which documents every key). Unknown keys are errors: a typo must not silently
-turn a rule into a catch-all.
+A policy file is a list of `[[rule]]` tables, and optionally `[[classify]]`
+tables that override what a reply is taken to mean (see
+relayguard/policies/default.toml, which documents every key). Unknown keys are
+errors: a typo must not silently turn a rule into a catch-all.
 """
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from relayguard.config import read_text_file
 from relayguard.policy import values as v
+from relayguard.policy.categories import Category, Scope
+from relayguard.policy.classify import ClassifyOverride
 from relayguard.policy.rules import (
     Backoff,
+    DurationRange,
     Match,
     Policy,
     PolicyError,
     Rule,
     RuleAction,
-    Scope,
+    SuspendScope,
     ThrottleSpec,
     TreatAs,
 )
@@ -50,8 +55,23 @@ RULE_KEYS = (
     "reroute",
     "give_up_after",
     "throttle",
+    "confirm",
 )
-MATCH_KEYS = ("code", "enhanced", "text", "phase", "domain", "route", "synthetic")
+MATCH_KEYS = (
+    "code",
+    "enhanced",
+    "text",
+    "phase",
+    "domain",
+    "route",
+    "synthetic",
+    "category",
+    "scope",
+    "signal",
+)
+CLASSIFY_KEYS = ("id", "description", "match", "category", "scope")
+# An override is about what a reply means, not what the classifier made of it.
+CLASSIFY_MATCH_KEYS = ("code", "enhanced", "text", "phase", "domain", "route")
 
 
 class _Table:
@@ -91,7 +111,9 @@ class _Table:
 # --- one rule ------------------------------------------------------------------
 
 
-def _read_match(where: str, table: object, routes: v.RouteNames) -> Match:
+def _read_match(
+    where: str, table: object, routes: v.RouteNames, known: Sequence[str] = MATCH_KEYS
+) -> Match:
     t = _Table(where, "match.", table)
     enhanced = t.get("enhanced", v.list_of(v.enhanced_code)) or ()
     text_re = t.get("text", v.regex)
@@ -105,8 +127,11 @@ def _read_match(where: str, table: object, routes: v.RouteNames) -> Match:
         domains=t.get("domain", v.list_of(v.domain)) or (),
         routes=t.get("route", v.list_of(routes.check)) or (),
         synthetic=t.get("synthetic", v.boolean),
+        categories=t.get("category", v.list_of(v.enum_of(Category, "category"))) or (),
+        scopes=t.get("scope", v.list_of(v.enum_of(Scope, "scope"))) or (),
+        signals=t.get("signal", v.list_of(v.string)) or (),
     )
-    t.finish(MATCH_KEYS)
+    t.finish(known)
     return match
 
 
@@ -164,16 +189,19 @@ def _read_rule(file: str, index: int, table: object, routes: v.RouteNames) -> Ru
         backoff=_read_backoff(where, backoff_table) if backoff_table is not None else None,
         honor_retry_hint=t.get("honor_retry_hint", v.boolean) is not False,
         suspend_for=t.get("suspend_for", v.duration_range),
-        suspend_scope=t.get("suspend_scope", v.enum_of(Scope, "suspend_scope"))
-        or Scope.DESTINATION,
+        suspend_scope=t.get("suspend_scope", v.enum_of(SuspendScope, "suspend_scope"))
+        or SuspendScope.DESTINATION,
         reroute=reroute if reroute is not None and reroute != ("next",) else (),
         reroute_next=reroute == ("next",),
         give_up_after=t.get("give_up_after", v.duration),
         throttle=_read_throttle(where, throttle_table) if throttle_table is not None else None,
+        confirm=t.get("confirm", v.boolean) is True,
         source=f"{file} rule[{index}]",
     )
     t.finish(RULE_KEYS)
     _check_consistency(t, rule)
+    if t.has("confirm") and rule.action is not RuleAction.BOUNCE:
+        raise t.error("confirm", "only used with action 'bounce' (ask another egress first)")
     return rule
 
 
@@ -226,42 +254,88 @@ def _check_consistency(t: _Table, rule: Rule) -> None:
 # --- files -----------------------------------------------------------------------
 
 
-def read_policy_file(path: Path, route_names: Sequence[str] | None) -> tuple[Rule, ...]:
+def _read_override(file: str, index: int, table: object, routes: v.RouteNames) -> ClassifyOverride:
+    where = f"{file}: classify[{index}]"
+    if isinstance(table, dict) and isinstance(table.get("id"), str):
+        where = f"{file}: classify {table['id']!r} (classify[{index}])"
+    t = _Table(where, "", table)
+    override_id = t.get("id", v.string)
+    if override_id is None:
+        raise t.error("id", "required key is missing (a unique name)")
+    category = t.get("category", v.enum_of(Category, "category"))
+    if category is None:
+        known = ", ".join(c.value for c in Category)
+        raise t.error("category", f"required key is missing (one of {known})")
+    match_table = t.get("match", v.any_value)
+    if match_table is None:
+        raise t.error("match", "required key is missing (which replies this reading is for)")
+    t.get("description", v.string)
+    override = ClassifyOverride(
+        id=override_id,
+        match=_read_match(where, match_table, routes, CLASSIFY_MATCH_KEYS),
+        category=category,
+        scope=t.get("scope", v.enum_of(Scope, "scope")),
+        source=f"{file} classify[{index}]",
+    )
+    t.finish(CLASSIFY_KEYS)
+    return override
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    rules: tuple[Rule, ...]
+    overrides: tuple[ClassifyOverride, ...] = ()
+
+
+def read_policy_file(path: Path, route_names: Sequence[str] | None) -> PolicyFile:
     """Read and check one policy file (route names are not checked if None)."""
     return parse_policy_text(read_text_file(path, PolicyError), str(path), route_names)
 
 
-def parse_policy_text(text: str, file: str, route_names: Sequence[str] | None) -> tuple[Rule, ...]:
+def parse_policy_text(text: str, file: str, route_names: Sequence[str] | None) -> PolicyFile:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{file}: not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"rule"})
+    unknown = sorted(set(data) - {"rule", "classify"})
     if unknown:
-        raise PolicyError(f"{file}: {unknown[0]}: unknown top-level key (expected [[rule]] tables)")
-    raw = data.get("rule", [])
-    if not isinstance(raw, list):
-        raise PolicyError(f"{file}: rule: expected an array of tables [[rule]]")
+        raise PolicyError(
+            f"{file}: {unknown[0]}: unknown top-level key "
+            "(expected [[rule]] or [[classify]] tables)"
+        )
     routes = v.RouteNames(route_names)
-    return tuple(_read_rule(file, i, r, routes) for i, r in enumerate(raw))
+    tables = {}
+    for key in ("rule", "classify"):
+        raw = data.get(key, [])
+        if not isinstance(raw, list):
+            raise PolicyError(f"{file}: {key}: expected an array of tables [[{key}]]")
+        tables[key] = raw
+    return PolicyFile(
+        tuple(_read_rule(file, i, r, routes) for i, r in enumerate(tables["rule"])),
+        tuple(_read_override(file, i, r, routes) for i, r in enumerate(tables["classify"])),
+    )
 
 
-def load_rules(files: Sequence[Path], route_names: Sequence[str] | None) -> tuple[Rule, ...]:
-    """All rules of the files, in order, with ids unique across the files."""
+def load_rules(files: Sequence[Path], route_names: Sequence[str] | None) -> PolicyFile:
+    """All rules and overrides of the files, in order, with ids unique across the files."""
     rules: list[Rule] = []
-    seen: dict[str, Rule] = {}
+    overrides: list[ClassifyOverride] = []
+    seen: dict[str, str] = {}
     for path in files:
-        for rule in read_policy_file(path, route_names):
-            first = seen.get(rule.id)
+        read = read_policy_file(path, route_names)
+        named: list[tuple[str, str, str]] = [("rule", r.id, r.source) for r in read.rules]
+        named += [("classify", o.id, o.source) for o in read.overrides]
+        for kind, item_id, source in named:
+            first = seen.get(item_id)
             if first is not None:
-                index = rule.source.rpartition(" ")[2]
+                index = source.rpartition(" ")[2]
                 raise PolicyError(
-                    f"{path}: rule {rule.id!r} ({index}): id: duplicate id, "
-                    f"first used in {first.source}"
+                    f"{path}: {kind} {item_id!r} ({index}): id: duplicate id, first used in {first}"
                 )
-            seen[rule.id] = rule
-            rules.append(rule)
-    return tuple(rules)
+            seen[item_id] = source
+        rules.extend(read.rules)
+        overrides.extend(read.overrides)
+    return PolicyFile(tuple(rules), tuple(overrides))
 
 
 def load_policy(
@@ -271,14 +345,19 @@ def load_policy(
     max_lifetime: float = 5 * 86400.0,
     backoff_start: float = 300.0,
     backoff_max: float = 4000.0,
+    second_opinions: int = 1,
+    second_opinion_suspend: DurationRange | None = None,
 ) -> Policy:
     """Load policy files (the packaged default.toml if none) for these routes."""
     paths = tuple(Path(f) for f in files) or (DEFAULT_POLICY_FILE,)
-    rules = load_rules(paths, route_names)
+    read = load_rules(paths, route_names)
     return Policy(
         max_lifetime=max_lifetime,
         backoff_start=backoff_start,
         backoff_max=backoff_max,
-        rules=rules,
+        rules=read.rules,
         files=tuple(str(p) for p in paths),
+        overrides=read.overrides,
+        second_opinions=second_opinions,
+        second_opinion_suspend=second_opinion_suspend or DurationRange(300.0, 600.0),
     )

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING
 
 from relayguard.config import format_duration
 from relayguard.model import Phase
+from relayguard.policy.categories import Category, Classification, Scope
 
 if TYPE_CHECKING:
     import random
     import re
 
     from relayguard.model import Reply
+    from relayguard.policy.classify import ClassifyOverride
 
 CONNECTION_PHASES = frozenset({Phase.CONNECT, Phase.GREETING, Phase.HELO, Phase.STARTTLS})
 
@@ -39,7 +41,7 @@ class TreatAs(StrEnum):
     PERMANENT = "permanent"
 
 
-class Scope(StrEnum):
+class SuspendScope(StrEnum):
     DESTINATION = "destination"  # suspend the route for the recipient's domain only
     ROUTE = "route"  # suspend the route for every destination ('*')
 
@@ -118,9 +120,30 @@ class Match:
     domains: tuple[str, ...] = ()  # exact or glob, lower-case
     routes: tuple[str, ...] = ()
     synthetic: bool | None = None
+    categories: tuple[Category, ...] = ()
+    scopes: tuple[Scope, ...] = ()
+    signals: tuple[str, ...] = ()  # globs over the classification's signal id
 
-    def matches(self, reply: Reply, route: str, destination: str) -> bool:
-        # Cheap checks first; the regex last.
+    def matches(
+        self,
+        reply: Reply,
+        route: str,
+        destination: str,
+        classification: Classification | None = None,
+    ) -> bool:
+        # Cheap checks first; the regex last. A rule on category or scope never
+        # matches where no classification is at hand (a [[classify]] override).
+        if self.categories and (
+            classification is None or classification.category not in self.categories
+        ):
+            return False
+        if self.scopes and (classification is None or classification.scope not in self.scopes):
+            return False
+        if self.signals and (
+            classification is None
+            or not any(fnmatch.fnmatchcase(classification.signal, p) for p in self.signals)
+        ):
+            return False
         return (
             (not self.codes or any(code_matches(p, reply.code) for p in self.codes))
             and (not self.phases or reply.phase in self.phases)
@@ -141,19 +164,19 @@ class Match:
         )
 
     def describe(self) -> list[str]:
-        out: list[str] = []
-        if self.codes:
-            out.append(f"code is {' or '.join(self.codes)}")
-        if self.enhanced:
-            out.append(f"enhanced code is {' or '.join(self.enhanced)}")
+        lists: tuple[tuple[str, tuple[str, ...]], ...] = (
+            ("category is", self.categories),
+            ("scope is", self.scopes),
+            ("signal is", self.signals),
+            ("code is", self.codes),
+            ("enhanced code is", self.enhanced),
+            ("phase is", tuple(p.value for p in self.phases)),
+            ("domain is", self.domains),
+            ("route is", self.routes),
+        )
+        out = [f"{what} {' or '.join(values)}" for what, values in lists if values]
         if self.text is not None:
             out.append(f"text matches /{self.text}/i")
-        if self.phases:
-            out.append(f"phase is {' or '.join(p.value for p in self.phases)}")
-        if self.domains:
-            out.append(f"domain is {' or '.join(self.domains)}")
-        if self.routes:
-            out.append(f"route is {' or '.join(self.routes)}")
         if self.synthetic is not None:
             out.append("reply is synthetic" if self.synthetic else "reply is not synthetic")
         return out or ["any reply"]
@@ -178,11 +201,13 @@ class Rule:
     backoff: Backoff | None = None
     honor_retry_hint: bool = True
     suspend_for: DurationRange | None = None
-    suspend_scope: Scope = Scope.DESTINATION
+    suspend_scope: SuspendScope = SuspendScope.DESTINATION
     reroute: tuple[str, ...] = ()  # explicit route names, in order
     reroute_next: bool = False  # reroute = "next": the configured routes after this one
     give_up_after: float | None = None
     throttle: ThrottleSpec | None = None
+    # Ask another egress before bouncing (the second opinion): see engine.py.
+    confirm: bool = False
     source: str = ""  # "policies/x.toml rule[2]", for explanations
 
     @property
@@ -203,6 +228,14 @@ class Policy:
     backoff_max: float = 4000.0
     rules: tuple[Rule, ...] = ()
     files: tuple[str, ...] = ()
+    overrides: tuple[ClassifyOverride, ...] = ()  # [[classify]] tables, in file order
+    # Extra attempts through another egress before a 5xx bounces (0: never ask).
+    second_opinions: int = 1
+    # How long the first route stays off the destination once another egress took
+    # the mail it refused (and, provisionally, while that second opinion is out).
+    second_opinion_suspend: DurationRange = field(
+        default_factory=lambda: DurationRange(300.0, 600.0)
+    )
 
     def builtin_backoff(self, deferrals: int) -> float:
         """Postfix-like: backoff_start doubling per earlier deferral, capped at backoff_max."""
@@ -224,6 +257,14 @@ class RouteView:
     routes: tuple[str, ...]  # every configured route, in order
     tried_now: frozenset[str] = frozenset()  # routes already tried in this delivery round
     suspended: frozenset[str] = frozenset()  # routes suspended for this destination
+    # Where each route leaves from ("host|source address"), in the order of `routes`;
+    # a second opinion must come from another egress. Empty: every route is its own.
+    egresses: tuple[str, ...] = ()
+
+    def egress(self, route: str) -> str:
+        if self.egresses and route in self.routes:
+            return self.egresses[self.routes.index(route)]
+        return route
 
     def next_routes(self) -> tuple[str, ...]:
         """The configured routes after this one (wrapping round), usable right now."""

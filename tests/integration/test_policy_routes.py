@@ -114,7 +114,7 @@ async def test_rbl_listing_on_every_route_defers_not_bounces(tmp_path: Path) -> 
         await _until(lambda: relay.manager.in_flight == 0)
         [msg] = await relay.spool.messages()
         assert [a.route for a in msg.attempts] == ["A", "B"]
-        assert {a.rule for a in msg.attempts} == {"ip-blocklisted"}
+        assert {a.rule for a in msg.attempts} == {"rbl-block"}
         # Both routes are suspended; the message waits for the first to come back
         # and spends no attempt while held.
         assert 300 <= msg.next_attempt_at - t0 <= 600

@@ -284,7 +284,7 @@ async def test_routes_and_resume(tmp_path: Path, capsys) -> None:
             primary_block, backup_block = out.split("\nbackup ")
             assert primary_block.startswith(f"primary  127.0.0.1:{primary.port}  connections 0/20")
             assert "suspended for example.com until" in primary_block
-            assert "blocked using zen.spamhaus.org [rule ip-blocklisted]" in primary_block
+            assert "blocked using zen.spamhaus.org [rule rbl-block]" in primary_block
             assert "rerouted 554 5.7.1" in primary_block
             assert "not suspended" in backup_block
             assert "delivered 250 2.0.0" in backup_block
@@ -292,7 +292,7 @@ async def test_routes_and_resume(tmp_path: Path, capsys) -> None:
             data = json.loads(out)
             [suspension] = data["routes"][0]["suspensions"]
             assert suspension["destination"] == "example.com"
-            assert suspension["rule"] == "ip-blocklisted"
+            assert suspension["rule"] == "rbl-block"
             assert suspension["until"] > data["now"] + 250
             assert data["routes"][1]["counts"] == {"delivered": 1}
 

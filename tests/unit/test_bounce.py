@@ -642,6 +642,8 @@ def test_bounce_record_is_json_and_tells_the_same_story() -> None:
         "reply": "550 5.1.1 <bob@example.com>: Recipient address rejected: User unknown",
         "remote_host": "mx.example.com[192.0.2.1]",
         "rule": "builtin:5xx",
+        "category": None,
+        "second_opinion": None,
         "attempts": 3,
         "routes": [{"route": "primary", "attempts": 2}, {"route": "backup", "attempts": 1}],
         "last_attempt": "2023-11-14T22:25:00Z",

@@ -146,7 +146,8 @@ def test_full_config_parses_to_the_right_values():
     t = s.route("third_route.x")
     assert (t.host, t.port, t.tls, t.ndr_only) == ("10.1.2.3", 2526, "opportunistic", True)
     assert not p.ndr_only
-    assert not b.ndr_only
+    # The [ndr] route leads back to the origin MTA: reports only, unless it says otherwise.
+    assert b.ndr_only
     with pytest.raises(KeyError):
         s.route("nope")
 
@@ -425,6 +426,33 @@ def test_some_route_must_carry_ordinary_mail():
     assert f"{FILE}: route: expected at least one route without ndr_only = true" in message
     message = error(ROUTE + 'ndr_only = "yes"\n')
     assert f"{FILE}: route[0].ndr_only: expected true or false" in message
+
+
+def test_the_ndr_route_carries_only_reports_unless_it_says_otherwise():
+    two = ROUTE + '[[route]]\nname = "back"\nhost = "mta.example"\n'
+    s = load_settings_text('[ndr]\nroute = "back"\n' + two, FILE)
+    assert (s.route("r").ndr_only, s.route("back").ndr_only) == (False, True)
+    s = load_settings_text('[ndr]\nroute = "back"\n' + two + "ndr_only = false\n", FILE)
+    assert s.route("back").ndr_only is False
+    message = error('[ndr]\nroute = "r"\n' + ROUTE)
+    assert "expected at least one route without ndr_only = true" in message
+    assert "route 'r' is the [ndr] route: set ndr_only = false on it" in message
+
+
+def test_second_opinion_and_hop_settings():
+    s = load_settings_text(
+        "[server]\nmax_hops = 30\n[policy]\nsecond_opinions = 0\n"
+        'second_opinion_suspend = "10m..20m"\n' + ROUTE,
+        FILE,
+    )
+    assert s.server.max_hops == 30
+    assert s.policy.second_opinions == 0
+    assert s.policy.second_opinion_suspend == (600.0, 1200.0)
+    assert load_settings_text(ROUTE, FILE).server.max_hops == 50
+    message = error('[policy]\nsecond_opinion_suspend = "10m..5m"\n' + ROUTE)
+    assert f"{FILE}: policy.second_opinion_suspend: expected a duration or a range" in message
+    message = error("[policy]\nsecond_opinions = 9\n" + ROUTE)
+    assert f"{FILE}: policy.second_opinions: expected a number from 0 to 5" in message
 
 
 def test_route_entry_must_be_a_table():

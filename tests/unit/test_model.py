@@ -346,6 +346,7 @@ def test_decision_to_dict_names_everything():
         "until": 100.0,
         "reason": "421 4.7.0 busy",
         "rule": "busy",
+        "provisional": False,
     }
     assert out["throttle"] == {
         "route": "primary",

@@ -114,17 +114,47 @@ def test_explain_a_rule_match():
     )
     assert "reply:     554 5.7.1 Service unavailable" in text
     assert "route primary, domain example.com" in text
-    assert "rule:      ip-blocklisted (" in text
+    assert "category:  rbl_block (the receiving system blocks the address" in text
+    assert "scope:     egress" in text
+    assert 'evidence:  rbl.host-listed: text "client host ipaddr blocked using"' in text
+    assert "rule:      rbl-block (" in text
     assert "default.toml rule[" in text
-    assert "our egress IP is on a blocklist" in text
-    assert "matches: code is 4xx or 5xx" in text
-    assert "and: text matches /blocked using" in text
+    assert "the receiver blocks our egress address" in text
+    assert "matches: category is rbl_block" in text
     assert "reroute = next" in text
     assert "give_up_after = 2d" in text
     assert "decision:  reroute" in text
     assert "reroute:   now, via backup" in text
     assert "suspend:   route primary for example.com until" in text
-    assert "reason:    our egress IP is on a blocklist; rerouting via backup" in text
+    assert "reason:    the receiver blocks our egress address; rerouting via backup" in text
+
+
+def test_explain_shows_the_second_opinion():
+    policy = load_policy([], ROUTES)
+    text = explain(
+        policy,
+        code=550,
+        text="5.7.350 Remote server returned message detected as spam",
+        routes=ROUTES,
+        now=1000.0,
+    )
+    assert "category:  spam_content" in text
+    assert "confirm = true (a second opinion from another egress first)" in text
+    assert "decision:  reroute" in text
+    assert "second opinion: backup (another egress) is asked before bouncing" in text
+    assert "provisionally, while the second opinion is out" in text
+    # the last route: nobody left to ask, so it bounces
+    text = explain(
+        policy,
+        code=550,
+        text="5.7.350 Remote server returned message detected as spam",
+        routes=ROUTES,
+        route="backup",
+        tried=["primary"],
+        now=1000.0,
+    )
+    assert "decision:  bounce" in text
+    assert "second opinion:" not in text
 
 
 def test_explain_a_deferral_with_throttle(tmp_path):
@@ -148,10 +178,13 @@ def test_explain_a_deferral_with_throttle(tmp_path):
     assert "no other route left" in text
 
 
-def test_explain_builtins():
-    policy = load_policy([], ROUTES)
-    text = explain(policy, code=554, text="5.9.9 odd", routes=ROUTES)
+def test_explain_builtins(tmp_path):
+    policy = load_policy([write(tmp_path, "empty.toml", "# no rules\n")], ROUTES)
+    text = explain(
+        policy, code=554, text="5.9.9 odd", routes=ROUTES, route="backup", tried=["primary"]
+    )
     assert "rule:      builtin:5xx (built-in)" in text
+    assert "after a second opinion from another egress" in text
     assert "bounce:    NDR with 554 5.9.9 odd" in text
     text = explain(
         policy,

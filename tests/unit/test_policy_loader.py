@@ -8,7 +8,7 @@ import pytest
 
 from relayguard.policy import PolicyError, load_policy
 from relayguard.policy.loader import DEFAULT_POLICY_FILE
-from relayguard.policy.rules import RuleAction, Scope, TreatAs
+from relayguard.policy.rules import RuleAction, SuspendScope, TreatAs
 
 ROUTES = ["primary", "backup"]
 
@@ -86,7 +86,7 @@ def test_a_full_rule_loads(tmp_path):
     assert r.treat_as is TreatAs.TEMPORARY
     assert r.reroute == ("backup",)
     assert not r.reroute_next
-    assert r.suspend_scope is Scope.ROUTE
+    assert r.suspend_scope is SuspendScope.ROUTE
     assert (r.suspend_for.low, r.suspend_for.high) == (300, 600)
     assert r.give_up_after == 48 * 3600
     assert r.throttle is not None

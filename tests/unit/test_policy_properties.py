@@ -17,6 +17,7 @@ DEFAULT = load_policy([], ROUTES)
 NOW = 1_700_000_000.0
 
 JITTERY = Policy(
+    second_opinions=0,
     rules=parse_policy_text(
         """
         [[rule]]
@@ -32,7 +33,7 @@ JITTERY = Policy(
         """,
         "jitter.toml",
         ROUTES,
-    )
+    ).rules,
 )
 
 enhanced = st.one_of(

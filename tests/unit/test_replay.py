@@ -257,15 +257,14 @@ def test_cli_compare_writes_json_and_html_report(mbox, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "default" in table
     assert "plain-mta" in table
-    assert "ip-blocklisted (reroute)" in table
+    assert "rbl-block (reroute)" in table
     doc = json.loads((out / "result.json").read_text())
     assert [r["label"] for r in doc["runs"]] == ["default", "plain-mta"]
     assert doc["runs"][1]["policy_files"] == ["policies/plain-mta.toml"]
     default, plain = doc["runs"]
     assert plain["messages"]["bounced"] > 5 * default["messages"]["bounced"]
     assert (
-        plain["failures_by_rule"]["builtin:5xx"]
-        > default["routes"]["B"]["recipients_delivered"] / 2
+        plain["failures_by_rule"]["plain-5xx"] > default["routes"]["B"]["recipients_delivered"] / 2
     )
     html = (out / "report.html").read_text()
     assert html.count("<svg") == 1 + 3 * 2  # the scenario timeline, then 3 plots per policy

@@ -1,0 +1,355 @@
+"""classify(reply) -> Classification: what a reply means, from what it says.
+
+Pure and fast (no I/O, no clock). Signals in order: the text (signals.py, the
+primary signal; provider reply ids come first there), the enhanced status code
+(status_codes.py: provider codes, then RFC 3463), and only last the code class.
+The code class never overrides the text: there are 5xx throttles and 4xx blocks.
+
+Operators can override the reading for a destination with `[[classify]]`
+tables in a policy file (see policy/loader.py); those come before everything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from relayguard.model import Phase
+from relayguard.policy.categories import DEFAULT_SCOPE, Category, Classification, Scope
+from relayguard.policy.hints import retry_hint
+from relayguard.policy.signals import BOILERPLATE, SIGNALS, TextSignal
+from relayguard.policy.status_codes import WEAK_CODES, lookup
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from relayguard.model import Reply
+    from relayguard.policy.rules import Match
+
+__all__ = ["ClassifyOverride", "classify", "normalise"]
+
+_IPV4 = re.compile(
+    r"\[?(?<![\w.])(?:\d{1,3}(?:\.\d{1,3}){3}|x{1,3}(?:\.x{1,3}){3}|a\.b\.c\.d)(?![\w.])\]?"
+)
+_IPV6 = re.compile(
+    r"\[?(?<![\w:])(?:ipv6:)?(?:[0-9a-f]{1,4}:){2,7}:?[0-9a-f]{0,4}(?![\w:])\]?"
+    r"|\[?(?<![\w:])[0-9a-f]{0,4}::[0-9a-f:]*(?![\w:])\]?"
+)
+_EMAIL = re.compile(r"<?[^\s<>@()\[\],;:\"]+@[a-z0-9][a-z0-9.-]*>?")
+_SPACE = re.compile(r"\s+")
+_TOKEN = re.compile(r"[^\W_]+")
+_INNER_ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+_BOILERPLATE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE))
+
+
+def normalise(text: str) -> str:
+    """The text the signals read: lower case, single spaces, addresses as words."""
+    t = text.lower().replace("e-mail", "email")
+    if "@" in t:
+        t = _EMAIL.sub(" emailaddr ", t)
+    t = _IPV4.sub(" ipaddr ", t)
+    if "::" in t or t.count(":") >= 4:
+        t = _IPV6.sub(" ipaddr ", t)
+    t = _SPACE.sub(" ", t).strip()
+    if "bulk" in t or " from " in t or "review" in t:
+        t = _BOILERPLATE.sub(" ", t)
+    return t
+
+
+@dataclass(frozen=True, slots=True)
+class _Phrase:
+    rank: int  # the signal's place in SIGNALS: lower wins
+    signal: TextSignal
+    pattern: re.Pattern[str]
+
+
+_LEADING_WORD = re.compile(r"\\b([a-z0-9]+)(.?)")
+_LEADING_GROUP = re.compile(r"\\b\(\?:([^()]+)\)")
+_LOOKBEHINDS = re.compile(r"^(?:\(\?<[!=][^)]*\))+")
+
+
+def phrase_keys(source: str) -> frozenset[str]:
+    """The index keys of a phrase: the first (up to) four letters of its leading literal
+    word, or of each word of a leading group. Raises ValueError for a phrase that does
+    not start with `\\b` and a literal, which the index could not find."""
+    source = _LOOKBEHINDS.sub("", source, count=1)
+    m = _LEADING_GROUP.match(source)
+    literals: list[tuple[str, str]] = []
+    if m is not None:
+        for alt in m.group(1).split("|"):
+            w = re.match(r"([a-z0-9]+)(.?)", alt)
+            if w is None:
+                raise ValueError(f"phrase {source!r}: group alternative {alt!r} is not a word")
+            literals.append((w.group(1), w.group(2)))
+    else:
+        w = _LEADING_WORD.match(source)
+        if w is None:
+            raise ValueError(f"phrase {source!r} must start with \\b and a literal word")
+        literals.append((w.group(1), w.group(2)))
+    keys = set()
+    for word, after in literals:
+        literal = word[:-1] if after in ("?", "*", "{") else word
+        if len(literal) < 2:
+            raise ValueError(f"phrase {source!r}: leading literal {literal!r} is too short")
+        keys.add(literal[:4])
+    return frozenset(keys)
+
+
+def _build_index(signals: Sequence[TextSignal]) -> dict[str, tuple[_Phrase, ...]]:
+    index: dict[str, list[_Phrase]] = {}
+    problems: list[str] = []
+    for rank, signal in enumerate(signals):
+        for source in signal.phrases:
+            try:
+                phrase = _Phrase(rank, signal, re.compile(source))
+                keys = phrase_keys(source)
+            except (ValueError, re.error) as exc:
+                problems.append(f"{signal.id}: {exc}")
+                continue
+            for key in keys:
+                index.setdefault(key, []).append(phrase)
+    if problems:
+        raise ValueError("bad text signals: " + "; ".join(problems))
+    return {k: tuple(v) for k, v in index.items()}
+
+
+_INDEX = _build_index(SIGNALS)
+_KEY_LENGTHS = (2, 3, 4)
+
+
+def _candidates(text: str) -> list[_Phrase]:
+    """The phrases whose leading word's prefix occurs in the text, best rank first."""
+    seen: set[str] = set()
+    found: dict[int, _Phrase] = {}
+    index = _INDEX
+    for token in _TOKEN.findall(text):
+        for n in _KEY_LENGTHS:
+            if len(token) < n:
+                break
+            key = token[:n]
+            if key in seen:
+                continue
+            seen.add(key)
+            for phrase in index.get(key, ()):
+                found.setdefault(id(phrase), phrase)
+    return sorted(found.values(), key=lambda p: p.rank)
+
+
+def _applies(sig: TextSignal, code: int, enhanced: str | None) -> bool:
+    if sig.codes and str(code)[:1] not in sig.codes:
+        return False
+    return not sig.enhanced or (enhanced is not None and enhanced.startswith(sig.enhanced))
+
+
+def match_text(text: str, code: int, enhanced: str | None = None) -> tuple[TextSignal, str] | None:
+    """The best-ranked text signal whose phrase occurs in the normalised text, and the
+    words it matched; specific signals first, then generic ones."""
+    candidates = _candidates(text)
+    for generic in (False, True):
+        for phrase in candidates:
+            sig = phrase.signal
+            if sig.generic is not generic or not _applies(sig, code, enhanced):
+                continue
+            m = phrase.pattern.search(text)
+            if m is not None:
+                return sig, m.group(0)
+    return None
+
+
+def match_text_unindexed(
+    text: str, code: int, enhanced: str | None = None
+) -> tuple[TextSignal, str] | None:
+    """match_text without the index: every phrase in order. For tests of the index."""
+    for generic in (False, True):
+        for sig in SIGNALS:
+            if sig.generic is not generic or not _applies(sig, code, enhanced):
+                continue
+            for source in sig.phrases:
+                m = re.search(source, text)
+                if m is not None:
+                    return sig, m.group(0)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyOverride:
+    """An operator's reading of some replies: `[[classify]]` in a policy file."""
+
+    id: str
+    match: Match
+    category: Category
+    scope: Scope | None = None
+    source: str = ""
+
+
+def classify(
+    reply: Reply,
+    *,
+    destination: str = "",
+    route: str = "",
+    overrides: Iterable[ClassifyOverride] = (),
+) -> Classification:
+    """What a reply means. Never raises; every reply gets a category."""
+    hint = retry_hint(reply.text)
+    for override in overrides:
+        if override.match.matches(reply, route, destination):
+            return Classification(
+                override.category,
+                override.scope or DEFAULT_SCOPE[override.category],
+                f"override:{override.id}",
+                f"operator's [[classify]] {override.id} ({override.source})",
+                hint,
+            )
+    enhanced = reply.enhanced
+    if enhanced is None:
+        inner = _INNER_ENHANCED.search(reply.text)
+        if inner is not None and inner.group(1)[0] == str(reply.code)[0]:
+            enhanced = inner.group(1)
+    text = normalise(reply.text)
+    found = match_text(text, reply.code, enhanced)
+    code_entry = lookup(enhanced) if enhanced is not None else None
+    strong_code = code_entry is not None and enhanced is not None and not _weak(enhanced)
+    if found is not None and found[0].generic and found[0].category is Category.TEMPORARY_OTHER:
+        # "Try again later" on a 4xx says more than the code's subject (4.7.1, 4.2.1).
+        strong_code = strong_code and reply.code >= 500
+    if found is not None and not (found[0].generic and strong_code):
+        sig, words = found
+        scope = refine_scope(sig.category, sig.scope, text)
+        return _about_sender(
+            Classification(sig.category, scope, sig.id, f'text "{words}"', hint),
+            reply.phase,
+            enhanced,
+        )
+    if code_entry is not None and enhanced is not None and (strong_code or found is None):
+        category, scope, meaning = code_entry
+        scope = refine_scope(category, scope, text)
+        return _about_sender(
+            Classification(
+                category, scope, f"code:{enhanced}", f"enhanced code {enhanced}: {meaning}", hint
+            ),
+            reply.phase,
+            enhanced,
+        )
+    return _by_phase_or_class(reply, hint)
+
+
+# Whose problem a throttle or a policy refusal is, when the text says: a recipient
+# receiving too fast, a rule about this message, our address, or the receiver's own
+# limits. Checked in this order; the signal's own scope stands when none applies.
+_RECIPIENT_CUE = re.compile(
+    r"\b(?:to this (?:recipient|user|address)|the recipient|recipient (?:has|thread|is|"
+    r"address rejected: access denied)|the user|this user|user is|mailbox (?:is|delivery)|"
+    r"messages? to emailaddr|is receiving|receiving (?:mail|messages|email)|they can receive|"
+    r"recent messages|by (?:the )?recipients?|target address|emailaddr (?:is|has) (?:receiving|"
+    r"temporar|over)|recipient temporarily|user emailaddr|recipient(?:'s)? preferences?)\b"
+)
+_MESSAGE_CUE = re.compile(
+    r"\b(?:same message-id|per message|separate transaction|recipients per|too many recipients|"
+    r"message (?:not accepted|rejected) for policy)\b"
+)
+_EGRESS_CUE = re.compile(
+    r"\b(?:your ip|ip address|sending ip|ip not|ip name|from your|connections? from|"
+    r"your (?:server|host|network|system)|client host|helo|ehlo|authentication not allowed|"
+    r"identities failed)\b"
+)
+# A throttle that quotes our address is about it; a policy reply often quotes it only
+# as information ("[192.0.2.1 13] Messages missing a valid From: header...").
+_OUR_ADDRESS = re.compile(r"\bipaddr\b")
+_DESTINATION_CUE = re.compile(
+    r"\b(?:organi[sz]ation|resource forest|queue quota|server busy|system (?:is )?busy)\b"
+)
+_VARIABLE_SCOPE = frozenset({Category.THROTTLE, Category.POLICY})
+
+
+def refine_scope(category: Category, scope: Scope, text: str) -> Scope:
+    """The scope a throttle or policy reply's own words give it (see the cues above)."""
+    if category not in _VARIABLE_SCOPE and category is not Category.TEMPORARY_OTHER:
+        return scope
+    if _RECIPIENT_CUE.search(text):
+        return Scope.RECIPIENT
+    if category is Category.TEMPORARY_OTHER:
+        return scope
+    cues: tuple[tuple[re.Pattern[str], Scope], ...]
+    if category is Category.THROTTLE:
+        cues = (
+            (_EGRESS_CUE, Scope.EGRESS),
+            (_OUR_ADDRESS, Scope.EGRESS),
+            (_MESSAGE_CUE, Scope.MESSAGE),
+            (_DESTINATION_CUE, Scope.DESTINATION),
+        )
+    else:
+        cues = ((_MESSAGE_CUE, Scope.MESSAGE), (_EGRESS_CUE, Scope.EGRESS))
+    return next((cue_scope for cue, cue_scope in cues if cue.search(text)), scope)
+
+
+def _weak(enhanced: str) -> bool:
+    return enhanced.partition(".")[2] in WEAK_CODES
+
+
+_SENDER_CODES = frozenset({"1.7", "1.8"})
+
+
+def _about_sender(c: Classification, phase: Phase, enhanced: str | None) -> Classification:
+    """An address problem in reply to MAIL FROM, or with a sender status code (X.1.7,
+    X.1.8), is about our sender address, not the recipient (RFC 3463 3.2); a refusal of
+    HELO/EHLO is about our HELO."""
+    if phase is Phase.HELO and c.category in (Category.PERMANENT_OTHER, Category.NO_SUCH_USER):
+        return Classification(
+            Category.POLICY,
+            Scope.EGRESS,
+            f"{c.signal}+helo",
+            f"{c.evidence}, in reply to HELO/EHLO: about our HELO",
+            c.retry_in,
+        )
+    if c.category is not Category.NO_SUCH_USER:
+        return c
+    sender_code = enhanced is not None and enhanced.partition(".")[2] in _SENDER_CODES
+    if phase is not Phase.MAIL and not sender_code:
+        return c
+    why = "in reply to MAIL FROM" if phase is Phase.MAIL else f"status {enhanced}"
+    return Classification(
+        Category.POLICY,
+        Scope.MESSAGE,
+        f"{c.signal}+sender",
+        f"{c.evidence}, about the sender address ({why})",
+        c.retry_in,
+    )
+
+
+def _by_phase_or_class(reply: Reply, hint: float | None) -> Classification:
+    """Nothing in the text or the code: a refusal before MAIL FROM is about us (our
+    address at the greeting, our HELO); otherwise the code class says only permanent
+    or temporary."""
+    klass = str(reply.code)[:1]
+    if klass == "5" and reply.phase in (Phase.CONNECT, Phase.GREETING):
+        return Classification(
+            Category.RBL_BLOCK,
+            Scope.EGRESS,
+            "phase:greeting",
+            f"code {reply.code} at the greeting: the receiver refuses the connecting address",
+            hint,
+        )
+    if klass == "5" and reply.phase is Phase.HELO:
+        return Classification(
+            Category.POLICY,
+            Scope.EGRESS,
+            "phase:helo",
+            f"code {reply.code} in reply to HELO/EHLO: the receiver refuses our HELO",
+            hint,
+        )
+    if klass == "4":
+        return Classification(
+            Category.TEMPORARY_OTHER,
+            Scope.DESTINATION,
+            "class:4xx",
+            f"code {reply.code}: temporary (RFC 5321), nothing more specific in the reply",
+            hint,
+        )
+    return Classification(
+        Category.PERMANENT_OTHER,
+        Scope.MESSAGE,
+        f"class:{klass}xx",
+        f"code {reply.code}: permanent (RFC 5321), nothing more specific in the reply",
+        hint,
+    )
