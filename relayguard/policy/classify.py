@@ -52,14 +52,15 @@ def normalise(text: str) -> str:
     if "::" in t or t.count(":") >= 4:
         t = _IPV6.sub(" ipaddr ", t)
     t = _SPACE.sub(" ", t).strip()
-    if "bulk" in t or " from " in t or "review" in t:
-        t = _BOILERPLATE.sub(" ", t)
+    if "spam" in t or "abuse" in t or "bulk" in t or "review" in t:
+        t = _SPACE.sub(" ", _BOILERPLATE.sub(" ", t)).strip()
     return t
 
 
 @dataclass(frozen=True, slots=True)
 class _Phrase:
     rank: int  # the signal's place in SIGNALS: lower wins
+    order: int  # the phrase's place in its signal: the first that matches is the evidence
     signal: TextSignal
     pattern: re.Pattern[str]
 
@@ -76,6 +77,8 @@ def phrase_keys(source: str) -> frozenset[str]:
     source = _LOOKBEHINDS.sub("", source, count=1)
     m = _LEADING_GROUP.match(source)
     literals: list[tuple[str, str]] = []
+    if m is not None and source[m.end() : m.end() + 1] in ("?", "*"):
+        raise ValueError(f"phrase {source!r}: an optional leading group hides its first word")
     if m is not None:
         for alt in m.group(1).split("|"):
             w = re.match(r"([a-z0-9]+)(.?)", alt)
@@ -100,9 +103,9 @@ def _build_index(signals: Sequence[TextSignal]) -> dict[str, tuple[_Phrase, ...]
     index: dict[str, list[_Phrase]] = {}
     problems: list[str] = []
     for rank, signal in enumerate(signals):
-        for source in signal.phrases:
+        for order, source in enumerate(signal.phrases):
             try:
-                phrase = _Phrase(rank, signal, re.compile(source))
+                phrase = _Phrase(rank, order, signal, re.compile(source))
                 keys = phrase_keys(source)
             except (ValueError, re.error) as exc:
                 problems.append(f"{signal.id}: {exc}")
@@ -133,7 +136,7 @@ def _candidates(text: str) -> list[_Phrase]:
             seen.add(key)
             for phrase in index.get(key, ()):
                 found.setdefault(id(phrase), phrase)
-    return sorted(found.values(), key=lambda p: p.rank)
+    return sorted(found.values(), key=lambda p: (p.rank, p.order))
 
 
 def _applies(sig: TextSignal, code: int, enhanced: str | None) -> bool:

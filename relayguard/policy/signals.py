@@ -192,6 +192,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\bgr[ae]y list",
         r"\bpostgrey\b",
         r"\bgreylisted\b",
+        r"\bblocked using gr[ae]y\b",
         r"\bgrauliste",
     ),
     # Loops (RFC 5321 6.3 hop counts, Postfix "mail for x loops back to myself").
@@ -334,11 +335,11 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"[^.;]{0,30}?\b(?:listed|blacklisted|blocked|reputation|suspicious|spam)",
         r"\b(?:contains?|containing) (?:a |an )?(?:url|link|domain|uri)s?\b[^.;]{0,40}?"
         r"(?:listed|blacklisted|blocklisted|blocked|spam|suspicious|malicious)",
-        r"\b(?:sending |sender |from )?domain\b(?: \S+)?(?: is| has been)? (?:listed|"
+        r"\bdomain\b(?: \S+)?(?: is| has been)? (?:listed|"
         r"blacklisted|blocklisted|blocked) (?:at|in|on|by|using)",
         r"\b(?:sender|from) (?:address|domain)\b[^.;]{0,40}?\bblocked using\b",
         r"\breputation of the sending domain",
-        r"\b(?:sending |sender )?domain(?:'s)? (?:has )?(?:a )?(?:poor|bad|low|negative) "
+        r"\bdomain(?:'s)? (?:has )?(?:a )?(?:poor|bad|low|negative) "
         r"reputation",
     ),
     # The sender's own address blocked by the recipient or a sender list: policy.
@@ -540,7 +541,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\bseparate transaction",
         r"\btoo fast\b",
         r"\bunusual (?:rate|volume|amount|traffic|activity)",
-        r"\b(?:temporarily )?(?:deferred|rejected|refused|blocked|delayed) due to (?:unexpected |"
+        r"\b(?:deferred|rejected|refused|blocked|delayed) due to (?:unexpected |"
         r"high |excessive |unusual )?(?:volume|load|traffic|complaints|user complaints)",
         r"\b(?:exceeded|exceeds|exceeding|reached|over) (?:the |your |its |our |their |a |"
         r"permitted |allowed |maximum |max )*(?:hourly |daily |sending |send |message |"
@@ -827,7 +828,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\bdomain (?:is )?(?:not (?:valid|configured|hosted|served|handled|found|registered)|"
         r"invalid|unknown|disabled|expired)",
         r"\bnot (?:a )?(?:hosted|valid|local) domain",
-        r"\b(?:has |have )?moved\b",
+        r"\bmoved\b",
         r"\bforwarding address",
         r"\bno longer (?:with|at|employed|works|working|valid|in use|available)",
         r"\bleft (?:the|our) (?:company|organi[sz]ation)",

@@ -266,3 +266,27 @@ async def test_large_message_read_in_pieces_arrives_byte_exact(tmp_path: Path) -
         await send(relay.address, "s@example.org", ["r@example.com"], original)
         [got] = await up.wait_for(1)
     assert strip_received(got.content) == original
+
+
+async def test_a_message_with_too_many_hops_is_refused_at_the_end_of_data(tmp_path: Path) -> None:
+    async with (
+        upstream() as up,
+        running_relay(_settings(tmp_path, "max_hops = 5", port=up.port)) as relay,
+    ):
+        hops = "".join(
+            f"Received: from hop{i}.example by hop{i + 1}.example; x\r\n" for i in range(5)
+        )
+        looped = (hops + "Subject: loop\r\n\r\nround and round\r\n").encode()
+        replies = await raw_session(
+            relay.address, [EHLO, MAIL, RCPT, b"DATA\r\n", looped + b".\r\n", b"QUIT\r\n"]
+        )
+        assert replies[5].startswith("554 5.4.6 Too many hops: 5 Received: headers (limit 5)")
+        # One fewer goes through (ours makes it the limit).
+        ok = (hops.split("\r\n", 1)[1] + "Subject: fine\r\n\r\nonce\r\n").encode()
+        replies = await raw_session(
+            relay.address, [EHLO, MAIL, RCPT, b"DATA\r\n", ok + b".\r\n", b"QUIT\r\n"]
+        )
+        assert replies[5].startswith("250 2.0.0 Ok: queued as")
+        [got] = await up.wait_for(1)
+        assert b"Subject: fine" in got.content
+        assert len(up.received) == 1

@@ -87,6 +87,11 @@ async def test_metrics_count_deliveries_and_healthz(tmp_path: Path) -> None:
                     m['relayguard_deferred_recipients_total{route="primary",rule="greylisted"}']
                     == 1
                 )
+                # every refusal counted once, by what kind of reply it was
+                assert m['relayguard_replies_total{category="no_such_user",route="primary"}'] == 1
+                assert (
+                    m['relayguard_replies_total{category="temporary_other",route="primary"}'] == 1
+                )
                 assert m['relayguard_delivery_duration_seconds_count{route="primary"}'] == 5
                 assert (
                     m['relayguard_delivery_duration_seconds_bucket{le="+Inf",route="primary"}'] == 5

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from relayguard.cli import main
 from relayguard.policy import load_policy
 from relayguard.policy.commands import check_files, explain
 from relayguard.policy.loader import DEFAULT_POLICY_FILE
@@ -209,3 +212,37 @@ def test_explain_rejects_an_unknown_phase():
     policy = load_policy([], ROUTES)
     with pytest.raises(ValueError, match="unknown phase 'quit'"):
         explain(policy, code=550, text="x", phase="quit", routes=ROUTES)
+
+
+# --- classify ---------------------------------------------------------------------------
+
+
+def test_cli_classify_prints_one_json_object_per_line_in_order(tmp_path, capsys):
+    replies = tmp_path / "replies.txt"
+    replies.write_text(
+        "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked\n"
+        "\n"
+        "550-5.1.1 The email account that you tried to reach does not exist. 550 5.1.1 https://support.google.com/mail/?p=NoSuchUser\n"
+        "451 4.7.1 Greylisted, please try again in 5 minutes\n"
+        "no code here\n",
+        encoding="utf-8",
+    )
+    assert main(["policy", "classify", "--json", str(replies)]) == 1
+    out, err = capsys.readouterr()
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert [(r["category"], r["scope"], r["action"], r["rule"]) for r in rows] == [
+        ("rbl_block", "egress", "reroute", "rbl-block"),
+        ("no_such_user", "recipient", "bounce", "user-unknown"),
+        ("temporary_other", "destination", "defer", "greylisted"),
+    ]
+    assert [r["retry_in"] for r in rows] == [None, None, 300.0]
+    assert set(rows[0]) == {"reply", "category", "scope", "rule", "evidence", "action", "retry_in"}
+    assert rows[0]["evidence"].startswith("rbl.client-blocked: ")
+    assert "line 5: expected a reply line starting with a 3-digit code" in err
+
+
+def test_cli_policy_check_prints_the_confusion_table(capsys):
+    assert main(["policy", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "reply corpus: label (rows) by classification (columns)" in out
+    assert "(100.0%)" in out

@@ -242,3 +242,97 @@ def test_not_utf8(tmp_path):
 
 def test_empty_file_is_only_the_builtins(tmp_path):
     assert load_policy([write(tmp_path, "# nothing\n")], ROUTES).rules == ()
+
+
+# --- categories, scopes, signals and [[classify]] overrides -----------------------------
+
+
+def test_rules_match_category_scope_and_signal(tmp_path):
+    text = (
+        '[[rule]]\nid = "x"\nmatch = { category = ["rbl_block", "throttle"], scope = "egress",'
+        ' signal = "rbl.*" }\naction = "bounce"\n'
+    )
+    (r,) = load_policy([write(tmp_path, text)], ROUTES).rules
+    assert [c.value for c in r.match.categories] == ["rbl_block", "throttle"]
+    assert [s.value for s in r.match.scopes] == ["egress"]
+    assert r.match.signals == ("rbl.*",)
+    assert r.match.describe() == [
+        "category is rbl_block or throttle",
+        "scope is egress",
+        "signal is rbl.*",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            'match = { category = "spam" }',
+            "match.category: unknown category 'spam' (expected one of rbl_block, throttle",
+        ),
+        (
+            'match = { scope = "planet" }',
+            "match.scope: unknown scope 'planet' (expected one of egress, destination",
+        ),
+        ('action = "defer"\nconfirm = true', "confirm: only used with action 'bounce'"),
+        ('action = "bounce"\nconfirm = "yes"', "confirm: expected true or false"),
+    ],
+)
+def test_bad_category_keys_name_the_rule_and_key(tmp_path, body, expected):
+    text = f'[[rule]]\nid = "x"\n{body}\n'
+    if "action" not in body:
+        text += 'action = "bounce"\n'
+    assert expected in load_error(tmp_path, text)
+
+
+def test_classify_overrides_load_in_order(tmp_path):
+    text = (
+        '[[classify]]\nid = "one"\nmatch = { text = "x" }\ncategory = "no_such_user"\n'
+        '[[classify]]\nid = "two"\nmatch = { domain = "*.acme.example" }\n'
+        'category = "throttle"\nscope = "recipient"\n'
+    )
+    policy = load_policy([write(tmp_path, text)], ROUTES)
+    assert [(o.id, o.category.value, o.scope) for o in policy.overrides] == [
+        ("one", "no_such_user", None),
+        ("two", "throttle", "recipient"),
+    ]
+    assert policy.overrides[0].source.endswith("x.toml classify[0]")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            'id = "o"\nmatch = { text = "x" }',
+            "classify 'o' (classify[0]): category: required key is missing",
+        ),
+        (
+            'id = "o"\ncategory = "policy"',
+            "classify 'o' (classify[0]): match: required key is missing",
+        ),
+        (
+            'id = "o"\ncategory = "policy"\nmatch = { category = "policy" }',
+            "classify 'o' (classify[0]): match.category: unknown key",
+        ),
+        (
+            'id = "o"\ncategory = "policy"\nmatch = { text = "x" }\naction = "bounce"',
+            "classify 'o' (classify[0]): action: unknown key",
+        ),
+        ('category = "policy"\nmatch = { text = "x" }', "classify[0]: id: required key is missing"),
+    ],
+)
+def test_bad_overrides_name_the_table_and_key(tmp_path, body, expected):
+    assert expected in load_error(tmp_path, f"[[classify]]\n{body}\n")
+
+
+def test_override_and_rule_ids_are_unique_across_files(tmp_path):
+    a = write(tmp_path, '[[rule]]\nid = "same"\naction = "bounce"\n', "a.toml")
+    b = write(
+        tmp_path,
+        '[[classify]]\nid = "same"\nmatch = { text = "x" }\ncategory = "policy"\n',
+        "b.toml",
+    )
+    with pytest.raises(
+        PolicyError, match=r"b.toml: classify 'same' \(classify\[0\]\): id: duplicate id"
+    ):
+        load_policy([a, b], ROUTES)
