@@ -360,6 +360,22 @@ def goals(results: dict[str, object]) -> list[dict[str, object]]:
                     f"objects alone {traced} B, peak during load {peak} B)",
                 }
             )
+    cl = results.get("classify")
+    if isinstance(cl, dict):
+        for key, what in (
+            ("warm_per_s", "replies repeating, as during an incident"),
+            ("cold_per_s", "every reply new"),
+        ):
+            v = float(cl[key])
+            out.append(
+                {
+                    "goal": f"classify ≥ 50,000 replies/s ({what})",
+                    "value": v,
+                    "target": 50_000,
+                    "met": v >= 50_000,
+                    "how_far": f"{v:,.0f}/s ({v / 50_000:.2f}x the target)",
+                }
+            )
     return out
 
 
@@ -413,6 +429,14 @@ def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
             f"{r['open_seconds']} s, index {r['index_seconds']} s, schedule "
             f"{r['schedule_seconds']} s); {r['rss_delta_bytes_per_message']} B RSS per message"
         )
+    cl = results.get("classify")
+    if isinstance(cl, dict):
+        print(
+            f"\n  classify (one process, {cl['distinct_replies']} distinct corpus replies): "
+            f"{cl['cold_per_s']:,}/s cold ({cl['cold_us_per_reply']} µs each), "
+            f"{cl['warm_per_s']:,}/s repeated, {cl['incident_stream_per_s']:,}/s with half "
+            "the texts new"
+        )
     print("\n  goals:")
     for g in results["goals"]:  # type: ignore[attr-defined]
         mark = {True: "met ", False: "MISS", None: "n/a "}[g["met"]]
@@ -452,6 +476,22 @@ def scale_figures(args: argparse.Namespace) -> dict[str, object]:
     restart["traced_run_total_seconds"] = traced.get("total_seconds")
     restart["page_cache"] = "warm (spool just written)"
     return {"scheduler": sched, "spool": built, "index_query_plan": plan, "restart": restart}
+
+
+def classify_figures(args: argparse.Namespace) -> dict[str, object]:
+    """Reply classification speed, in a process of its own (bench/classify_speed.py)."""
+    seconds = "1" if args.quick else "5"
+    log(f"classify: the reply corpus, {seconds} s per figure")
+    res = subprocess.run(
+        [sys.executable, str(HERE / "classify_speed.py"), "--seconds", seconds],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise BenchError(f"classify_speed.py failed: {res.stderr[-2000:]}")
+    return dict(json.loads(res.stdout))
 
 
 # -- profile ------------------------------------------------------------------------------
@@ -523,7 +563,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        choices=["sink", "postfix", "relayguard", "scale"],
+        choices=["sink", "postfix", "relayguard", "scale", "classify"],
         action="append",
         help="run only these parts (repeatable); default all",
     )
@@ -609,7 +649,7 @@ def relayguard_revision() -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    only = set(args.only or ["sink", "postfix", "relayguard", "scale"])
+    only = set(args.only or ["sink", "postfix", "relayguard", "scale", "classify"])
     out_dir = Path(args.output)
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d-%H%M%S")
 
@@ -699,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
                     )  # type: ignore[call-overload]
         if "scale" in only:
             results["scale"] = scale_figures(args)
+        if "classify" in only:
+            results["classify"] = classify_figures(args)
         if args.profile:
             results["profile"] = profile_run(args, out_dir, stamp)
     except BenchError as exc:

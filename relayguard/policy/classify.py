@@ -11,6 +11,7 @@ tables in a policy file (see policy/loader.py); those come before everything.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -57,14 +58,6 @@ def normalise(text: str) -> str:
     return t
 
 
-@dataclass(frozen=True, slots=True)
-class _Phrase:
-    rank: int  # the signal's place in SIGNALS: lower wins
-    order: int  # the phrase's place in its signal: the first that matches is the evidence
-    signal: TextSignal
-    pattern: re.Pattern[str]
-
-
 _LEADING_WORD = re.compile(r"\\b([a-z0-9]+)(.?)")
 _LEADING_GROUP = re.compile(r"\\b\(\?:([^()]+)\)")
 _LOOKBEHINDS = re.compile(r"^(?:\(\?<[!=][^)]*\))+")
@@ -72,8 +65,14 @@ _LOOKBEHINDS = re.compile(r"^(?:\(\?<[!=][^)]*\))+")
 
 def phrase_keys(source: str) -> frozenset[str]:
     """The index keys of a phrase: the first (up to) four letters of its leading literal
-    word, or of each word of a leading group. Raises ValueError for a phrase that does
-    not start with `\\b` and a literal, which the index could not find."""
+    word, or of each word of a leading group."""
+    return frozenset(lit[:4] for lit in phrase_literals(source))
+
+
+def phrase_literals(source: str) -> frozenset[str]:
+    """The literal words a phrase starts with (its leading word, or each word of a
+    leading group). Raises ValueError for a phrase that does not start with `\\b` and a
+    literal, which the index could not find."""
     source = _LOOKBEHINDS.sub("", source, count=1)
     m = _LEADING_GROUP.match(source)
     literals: list[tuple[str, str]] = []
@@ -90,53 +89,74 @@ def phrase_keys(source: str) -> frozenset[str]:
         if w is None:
             raise ValueError(f"phrase {source!r} must start with \\b and a literal word")
         literals.append((w.group(1), w.group(2)))
-    keys = set()
+    out = set()
     for word, after in literals:
         literal = word[:-1] if after in ("?", "*", "{") else word
         if len(literal) < 2:
             raise ValueError(f"phrase {source!r}: leading literal {literal!r} is too short")
-        keys.add(literal[:4])
-    return frozenset(keys)
+        out.add(literal)
+    return frozenset(out)
 
 
-def _build_index(signals: Sequence[TextSignal]) -> dict[str, tuple[_Phrase, ...]]:
-    index: dict[str, list[_Phrase]] = {}
+def _compile(
+    signals: Sequence[TextSignal],
+) -> tuple[
+    tuple[tuple[re.Pattern[str], ...], ...],
+    tuple[tuple[frozenset[str], ...], ...],
+    dict[str, frozenset[tuple[int, int]]],
+]:
+    """Each signal's phrases compiled, each phrase's leading literals, and the index: a key
+    (the first letters of a phrase's leading word) → the (signal rank, phrase order)
+    of the phrases that start with it."""
+    patterns: list[tuple[re.Pattern[str], ...]] = []
+    all_keys: list[tuple[frozenset[str], ...]] = []
+    index: dict[str, set[tuple[int, int]]] = {}
     problems: list[str] = []
     for rank, signal in enumerate(signals):
+        compiled: list[re.Pattern[str]] = []
+        keyed: list[frozenset[str]] = []
         for order, source in enumerate(signal.phrases):
             try:
-                phrase = _Phrase(rank, order, signal, re.compile(source))
-                keys = phrase_keys(source)
+                compiled.append(re.compile(source))
+                literals = phrase_literals(source)
             except (ValueError, re.error) as exc:
                 problems.append(f"{signal.id}: {exc}")
                 continue
-            for key in keys:
-                index.setdefault(key, []).append(phrase)
+            keyed.append(literals)
+            for literal in literals:
+                index.setdefault(literal[:4], set()).add((rank, order))
+        patterns.append(tuple(compiled))
+        all_keys.append(tuple(keyed))
     if problems:
         raise ValueError("bad text signals: " + "; ".join(problems))
-    return {k: tuple(v) for k, v in index.items()}
+    return tuple(patterns), tuple(all_keys), {k: frozenset(v) for k, v in index.items()}
 
 
-_INDEX = _build_index(SIGNALS)
-_KEY_LENGTHS = (2, 3, 4)
+_PATTERNS, _LITERALS, _INDEX = _compile(SIGNALS)
 
 
-def _candidates(text: str) -> list[_Phrase]:
-    """The phrases whose leading word's prefix occurs in the text, best rank first."""
-    seen: set[str] = set()
-    found: dict[int, _Phrase] = {}
-    index = _INDEX
-    for token in _TOKEN.findall(text):
-        for n in _KEY_LENGTHS:
-            if len(token) < n:
-                break
-            key = token[:n]
-            if key in seen:
-                continue
-            seen.add(key)
-            for phrase in index.get(key, ()):
-                found.setdefault(id(phrase), phrase)
-    return sorted(found.values(), key=lambda p: (p.rank, p.order))
+def _keys(text: str) -> set[str]:
+    """The 2-, 3- and 4-letter prefixes of the text's words."""
+    tokens = set(_TOKEN.findall(text))
+    return {t[:2] for t in tokens} | {t[:3] for t in tokens} | {t[:4] for t in tokens}
+
+
+def _match_anchored(
+    pattern: re.Pattern[str], literals: frozenset[str], text: str
+) -> re.Match[str] | None:
+    """The leftmost match of a phrase, tried only where one of its leading words starts
+    a word of the text: a substring search in C instead of a regex scan."""
+    best: re.Match[str] | None = None
+    for literal in literals:
+        pos = text.find(literal)
+        while pos >= 0 and (best is None or pos < best.start()):
+            if pos == 0 or not text[pos - 1].isalnum():
+                m = pattern.match(text, pos)
+                if m is not None:
+                    best = m
+                    break
+            pos = text.find(literal, pos + 1)
+    return best
 
 
 def _applies(sig: TextSignal, code: int, enhanced: str | None) -> bool:
@@ -147,14 +167,19 @@ def _applies(sig: TextSignal, code: int, enhanced: str | None) -> bool:
 
 def match_text(text: str, code: int, enhanced: str | None = None) -> tuple[TextSignal, str] | None:
     """The best-ranked text signal whose phrase occurs in the normalised text, and the
-    words it matched; specific signals first, then generic ones."""
-    candidates = _candidates(text)
+    words it matched (its first phrase that matches, leftmost); specific signals first,
+    then generic ones."""
+    keys = _keys(text)
+    candidates: set[tuple[int, int]] = set()
+    for key in keys & _INDEX.keys():
+        candidates |= _INDEX[key]
+    ordered = sorted(candidates)
     for generic in (False, True):
-        for phrase in candidates:
-            sig = phrase.signal
+        for rank, phrase in ordered:
+            sig = SIGNALS[rank]
             if sig.generic is not generic or not _applies(sig, code, enhanced):
                 continue
-            m = phrase.pattern.search(text)
+            m = _match_anchored(_PATTERNS[rank][phrase], _LITERALS[rank][phrase], text)
             if m is not None:
                 return sig, m.group(0)
     return None
@@ -163,13 +188,14 @@ def match_text(text: str, code: int, enhanced: str | None = None) -> tuple[TextS
 def match_text_unindexed(
     text: str, code: int, enhanced: str | None = None
 ) -> tuple[TextSignal, str] | None:
-    """match_text without the index: every phrase in order. For tests of the index."""
+    """match_text without the index: every phrase of every signal, searched in order.
+    For tests of the index."""
     for generic in (False, True):
-        for sig in SIGNALS:
+        for rank, sig in enumerate(SIGNALS):
             if sig.generic is not generic or not _applies(sig, code, enhanced):
                 continue
-            for source in sig.phrases:
-                m = re.search(source, text)
+            for pattern in _PATTERNS[rank]:
+                m = pattern.search(text)
                 if m is not None:
                     return sig, m.group(0)
     return None
@@ -194,7 +220,6 @@ def classify(
     overrides: Iterable[ClassifyOverride] = (),
 ) -> Classification:
     """What a reply means. Never raises; every reply gets a category."""
-    hint = retry_hint(reply.text)
     for override in overrides:
         if override.match.matches(reply, route, destination):
             return Classification(
@@ -202,8 +227,16 @@ def classify(
                 override.scope or DEFAULT_SCOPE[override.category],
                 f"override:{override.id}",
                 f"operator's [[classify]] {override.id} ({override.source})",
-                hint,
+                retry_hint(reply.text),
             )
+    return _read(reply)
+
+
+# The same reply comes back for every message while an incident lasts (an RBL text
+# names our egress address, not the message): its reading is kept. Pure, so safe.
+@functools.lru_cache(maxsize=4096)
+def _read(reply: Reply) -> Classification:
+    hint = retry_hint(reply.text)
     enhanced = reply.enhanced
     if enhanced is None:
         inner = _INNER_ENHANCED.search(reply.text)
