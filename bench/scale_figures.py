@@ -1,6 +1,6 @@
 """Scale figures for relayguard alone, from its own modules.
 
-- the scheduler (`relayguard.scheduler.DueQueue`): enqueue and dequeue rates
+- the scheduler (`relayguard.queue.scheduler.DueQueue`): enqueue and dequeue rates
   with N deferred messages, and its memory per entry;
 - restart with N messages in the spool: a spool built with direct
   `executemany` into relayguard's own SCHEMA (envelopes and attempts as the
@@ -40,7 +40,7 @@ def _reset_hwm() -> None:
 
 
 def scheduler_figures(n: int, *, seed: int = 1) -> dict[str, object]:
-    from relayguard.scheduler import DueQueue  # noqa: PLC0415
+    from relayguard.queue.scheduler import DueQueue  # noqa: PLC0415
 
     rng = random.Random(seed)
     now = 1_700_000_000.0
@@ -134,7 +134,7 @@ def build_spool(
         Recipient,
         Reply,
     )
-    from relayguard.spool.sqlite import DB_NAME, SCHEMA  # noqa: PLC0415
+    from relayguard.queue.spool.sqlite import DB_NAME, SCHEMA  # noqa: PLC0415
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / DB_NAME
@@ -217,7 +217,7 @@ def build_spool(
 
 
 def index_query_plan(directory: Path) -> str:
-    from relayguard.spool.sqlite import DB_NAME  # noqa: PLC0415
+    from relayguard.queue.spool.sqlite import DB_NAME  # noqa: PLC0415
 
     conn = sqlite3.connect(directory / DB_NAME)
     try:
@@ -233,8 +233,8 @@ def index_query_plan(directory: Path) -> str:
 
 async def _restart(directory: Path) -> tuple[dict[str, float], object]:
     from relayguard.model import MessageState  # noqa: PLC0415
-    from relayguard.scheduler import DueQueue  # noqa: PLC0415
-    from relayguard.spool.sqlite import SqliteSpool  # noqa: PLC0415
+    from relayguard.queue.scheduler import DueQueue  # noqa: PLC0415
+    from relayguard.queue.spool.sqlite import SqliteSpool  # noqa: PLC0415
 
     t0 = time.perf_counter()
     spool = SqliteSpool(directory)

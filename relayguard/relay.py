@@ -17,20 +17,20 @@ from pathlib import Path
 
 import structlog
 
-from relayguard import systemd
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings, load_settings
-from relayguard.control import Controller, ControlServer, lock_spool_shared, socket_path
-from relayguard.delivery import Delivery
-from relayguard.frontend import RelayHandler, make_protocol_factory
-from relayguard.metrics import MetricsServer, Observer
 from relayguard.model import MessageState, QueuedMessage
+from relayguard.ndr.reports import make_report_builder
+from relayguard.ops import systemd
+from relayguard.ops.control import Controller, ControlServer, lock_spool_shared, socket_path
+from relayguard.ops.metrics import MetricsServer, Observer
 from relayguard.policy import Policy, load_policy
 from relayguard.policy.rules import DurationRange
-from relayguard.queue_manager import QueueManager, ReportBuilder, Sender
-from relayguard.reports import make_report_builder
-from relayguard.spool.sqlite import SqliteSpool, spool_usable
-from relayguard.workers import WorkerPool, bind_listener, per_worker_limits
+from relayguard.queue.manager import QueueManager, ReportBuilder, Sender
+from relayguard.queue.spool.sqlite import SqliteSpool, spool_usable
+from relayguard.smtp.delivery import Delivery
+from relayguard.smtp.frontend import RelayHandler, make_protocol_factory
+from relayguard.smtp.workers import WorkerPool, bind_listener, per_worker_limits
 
 log = structlog.get_logger("relayguard.relay")
 

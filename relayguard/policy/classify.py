@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relayguard.model import Phase
@@ -26,9 +25,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from relayguard.model import Reply
-    from relayguard.policy.rules import Match
+    from relayguard.policy.rules import ClassifyOverride
 
-__all__ = ["ClassifyOverride", "classify", "normalise"]
+__all__ = ["classify", "normalise"]
 
 _IPV4 = re.compile(
     r"\[?(?<![\w.])(?:\d{1,3}(?:\.\d{1,3}){3}|x{1,3}(?:\.x{1,3}){3}|a\.b\.c\.d)(?![\w.])\]?"
@@ -199,17 +198,6 @@ def match_text_unindexed(
                 if m is not None:
                     return sig, m.group(0)
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class ClassifyOverride:
-    """An operator's reading of some replies: `[[classify]]` in a policy file."""
-
-    id: str
-    match: Match
-    category: Category
-    scope: Scope | None = None
-    source: str = ""
 
 
 def classify(

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from relayguard.config import read_text_file
 from relayguard.policy import values as v
 from relayguard.policy.categories import Category, Scope
-from relayguard.policy.classify import ClassifyOverride
 from relayguard.policy.rules import (
     Backoff,
+    ClassifyOverride,
     DurationRange,
     Match,
     Policy,

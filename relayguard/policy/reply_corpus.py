@@ -22,7 +22,8 @@ from relayguard.policy.rules import PolicyError
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from relayguard.policy.classify import ClassifyOverride
+    from relayguard.policy.rules import ClassifyOverride
+
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "policies" / "corpus"
 _KEYS = frozenset({"line", "category", "scope", "retry_in", "source", "note", "phase"})

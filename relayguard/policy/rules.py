@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     import re
 
     from relayguard.model import Reply
-    from relayguard.policy.classify import ClassifyOverride
 
 CONNECTION_PHASES = frozenset({Phase.CONNECT, Phase.GREETING, Phase.HELO, Phase.STARTTLS})
 
@@ -285,3 +284,14 @@ class RouteView:
             ):
                 out.append(r)
         return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyOverride:
+    """An operator's reading of some replies: `[[classify]]` in a policy file."""
+
+    id: str
+    match: Match
+    category: Category
+    scope: Scope | None = None
+    source: str = ""

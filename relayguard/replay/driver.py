@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 from relayguard.clock import SimulationClock, VirtualClock
 from relayguard.config import Settings
 from relayguard.model import Attempt, QueuedMessage, Recipient
+from relayguard.ndr.reports import make_report_builder
 from relayguard.policy import Policy
-from relayguard.queue_manager import QueueManager
+from relayguard.queue.manager import QueueManager
+from relayguard.queue.spool import NewMessage
+from relayguard.queue.spool.memory import MemorySpool, seeded_queue_ids
 from relayguard.replay.inputs import InputMessage
 from relayguard.replay.scenario import DEFAULT_START, Scenario
 from relayguard.replay.stats import SAMPLES, Stats
 from relayguard.replay.upstream import SimulatedUpstream
-from relayguard.reports import make_report_builder
-from relayguard.spool import NewMessage
-from relayguard.spool.memory import MemorySpool, seeded_queue_ids
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike

@@ -15,37 +15,18 @@ import functools
 import re
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import getaddresses, mktime_tz, parsedate_tz
 from pathlib import Path
 
 from relayguard.model import Envelope, MessageState, Recipient, RecipientState
+from relayguard.replay.messages import Input, InputError, InputMessage, crlf, headers_of
 
 FORMATS = ("spool", "eml", "mbox", "maildir", "postfix", "postcat")
 _ENVELOPE_TO = ("x-envelope-to", "envelope-to", "x-original-to", "delivered-to")
 _MBOXRD_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 
-
-class InputError(ValueError):
-    """The input cannot be read; names the file and what is wrong."""
-
-
-@dataclass(frozen=True, slots=True)
-class InputMessage:
-    envelope: Envelope
-    body: bytes  # CRLF line ends
-    arrival: float | None  # POSIX time, None if the input does not say
-    message_id: str = ""
-    source: str = ""  # file name or queue id, for messages about it
-
-
-@dataclass(slots=True)
-class Input:
-    path: str
-    format: str
-    messages: list[InputMessage] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # "source: why"
+__all__ = ["Input", "InputError", "InputMessage", "crlf", "headers_of", "read_input"]
 
 
 def read_input(path: str | Path, fmt: str | None = None) -> Input:
@@ -97,34 +78,6 @@ def detect_format(p: Path) -> str:
 
 
 # --- RFC 5322 helpers ------------------------------------------------------------
-
-
-def crlf(data: bytes) -> bytes:
-    """Line ends as the spool keeps them: CRLF, with a final one."""
-    out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return out if out.endswith(b"\r\n") else out + b"\r\n"
-
-
-def headers_of(body: bytes) -> dict[str, list[str]]:
-    """Header fields (lower-case names → values, unfolded), read only up to the blank line."""
-    end = body.find(b"\r\n\r\n")
-    if end < 0:
-        end = body.find(b"\n\n")
-    head = (body if end < 0 else body[:end]).decode("utf-8", "replace")
-    fields: dict[str, list[str]] = {}
-    values: list[str] | None = None
-    for line in head.replace("\r", "").split("\n"):
-        if line[:1] in (" ", "\t"):
-            if values:
-                values[-1] += " " + line.strip()
-            continue
-        key, sep, value = line.partition(":")
-        if not sep or not key or " " in key:
-            values = None
-            continue
-        values = fields.setdefault(key.lower(), [])
-        values.append(value.strip())
-    return fields
 
 
 def header_date(fields: dict[str, list[str]]) -> float | None:
@@ -324,7 +277,7 @@ def _read_maildir(p: Path) -> Input:
 
 def _read_spool(p: Path) -> Input:
     """A relayguard spool (read-only): the queued recipients of every active message."""
-    from relayguard.spool.sqlite import DB_NAME, find_messages  # noqa: PLC0415
+    from relayguard.queue.spool.sqlite import DB_NAME, find_messages  # noqa: PLC0415
 
     result = Input(str(p), "spool")
     try:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from relayguard.model import Envelope, Recipient
-from relayguard.replay.inputs import Input, InputError, InputMessage, crlf, headers_of
+from relayguard.replay.messages import Input, InputError, InputMessage, crlf, headers_of
 
 _NOTIFY_BITS = ((1, "NEVER"), (2, "SUCCESS"), (4, "DELAY"), (8, "FAILURE"))
 _RET = {"1": "FULL", "2": "HDRS"}

@@ -1,6 +1,6 @@
 """The simulated upstream: a `sender` for the queue manager that answers per the scenario.
 
-It stands where `relayguard.delivery.Delivery` stands and speaks the same
+It stands where `relayguard.smtp.delivery.Delivery` stands and speaks the same
 language: an `Outcome` with a `Reply` per recipient, synthetic network replies
 (`network_reply`, phase connect) for refused and timed-out connections, a
 greeting rejection as a greeting-phase reply, RCPT and after-data replies as
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 from relayguard.clock import Clock
 from relayguard.config import RouteSettings
-from relayguard.delivery import Outcome, Transaction
 from relayguard.model import Phase, Reply, domain_of, network_reply
 from relayguard.policy.rules import DurationRange
 from relayguard.replay.scenario import ReplySpec, Scenario, Window
+from relayguard.smtp.delivery import Outcome, Transaction
 
 _SESSION_PHASES = (Phase.CONNECT, Phase.GREETING, Phase.HELO, Phase.MAIL)
 _DATA_PHASES = (Phase.DATA, Phase.AFTER_DATA)

@@ -18,7 +18,7 @@ from support import (
     upstream,
 )
 
-from relayguard.spool.sqlite import SqliteSpool
+from relayguard.queue.spool.sqlite import SqliteSpool
 
 EHLO = b"EHLO client.test\r\n"
 MAIL = b"MAIL FROM:<s@example.org>\r\n"

@@ -13,8 +13,8 @@ from pathlib import Path
 from support import free_port, make_message, relay_settings, running_relay, send, upstream
 
 from relayguard.cli import build_parser
+from relayguard.cli.replay import capture_sender_for
 from relayguard.clock import SystemClock
-from relayguard.replay.cli import capture_sender_for
 from relayguard.replay.testmode import CaptureSender, make_capture_sender
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""RFC 3464 reports built by relayguard.bounce, read back with the standard email package."""
+"""RFC 3464 reports built by relayguard.ndr.bounce, read back with the standard email package."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from relayguard.bounce import (
+from relayguard.model import (
+    Attempt,
+    Envelope,
+    Phase,
+    QueuedMessage,
+    Recipient,
+    RecipientState,
+    Reply,
+)
+from relayguard.ndr.bounce import (
     LIFETIME_RULE,
     ReportContext,
     bounce_record,
@@ -21,15 +30,6 @@ from relayguard.bounce import (
     report_envelope,
     report_mail_options,
     should_report,
-)
-from relayguard.model import (
-    Attempt,
-    Envelope,
-    Phase,
-    QueuedMessage,
-    Recipient,
-    RecipientState,
-    Reply,
 )
 
 T0 = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 +0000

@@ -1,4 +1,4 @@
-"""Properties of relayguard.bounce over generated messages, recipients and replies."""
+"""Properties of relayguard.ndr.bounce over generated messages, recipients and replies."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayguard.bounce import LIFETIME_RULE, ReportContext, build_ndr, should_report
-from relayguard.dsn_facts import unitext_decode, unitext_encode, xtext_decode
 from relayguard.model import (
     Attempt,
     Envelope,
@@ -22,6 +20,8 @@ from relayguard.model import (
     RecipientState,
     Reply,
 )
+from relayguard.ndr.bounce import LIFETIME_RULE, ReportContext, build_ndr, should_report
+from relayguard.ndr.facts import unitext_decode, unitext_encode, xtext_decode
 
 T0 = 1_700_000_000.0
 STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")

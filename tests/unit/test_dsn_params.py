@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayguard.dsn import (
+from relayguard.ndr.facts import parse_orcpt, xtext_decode
+from relayguard.smtp.esmtp import (
     MailParams,
     ParamError,
     RcptParams,
@@ -15,7 +16,6 @@ from relayguard.dsn import (
     parse_rcpt_params,
     rcpt_upstream_params,
 )
-from relayguard.dsn_facts import parse_orcpt, xtext_decode
 
 
 def xtext_encode(value: str) -> str:

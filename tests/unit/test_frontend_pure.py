@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from relayguard.frontend import ConnectionLimits, DataError, unstuff_and_check, with_enhanced_code
+from relayguard.smtp.frontend import (
+    ConnectionLimits,
+    DataError,
+    unstuff_and_check,
+    with_enhanced_code,
+)
 
 # -- with_enhanced_code -------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from relayguard.model import (
     RecipientState,
     Reply,
 )
-from relayguard.queue_tools import (
+from relayguard.ops.queue_tools import (
     detail,
     format_action,
     format_list,

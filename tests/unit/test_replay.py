@@ -17,7 +17,6 @@ from relayguard import logging as rg_logging
 from relayguard.cli import main
 from relayguard.clock import VirtualClock
 from relayguard.config import RouteSettings
-from relayguard.delivery import Transaction
 from relayguard.model import Phase
 from relayguard.replay import runner
 from relayguard.replay.driver import replay
@@ -25,6 +24,7 @@ from relayguard.replay.inputs import read_input
 from relayguard.replay.sample import generate_mbox
 from relayguard.replay.scenario import ScenarioError, load_scenario, parse_scenario
 from relayguard.replay.upstream import SimulatedUpstream
+from relayguard.smtp.delivery import Transaction
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"

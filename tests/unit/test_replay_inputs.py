@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import pytest
 
 from relayguard.model import Envelope, MessageState, Recipient, RecipientState
+from relayguard.queue.spool import NewMessage
+from relayguard.queue.spool.sqlite import SqliteSpool
 from relayguard.replay.inputs import InputError, detect_format, read_input
 from relayguard.replay.postfix_queue import parse_queue_file
-from relayguard.spool import NewMessage
-from relayguard.spool.sqlite import SqliteSpool
 
 JAN15 = datetime(2024, 1, 15, 8, 0, tzinfo=UTC).timestamp()
 

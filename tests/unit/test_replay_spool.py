@@ -13,9 +13,9 @@ from relayguard.model import (
     RecipientState,
     Reply,
 )
-from relayguard.spool import NewMessage, SpoolError
-from relayguard.spool.memory import MemorySpool, seeded_queue_ids
-from relayguard.spool.sqlite import SqliteSpool
+from relayguard.queue.spool import NewMessage, SpoolError
+from relayguard.queue.spool.memory import MemorySpool, seeded_queue_ids
+from relayguard.queue.spool.sqlite import SqliteSpool
 
 
 def new(n: int, *, qid: str = "", rcpts=("a@one.example", "b@two.example")) -> NewMessage:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relayguard.model import Suspension, Throttle
-from relayguard.scheduler import ALL_DESTINATIONS, DueQueue, RouteTable
+from relayguard.queue.scheduler import ALL_DESTINATIONS, DueQueue, RouteTable
 
 INF = math.inf
 BIG = 10**9

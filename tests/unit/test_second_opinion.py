@@ -10,7 +10,7 @@ from relayguard.model import Action, Attempt, Phase, Reply, SecondOpinion, Suspe
 from relayguard.policy import PolicyError, RouteView, decide, load_policy
 from relayguard.policy.loader import parse_policy_text
 from relayguard.policy.rules import DurationRange, Policy
-from relayguard.scheduler import RouteTable
+from relayguard.queue.scheduler import RouteTable
 
 NOW = 1_700_000_000.0
 ROUTES = ("a", "b", "c")

@@ -16,8 +16,8 @@ from relayguard.model import (
     RecipientState,
     Reply,
 )
-from relayguard.spool import NewMessage, SpoolError, SpoolFullError
-from relayguard.spool.sqlite import DB_NAME, SqliteSpool, new_queue_id, spool_usable
+from relayguard.queue.spool import NewMessage, SpoolError, SpoolFullError
+from relayguard.queue.spool.sqlite import DB_NAME, SqliteSpool, new_queue_id, spool_usable
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from relayguard.cli import Commands
+    from relayguard.cli.common import Commands
     from relayguard.clock import VirtualClock
     from relayguard.config import Settings
     from relayguard.replay.testmode import CaptureSender

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
-from relayguard.spool import IndexEntry, NewMessage, SpoolError, SpoolFullError
+from relayguard.queue.spool import IndexEntry, NewMessage, SpoolError, SpoolFullError
 
 T = TypeVar("T")
 

@@ -26,11 +26,11 @@ from relayguard.config import (
 )
 
 if TYPE_CHECKING:
-    from relayguard.cli import Commands
+    from relayguard.cli.common import Commands
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from relayguard.sink import run_sink  # noqa: PLC0415 - only this command needs it
+    from relayguard.smtp.sink import run_sink  # noqa: PLC0415 - only this command needs it
 
     host, port = parse_hostport(args.listen)
     with contextlib.suppress(KeyboardInterrupt):
@@ -59,7 +59,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _call(args: argparse.Namespace, op: str, **fields: object) -> dict[str, Any] | int:
     """The result of one control request, or an exit status after printing the error."""
-    from relayguard import control  # noqa: PLC0415 - keep `relayguard --help` fast
+    from relayguard.ops import control  # noqa: PLC0415 - keep `relayguard --help` fast
 
     try:
         return control.run(_settings(args), control.request_for(op, **fields))
@@ -77,7 +77,7 @@ def _json(data: object) -> None:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
-    from relayguard.queue_tools import format_list  # noqa: PLC0415
+    from relayguard.ops.queue_tools import format_list  # noqa: PLC0415
 
     result = _call(args, "list", state=args.state, domain=args.domain, route=args.route)
     if isinstance(result, int):
@@ -90,7 +90,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
-    from relayguard.queue_tools import format_show  # noqa: PLC0415
+    from relayguard.ops.queue_tools import format_show  # noqa: PLC0415
 
     result = _call(args, "show", id=args.id)
     if isinstance(result, int):
@@ -103,7 +103,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_shape(args: argparse.Namespace) -> int:
-    from relayguard.queue_tools import format_shape  # noqa: PLC0415
+    from relayguard.ops.queue_tools import format_shape  # noqa: PLC0415
 
     result = _call(args, "shape", state=args.state)
     if isinstance(result, int):
@@ -116,7 +116,7 @@ def cmd_queue_shape(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_action(args: argparse.Namespace) -> int:
-    from relayguard.queue_tools import format_action  # noqa: PLC0415
+    from relayguard.ops.queue_tools import format_action  # noqa: PLC0415
 
     if not args.ids and not args.domain and not args.all:
         return _fail(f"queue {args.action}: name queue IDs, or --domain D, or --all")
@@ -136,7 +136,7 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    from relayguard.queue_tools import format_routes  # noqa: PLC0415
+    from relayguard.ops.queue_tools import format_routes  # noqa: PLC0415
 
     result = _call(args, "routes")
     if isinstance(result, int):
@@ -170,7 +170,7 @@ ACTION_HELP = {
 
 
 def register(sub: Commands) -> None:
-    from relayguard.cli import Commands  # noqa: PLC0415 - the CLI is loaded when it calls us
+    from relayguard.cli.common import Commands  # noqa: PLC0415 - loaded on use
 
     p = sub.add_parser("sink", help="a demo upstream that accepts and files everything")
     p.add_argument("--listen", default="127.0.0.1:2526")

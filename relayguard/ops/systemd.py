@@ -12,7 +12,7 @@ import socket
 
 import structlog
 
-log = structlog.get_logger("relayguard.systemd")
+log = structlog.get_logger("relayguard.ops.systemd")
 
 
 def notify(state: str) -> bool:

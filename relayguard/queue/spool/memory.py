@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
-from relayguard.spool import IndexEntry, NewMessage, SpoolError
-from relayguard.spool.sqlite import new_queue_id
+from relayguard.queue.spool import IndexEntry, NewMessage, SpoolError
+from relayguard.queue.spool.sqlite import new_queue_id
 
 IdFactory = Callable[[], str]
 Predicate = Callable[[QueuedMessage], bool]

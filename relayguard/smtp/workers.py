@@ -30,11 +30,11 @@ import structlog
 from relayguard import logging as rg_logging
 from relayguard.clock import SystemClock
 from relayguard.config import Settings
-from relayguard.frontend import ConnectionLimits, RelayHandler, make_protocol_factory
 from relayguard.model import QueuedMessage
-from relayguard.spool.sqlite import SqliteSpool
+from relayguard.queue.spool.sqlite import SqliteSpool
+from relayguard.smtp.frontend import ConnectionLimits, RelayHandler, make_protocol_factory
 
-log = structlog.get_logger("relayguard.workers")
+log = structlog.get_logger("relayguard.smtp.workers")
 
 NOTICE = struct.Struct("!q")
 READY = -1  # a worker's first notice: it listens (spool sequence numbers are positive)

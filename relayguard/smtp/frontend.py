@@ -28,12 +28,18 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from relayguard import __version__
 from relayguard.clock import Clock
 from relayguard.config import ServerSettings
-from relayguard.dsn import MailParams, ParamError, RcptParams, parse_mail_params, parse_rcpt_params
 from relayguard.model import Envelope, QueuedMessage, Recipient
-from relayguard.spool import NewMessage, Spool, SpoolFullError
-from relayguard.spool.sqlite import new_queue_id
+from relayguard.queue.spool import NewMessage, Spool, SpoolFullError
+from relayguard.queue.spool.sqlite import new_queue_id
+from relayguard.smtp.esmtp import (
+    MailParams,
+    ParamError,
+    RcptParams,
+    parse_mail_params,
+    parse_rcpt_params,
+)
 
-log = structlog.get_logger("relayguard.frontend")
+log = structlog.get_logger("relayguard.smtp.frontend")
 
 # Replies that carry no enhanced status code by RFC 2034 convention.
 _NO_ENHANCED = (b"220", b"354", b"334")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import structlog
 
-from relayguard import bounce
 from relayguard.config import Settings
 from relayguard.model import Envelope, QueuedMessage, Recipient
-from relayguard.queue_manager import ReportBuilder
-from relayguard.spool import NewMessage
+from relayguard.ndr import bounce
+from relayguard.queue.manager import ReportBuilder
+from relayguard.queue.spool import NewMessage
 
-log = structlog.get_logger("relayguard.bounce")
+log = structlog.get_logger("relayguard.ndr.bounce")
 
 
 def make_report_builder(settings: Settings) -> ReportBuilder:

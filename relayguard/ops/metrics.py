@@ -23,9 +23,9 @@ from prometheus_client.exposition import choose_encoder
 
 from relayguard.clock import Clock
 from relayguard.model import Suspension
-from relayguard.spool.sqlite import queue_stats
+from relayguard.queue.spool.sqlite import queue_stats
 
-log = structlog.get_logger("relayguard.metrics")
+log = structlog.get_logger("relayguard.ops.metrics")
 
 RECENT = 10  # outcomes kept per route for `relayguard routes`
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

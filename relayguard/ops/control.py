@@ -38,14 +38,14 @@ import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings
-from relayguard.delivery import Outcome, Transaction
-from relayguard.metrics import Observer
 from relayguard.model import MessageState, Phase, QueuedMessage, Reply
-from relayguard.queue_manager import QueueManager
-from relayguard.queue_tools import STATES, detail, matches, shape, summarize
-from relayguard.spool.sqlite import DB_NAME, SqliteSpool, find_messages, load_message
+from relayguard.ops.metrics import Observer
+from relayguard.ops.queue_tools import STATES, detail, matches, shape, summarize
+from relayguard.queue.manager import QueueManager
+from relayguard.queue.spool.sqlite import DB_NAME, SqliteSpool, find_messages, load_message
+from relayguard.smtp.delivery import Outcome, Transaction
 
-log = structlog.get_logger("relayguard.control")
+log = structlog.get_logger("relayguard.ops.control")
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 1 << 20
@@ -445,8 +445,8 @@ class _NoDelivery:
 
 
 async def _direct(settings: Settings, request: Json) -> Json:
+    from relayguard.ndr.reports import make_report_builder  # noqa: PLC0415
     from relayguard.policy import Policy  # noqa: PLC0415 - only the direct mode needs it
-    from relayguard.reports import make_report_builder  # noqa: PLC0415
 
     spool = SqliteSpool(settings.server.spool)
     try:

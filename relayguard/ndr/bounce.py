@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from relayguard.dsn_facts import (
+from relayguard.ndr.facts import (
     LIFETIME_RULE,
     RecipientFacts,
     ReportContext,
@@ -31,7 +31,7 @@ from relayguard.dsn_facts import (
     typed_address,
     xtext_decode,
 )
-from relayguard.dsn_text import human_text
+from relayguard.ndr.text import human_text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -17,8 +17,6 @@ import structlog
 
 from relayguard.clock import Clock
 from relayguard.config import Settings
-from relayguard.delivery import Outcome, Transaction
-from relayguard.dsn import rcpt_upstream_params
 from relayguard.model import (
     Action,
     Attempt,
@@ -33,8 +31,10 @@ from relayguard.model import (
     Suspension,
 )
 from relayguard.policy import Policy, RouteView, decide
-from relayguard.scheduler import DueQueue, RouteTable
-from relayguard.spool import NewMessage, Spool
+from relayguard.queue.scheduler import DueQueue, RouteTable
+from relayguard.queue.spool import NewMessage, Spool
+from relayguard.smtp.delivery import Outcome, Transaction
+from relayguard.smtp.esmtp import rcpt_upstream_params
 
 log = structlog.get_logger("relayguard.queue")
 

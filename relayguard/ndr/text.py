@@ -10,7 +10,8 @@ from __future__ import annotations
 import textwrap
 from typing import TYPE_CHECKING
 
-from relayguard.dsn_facts import (
+from relayguard.model import Phase, QueuedMessage, Reply, domain_of
+from relayguard.ndr.facts import (
     RecipientFacts,
     ReportContext,
     ReportKind,
@@ -19,7 +20,6 @@ from relayguard.dsn_facts import (
     hard_split,
     rfc5322_date,
 )
-from relayguard.model import Phase, QueuedMessage, Reply, domain_of
 from relayguard.policy.categories import CATEGORY_MEANING, Category
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""Operating the relay: the control socket, queue tools, metrics, systemd."""

@@ -1,0 +1,1 @@
+"""The SMTP edges: the front end that accepts, the adapter that delivers, ESMTP parameters."""
