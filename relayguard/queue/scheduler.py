@@ -4,8 +4,10 @@ Pure data structures, no I/O and no clock: every method takes `now`.
 
 - `DueQueue`: a heap on next_attempt_at with lazy invalidation, O(log n).
 - `RouteTable`: suspensions (route and destination, or route and '*'), the single
-  probe after a suspension ends, and throttles (a lowered per-destination
-  connection cap).
+  probe after a suspension ends, throttles (a lowered per-destination connection
+  cap), and every route's connections: the one owner of the connection window,
+  as Postfix's qmgr owns its per-destination window. A round gets a connection
+  (and with it its route) from `grant`, and gives it back with `release`.
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ class _Probe:
     in_flight: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A connection of `route` for one transaction; `probe`: the first after a suspension."""
+
+    route: str
+    probe: bool
+
+
 @dataclass(slots=True)
 class RouteTable:
     """Suspensions, probes and throttles, per route and destination."""
@@ -82,6 +92,41 @@ class RouteTable:
     # successful probe: one message at a time until one gets through.
     probing: dict[tuple[str, str], _Probe] = field(default_factory=dict)
     active: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Each route's cap on connections to all destinations together, and how many it has.
+    max_connections: dict[str, int] = field(default_factory=dict)
+    in_use: dict[str, int] = field(default_factory=dict)
+
+    def grant(
+        self,
+        destination: str,
+        now: float,
+        *,
+        exclude: Iterable[str] = (),
+        prefer: Sequence[str] = (),
+    ) -> Grant | str | None:
+        """A connection for a transaction to `destination`: on the first usable route
+        (`prefer`red first) when it has one free; that route's name when it is at its cap
+        (wait: mail does not spill onto a fallback route for being busy); None when no
+        route may take the destination now (every one suspended, or its probe out)."""
+        route = self.choose(destination, now, exclude=exclude, prefer=prefer)
+        if route is None:
+            return None
+        cap = self.max_connections.get(route)
+        if (cap is not None and self.in_use.get(route, 0) >= cap) or self.at_cap(
+            route, destination, now
+        ):
+            return route
+        self.in_use[route] = self.in_use.get(route, 0) + 1
+        return Grant(route, self.begin(route, destination))
+
+    def release(self, route: str, destination: str, *, probe: bool, success: bool) -> None:
+        """A granted connection comes back (the transaction ended, or never began)."""
+        left = self.in_use.get(route, 1) - 1
+        if left:
+            self.in_use[route] = left
+        else:
+            self.in_use.pop(route, None)
+        self.end(route, destination, probe=probe, success=success)
 
     def _expire(self, now: float) -> None:
         for key, s in list(self.suspensions.items()):
