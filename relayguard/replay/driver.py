@@ -1,32 +1,32 @@
-"""The replay driver: the server's queue manager on a virtual clock, against a scripted upstream.
+"""The replay driver: the relay's own delivery round on a virtual clock, against a
+scripted upstream, driven from a plain heap of events.
 
-Only the clock and the upstream are simulated. The messages go into a spool
-(the in-memory backend), the `QueueManager` takes them when due exactly as in
-`relayguard serve`, asks the policy engine about every reply, suspends and
-throttles routes in the scheduler's route table, and queues NDRs built by the
-same report builder. The driver only moves time: when nothing is runnable it
-jumps the clock to the earliest of the next registered sleeper (the manager's
-run loop waits for the next due message that way, a transaction for its
-latency), the next due message, and the next arrival.
+Only time and the upstream are simulated. The messages go into a spool (the
+in-memory backend); each becomes due exactly as in `relayguard serve`, and its
+delivery round (queue/round.py: route choice, policy, reroutes, second opinions,
+holds, expiry) is the one the live queue manager runs. The route table is shared
+by all rounds as in the server. Where the live shell awaits a socket, the driver
+asks the simulated upstream for the outcome and its latency and files the
+outcome on the heap at the moment it arrives; nothing here uses an event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import heapq
+import itertools
 import random
-import selectors
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
-from relayguard.clock import SimulationClock, VirtualClock
+from relayguard.clock import VirtualClock
 from relayguard.config import Settings
-from relayguard.model import Attempt, QueuedMessage, Recipient
+from relayguard.model import Attempt, MessageState, QueuedMessage, Recipient
 from relayguard.ndr.reports import make_report_builder
 from relayguard.policy import Policy
-from relayguard.queue.manager import QueueManager
+from relayguard.queue.manager import emit, reports_for, route_table, routes_of
+from relayguard.queue.round import Blocked, DeliveryRound, Done, Send
+from relayguard.queue.scheduler import DueQueue
 from relayguard.queue.spool import NewMessage
 from relayguard.queue.spool.memory import MemorySpool, seeded_queue_ids
 from relayguard.replay.inputs import InputMessage
@@ -34,15 +34,26 @@ from relayguard.replay.scenario import DEFAULT_START, Scenario
 from relayguard.replay.stats import SAMPLES, Stats
 from relayguard.replay.upstream import SimulatedUpstream
 
-if TYPE_CHECKING:
-    from _typeshed import FileDescriptorLike
-
+T = TypeVar("T")
 Progress = Callable[[float, Stats], None]
-_NAP = 0.001
+# A round waiting for a connection its route's throttle withholds asks again this often,
+# as the live queue manager does.
+_RECHECK = 1.0
 
 
 class ReplayError(RuntimeError):
-    """The simulation cannot go on (a task waits on something that is not the clock)."""
+    """The simulation cannot go on (a spool call that would need real I/O)."""
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never waits (the in-memory spool's) to its end, without an
+    event loop: one `send`, which must finish it."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise ReplayError("a spool call waited on I/O, which the replay does not do")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +129,27 @@ def replay_settings(settings: Settings) -> Settings:
     return replace(settings, ndr=replace(settings.ndr, record_file=None))
 
 
+@dataclass(slots=True)
+class _Active:
+    round: DeliveryRound
+    body: bytes
+    finished: bool = False
+
+
+@dataclass(order=True, slots=True)
+class _Arrival:
+    """An outcome on the heap: when it comes back, and for which send."""
+
+    at: float
+    order: int
+    seq: int = field(compare=False)
+    send: Send = field(compare=False)
+    started: float = field(compare=False)
+    outcome: object = field(compare=False)
+
+
 class _Replay:
-    """One run: the manager, its spool and upstream, and the loop that moves time."""
+    """One run: the rounds, their spool and upstream, and the heap that moves time."""
 
     def __init__(
         self,
@@ -130,8 +160,9 @@ class _Replay:
         seed: int,
     ) -> None:
         self.settings = replay_settings(settings)
+        self.policy = policy
         self.t0, self.arrivals, self.untimed = plan_arrivals(messages, scenario, seed)
-        self.clock = SimulationClock(self.t0)
+        self.clock = VirtualClock(self.t0)
         self.end = self.t0 + scenario.duration
         self.stats = Stats(self.t0, scenario.duration)
         self.spool = _RecordingSpool(seed, self.stats, self.clock)
@@ -139,15 +170,15 @@ class _Replay:
             scenario, self.settings.routes, self.clock, random.Random(f"upstream/{seed}"), self.t0
         )
         self._builder = make_report_builder(self.settings)
-        self.manager = QueueManager(
-            self.settings,
-            self.spool,
-            self.upstream,
-            self.clock,
-            policy,
-            build_reports=self._build_reports,
-        )
-        self.fed = 0  # arrivals in the spool
+        self.due = DueQueue()
+        self.table = route_table(self.settings)
+        self.routes = routes_of(self.settings)
+        self.max_in_flight = 2 * sum(r.max_connections for r in self.settings.routes)
+        self.active: dict[int, _Active] = {}
+        self.waiting: set[int] = set()  # rounds waiting for a connection
+        self.heap: list[_Arrival] = []
+        self._order = itertools.count()
+        self.fed = 0
         self.arrived_by_end = sum(1 for a in self.arrivals if a.at <= self.end)
 
     def _build_reports(
@@ -162,68 +193,137 @@ class _Replay:
         self.stats.report_built(kind, len(out))
         return out
 
-    async def _feed(self) -> None:
-        """Put every message that arrives before the end into the spool and the scheduler,
-        as the front end does, each due first at its arrival time.
-
-        Queued ahead of time rather than one by one as the clock passes their arrival:
-        the queue manager takes none of them before it is due, and waking its run loop
-        by the clock is cheaper than through its wake-up event, once per message."""
+    def _feed(self) -> None:
+        """Every message that arrives before the end goes into the spool, each due first
+        at its arrival time, as the front end queues it."""
         batch = self.arrivals[: self.arrived_by_end]
         self.fed = len(batch)
-        queued = await self.spool.accept_many([a.message for a in batch])
+        queued = run_sync(self.spool.accept_many([a.message for a in batch]))
         self.stats.queued(queued, [a.index for a in batch])
         for q in queued:
-            self.manager.enqueue(q)
+            self.due.schedule(q.seq, q.next_attempt_at)
 
-    def _next_time(self) -> float | None:
-        """Where to jump once nothing is runnable; None when the replay is over."""
-        now, manager = self.clock.now(), self.manager
-        next_due = manager.due.next_due()
-        if now >= self.end or (manager.in_flight == 0 and next_due is None):
-            return None
-        nxt = self.clock.next_event(next_due)
-        if nxt is None:
-            raise ReplayError(
-                f"stuck at t={now - self.t0:.3f}s: {manager.in_flight} deliveries "
-                "wait on something other than the clock"
+    # -- rounds ------------------------------------------------------------------------
+
+    def _start_due(self, now: float) -> None:
+        room = self.max_in_flight - len(self.active)
+        if room <= 0:
+            return
+        for seq in self.due.pop_due(now, room):
+            loaded = run_sync(self.spool.load(seq))
+            if loaded is None or loaded[0].state is not MessageState.ACTIVE:
+                continue
+            message, body = loaded
+            q = self.settings.queue
+            rnd = DeliveryRound(
+                message,
+                body,
+                self.policy,
+                self.routes,
+                self.table,
+                delay_warning=q.delay_warning,
+                backoff_start=q.backoff_start,
             )
-        return min(nxt, self.end)
+            self.active[seq] = _Active(rnd, body)
+            self._advance(seq, now)
 
-    async def run(self, progress: Progress | None) -> dict[str, object]:
+    def _advance(self, seq: int, now: float) -> None:
+        """Let a round start what it can; file its sends' outcomes on the heap."""
+        active = self.active[seq]
+        rnd = active.round
+        while True:
+            step = rnd.next_step(now)
+            if isinstance(step, Send):
+                outcome, latency = self.upstream.answer(step.route, step.transaction, now)
+                heapq.heappush(
+                    self.heap, _Arrival(now + latency, next(self._order), seq, step, now, outcome)
+                )
+                continue
+            emit(rnd.drain_events())
+            if isinstance(step, Blocked):
+                if step.for_connection:
+                    self.waiting.add(seq)
+                return
+            assert isinstance(step, Done)
+            self._finish(seq, step, now)
+            return
+
+    def _finish(self, seq: int, done: Done, now: float) -> None:
+        active = self.active.pop(seq)
+        self.waiting.discard(seq)
+        reports = reports_for(done, active.body, self._build_reports, now)
+        for report in run_sync(
+            self.spool.finish_with_reports(done.message, done.attempts, reports)
+        ):
+            self.due.schedule(report.seq, report.next_attempt_at)
+        if done.message.state is MessageState.ACTIVE:
+            self.due.schedule(done.message.seq, done.message.next_attempt_at)
+
+    def _arrive(self, arrival: _Arrival) -> None:
+        """An outcome comes back: the round records it, and every round that waited for
+        a connection asks again."""
+        active = self.active.get(arrival.seq)
+        if active is None:
+            return
+        active.round.record(arrival.send, arrival.outcome, arrival.started, arrival.at)  # type: ignore[arg-type]
+        self._advance(arrival.seq, arrival.at)
+        self._retry_waiting(arrival.at)
+
+    def _retry_waiting(self, now: float) -> None:
+        waiting, self.waiting = sorted(self.waiting), set()
+        for seq in waiting:
+            if seq in self.active:
+                self._advance(seq, now)
+
+    def _next_time(self, now: float) -> float | None:
+        """When something happens next; None when the replay is over."""
+        candidates = [self.heap[0].at] if self.heap else []
+        nxt = self.due.next_due()
+        if nxt is not None:
+            candidates.append(max(nxt, now))
+        if self.waiting:
+            candidates.append(now + _RECHECK)
+        if not candidates or now >= self.end:
+            return None
+        return min(*candidates, self.end)
+
+    def run(self, progress: Progress | None) -> dict[str, object]:
         stats, every = self.stats, max(1, SAMPLES // 100)
-        await self._feed()
-        runner = asyncio.create_task(self.manager.run())
-        try:
-            while True:
-                await self.clock.settle()
-                nxt = self._next_time()
-                if nxt is None:
-                    break
-                before = len(stats.samples)
-                stats.sample_until(nxt, self.manager.in_flight)
-                if progress is not None and len(stats.samples) // every != before // every:
-                    progress((nxt - self.t0) / stats.duration, stats)
-                self.clock.set(nxt)
-        finally:
-            ended_at = self.clock.now()
-            await self.manager.stop(0)  # whatever is in flight stays queued
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+        self._feed()
+        now = self.t0
+        while True:
+            self._start_due(now)
+            nxt = self._next_time(now)
+            if nxt is None:
+                break
+            before = len(stats.samples)
+            stats.sample_until(nxt, len(self.active))
+            if progress is not None and len(stats.samples) // every != before // every:
+                progress((nxt - self.t0) / stats.duration, stats)
+            if nxt >= self.end and (not self.heap or self.heap[0].at > self.end):
+                now = self.end
+                self.clock.set(now)
+                break
+            now = nxt
+            self.clock.set(now)
+            if self.waiting and (not self.heap or self.heap[0].at > now):
+                self._retry_waiting(now)
+            while self.heap and self.heap[0].at <= now:
+                self._arrive(heapq.heappop(self.heap))
+        # Whatever is in flight at the end stays queued, as after a stop.
         stats.sample_until(self.end, 0)
-        for message in await self.spool.messages():
+        for message in run_sync(self.spool.messages()):
             stats.still_queued(message)
-        await self.spool.close()
+        run_sync(self.spool.close())
         if progress is not None:
-            progress((ended_at - self.t0) / stats.duration, stats)
-        result = stats.result(not_arrived=len(self.arrivals) - self.fed, ended_at=ended_at)
+            progress((now - self.t0) / stats.duration, stats)
+        result = stats.result(not_arrived=len(self.arrivals) - self.fed, ended_at=now)
         result["input_without_time"] = self.untimed
         result["transactions"] = self.upstream.sends
         return result
 
 
-async def run_replay(
+def replay(
     settings: Settings,
     policy: Policy,
     scenario: Scenario,
@@ -241,68 +341,7 @@ async def run_replay(
     run = _Replay(settings, policy, scenario, messages, seed)
     if on_clock is not None:
         on_clock(run.clock)
-    result = await run.run(progress)
+    result = run.run(progress)
     if on_stats is not None:
         on_stats(run.stats)
     return result
-
-
-class _NoIOSelector(selectors.BaseSelector):
-    """The replay does no I/O: nothing to poll between two steps of the simulation.
-
-    Saves the epoll call the event loop makes on every iteration (hundreds of
-    thousands in a large replay). Should the loop ever wait (it does not while
-    the simulation runs), it naps briefly instead of polling."""
-
-    def __init__(self) -> None:
-        self._keys: dict[FileDescriptorLike, selectors.SelectorKey] = {}
-
-    def register(
-        self, fileobj: FileDescriptorLike, events: int, data: object = None
-    ) -> selectors.SelectorKey:
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-        key = selectors.SelectorKey(fileobj, fd, events, data)
-        self._keys[fd] = key
-        return key
-
-    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-        return self._keys.pop(fd)
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is None or timeout > 0:
-            time.sleep(min(timeout or _NAP, _NAP))
-        return []
-
-    def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
-        return self._keys
-
-    def close(self) -> None:
-        self._keys.clear()
-
-
-def replay(
-    settings: Settings,
-    policy: Policy,
-    scenario: Scenario,
-    messages: Sequence[InputMessage],
-    *,
-    seed: int = 1,
-    progress: Progress | None = None,
-    on_clock: Callable[[VirtualClock], None] | None = None,
-    on_stats: Callable[[Stats], None] | None = None,
-) -> dict[str, object]:
-    """`run_replay` on an event loop of its own, one that does not poll for I/O."""
-    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(_NoIOSelector())) as r:
-        return r.run(
-            run_replay(
-                settings,
-                policy,
-                scenario,
-                messages,
-                seed=seed,
-                progress=progress,
-                on_clock=on_clock,
-                on_stats=on_stats,
-            )
-        )

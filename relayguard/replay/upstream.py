@@ -4,9 +4,9 @@ It stands where `relayguard.smtp.delivery.Delivery` stands and speaks the same
 language: an `Outcome` with a `Reply` per recipient, synthetic network replies
 (`network_reply`, phase connect) for refused and timed-out connections, a
 greeting rejection as a greeting-phase reply, RCPT and after-data replies as
-the peer would send them. Like the live adapter it caps each route at its
-`max_connections`. Latency is virtual: the transaction sleeps on the clock, so
-the queue manager records it as the attempt's duration.
+the peer would send them. `answer` gives an outcome and its latency at once, for
+the replay's heap of events; `send` waits the latency on the clock, for test mode.
+Connection caps are the route table's, as in the server.
 
 All randomness comes from one `random.Random` seeded by the caller; the replay
 is single-threaded, so the draws happen in the same order on every run.
@@ -14,7 +14,6 @@ is single-threaded, so the draws happen in the same order on every run.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ _DROP_TEXT = (
 @dataclass(slots=True)
 class _Route:
     settings: RouteSettings
-    slots: asyncio.Semaphore
     peer: str
     accept: Reply
     # windows per phase, in file order, for this route (route and source already matched)
@@ -87,16 +85,18 @@ class SimulatedUpstream:
             )
             self._routes[r.name] = _Route(
                 r,
-                asyncio.Semaphore(r.max_connections),
                 f"{r.host}[{r.host}]:{r.port}",
                 accept,
                 by_phase,
             )
 
     async def send(self, route: str, tx: Transaction) -> Outcome:
-        r = self._routes[route]
-        async with r.slots:
-            return await self._send(r, tx)
+        """The outcome, after its latency on the clock (test mode: the relay's own clock)."""
+        start = self.clock.now()
+        outcome, latency = self.answer(route, tx, start)
+        if latency > 0:
+            await self.clock.sleep_until(start + latency)
+        return outcome
 
     async def close(self) -> None:
         return None
@@ -168,14 +168,14 @@ class SimulatedUpstream:
             replies[address] = final
         return replies, decisive
 
-    async def _send(self, r: _Route, tx: Transaction) -> Outcome:
+    def answer(self, route: str, tx: Transaction, start: float) -> tuple[Outcome, float]:
+        """What the upstream of `route` answers a transaction begun at `start`, and how
+        long that takes."""
+        r = self._routes[route]
         self.sends += 1
-        start = self.clock.now()
         addresses = [a for a, _ in tx.recipients]
         replies, decisive = self._replies(r, addresses, start - self.t0)
         latency = self._latency(decisive, r)
-        if latency > 0:
-            await self.clock.sleep_until(start + latency)
         if self.on_send is not None:
             self.on_send(
                 Capture(
@@ -189,12 +189,13 @@ class SimulatedUpstream:
                     replies,
                 )
             )
-        return Outcome(
+        outcome = Outcome(
             replies,
             r.settings.host,
             peer_has_dsn=self.scenario.peer_dsn,
             possible_duplicate=decisive is not None and decisive.reply.kind == "drop",
         )
+        return outcome, latency
 
 
 def _make_reply(spec: ReplySpec, r: _Route, domain: str) -> Reply:
