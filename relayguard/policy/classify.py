@@ -52,7 +52,7 @@ def normalise(text: str) -> str:
     if "::" in t or t.count(":") >= 4:
         t = _IPV6.sub(" ipaddr ", t)
     t = _SPACE.sub(" ", t).strip()
-    if "spam" in t or "abuse" in t or "bulk" in t or "review" in t:
+    if "spam" in t or "abuse" in t or "phishing" in t or "bulk" in t or "review" in t:
         t = _SPACE.sub(" ", _BOILERPLATE.sub(" ", t)).strip()
     return t
 

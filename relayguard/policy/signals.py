@@ -74,7 +74,8 @@ def _s(
 BOILERPLATE = (
     (
         r"\bto (?:reduce the amount of|protect our users from|best protect our users from|"
-        r"protect our users and (?:their|our) systems from) (?:spam|abuse)(?: sent to gmail)?"
+        r"protect our users and (?:their|our) systems from) (?:spam|abuse|phishing)"
+        r"(?: and (?:spam|abuse|phishing))?(?: sent to gmail)?"
     ),
     r"\b(?:requirements for |guidelines for )?bulk (?:email|mail) senders?(?: guidelines)?",
     r"\bbulk[_ ]?(?:email|mail)?[_ ]?sender[_ ]?guidelines",
@@ -178,7 +179,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\btoo many (?:unrecognized|invalid|bad|unknown|unauthenticated|failed) commands",
         r"\bno identity changes",
         r"\bline (?:length )?limit",
-        r"\bbare (?:lf|linefeed|line feed|cr|newline|carriage)",
+        r"\bbare (?:lf|line-?feed|line feed|cr|newline|carriage)",
         r"\bsender address syntax",
         r"\bmust precede",
         r"\ball rcpt commands were rejected",
@@ -217,6 +218,10 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\b(?:dns|name service|lookup|resolver|domain name)\b[^.;]{0,60}?"
         r"\b(?:try again|temporar\w*|timed? ?out|timeout|servfail)",
         r"\btemporary (?:dns|lookup|name service)",
+        r"\btemporar\w* (?:\w+ ){0,2}(?:dns|lookup|name service|resolution)",
+        r"\b(?:rdns|ptr|spf|dkim|dmarc)\b[^.;]{0,40}?\btemporar",
+        r"\b(?:virus|content|spam|malware) (?:scanner|scanning|filter|check)\w*\b[^.;]{0,30}?"
+        r"\b(?:unavailable|failed|failure|error|timeout|temporar)",
         r"\bunresolvable rfc\.?5321",
     ),
     # Sending quotas: before "quota" (a full mailbox).
@@ -276,9 +281,26 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\btoo (?:big|large)\b",
         r"\bmax(?:imum)? (?:allowed |permitted )?(?:message |mail |email )?size",
         r"\bmesg too big",
+        r"\bmessage (?:size|length)\b[^.;]{0,30}?\bexceed",
+        r"\bheaders? (?:is |are )?(?:\w+ )?(?:too )?(?:long|large|big)\b",
         r"\bmsgsize",
         r"\bmessage length exceeds",
         r"\bexceeds? size limit",
+    ),
+    # Phishing and malware verdicts name the content whatever else they mention
+    # ("appears to impersonate paypal.com"), and a filter's score is about the message.
+    _s(
+        "spam.malware",
+        SPAM,
+        MSG,
+        r"\bphish",
+        r"\bmalware",
+        r"\bransomware",
+        r"\btrojan",
+        r"\bmacros? (?:found|detected|are not allowed|not allowed)",
+        r"\bvba macro",
+        r"\bspam\w* score",
+        r"\bscore exceeds",
     ),
     # Sender authentication (RFC 7372): the message's sender domain does not pass.
     _s(
@@ -500,6 +522,8 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\bip[- ]based\b",
         r"\b(?:host|network|ip|ipaddr) (?:network |address |range )?(?:is )?not allowed\b",
         r"\bpermanently deferred",
+        r"\byour ip\b[^.;]{0,30}?\b(?:is |has been |was )?(?:filtered|blocked|blacklisted|banned|"
+        r"listed|rejected|refused|not allowed)",
         r"\bbanned sender\b",
         r"\bpart of their network\b",
         r"\bplease contact your (?:internet service provider|isp)\b",
@@ -536,7 +560,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\b(?:try|sending|send|please) (?:again )?(?:slower|more slowly)",
         r"\btoo (?:many|much)\b[^.;]{0,30}?\b(?:connections?|concurrent|sessions?|messages?|"
         r"mails?|emails?|recipients?|rcpts?|traffic|volume|requests?|invalid|attempts|"
-        r"simultaneous|smtp|transactions?|deliveries|data|spam)",
+        r"simultaneous|smtp|transactions?|deliveries|data|spam|load)",
         r"\bper transaction",
         r"\bseparate transaction",
         r"\btoo fast\b",
@@ -551,6 +575,8 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\blimit (?:exceeded|reached|has been reached)",
         r"\bper (?:hour|minute|second|day|session|connection)\b",
         r"\blimits? for how many",
+        r"\bmax(?:imum)? number of messages\b",
+        r"\bmail flood",
         r"\bmax(?:imum)? (?:number of )?(?:connections|messages?|recipients|sessions|mails?|"
         r"emails?) (?:per|reached|exceeded|allowed)",
         r"\bconcurren(?:t|cy)",
@@ -719,6 +745,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\bheaders?\b[^.;]{0,40}?\b(?:missing|invalid|malformed|too long|not (?:compliant|"
         r"allowed|rfc)|duplicate|rejected|syntax|are not)",
         r"\bmalformed",
+        r"\bonly one\b[^.;]{0,20}?\bheader",
         r"\bnon-?compliant",
         r"\bnot compliant",
         r"\binvalid (?:from|date|header|mime|message|character|encoding)",
@@ -757,6 +784,8 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\bsend as\b",
         r"\bsend on behalf\b",
         r"\bnot owned by (?:the )?(?:user|sender)",
+        r"\brequires? (?:a )?valid sender",
+        r"\bvalid sender (?:domain|address) (?:is )?required",
         r"\bunregistered domains?",
         r"\bnull sender",
         r"\bsender (?:address )?has (?:a )?null mx",
@@ -869,6 +898,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"rejected|allowed)",
         r"\bgroup\b[^.;]{0,40}?\b(?:restrict|only|not allowed|moderat)",
         r"\bdelivery not authori[sz]ed",
+        r"\bdelivery (?:is )?not (?:allowed|permitted) to",
         r"\bnot authori[sz]ed\b",
         r"\bpermission",
         r"\badministrative(?:ly)? prohibit",

@@ -156,8 +156,7 @@ RFC_CODES: dict[str, tuple[Category, Scope, str]] = {
     "7.25": (POLICY, EGRESS, "reverse DNS validation failed"),
     "7.26": (POLICY, MSG, "multiple authentication checks failed"),
     "7.27": (POLICY, MSG, "sender address has null MX"),
-    "7.28": (SPAM, MSG, "mail flood detected"),
-    "4.7.28": (THROTTLE, EGRESS, "mail flood detected: rate limited"),
+    "7.28": (THROTTLE, EGRESS, "mail flood detected: too much similar mail from us"),
     "7.29": (POLICY, MSG, "ARC validation failure"),
     "7.30": (POLICY, EGRESS, "REQUIRETLS support required"),
 }
