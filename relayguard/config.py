@@ -8,15 +8,22 @@ Unknown keys are errors: a typo must not silently fall back to a default.
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
+
+from relayguard.durations import EXPECTED_RANGE, parse_duration_range
+
+# Re-exported (the alias is what makes it explicit to mypy): the policy engine and
+# the corpus take durations from here, as they did before durations.py.
+from relayguard.durations import format_duration as format_duration  # noqa: PLC0414
+from relayguard.durations import parse_duration as parse_duration  # noqa: PLC0414
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 DEFAULT_CONFIG_PATH = "/etc/relayguard/relayguard.toml"
 TLS_MODES = ("none", "opportunistic", "required")
@@ -24,34 +31,6 @@ TLS_MODES = ("none", "opportunistic", "required")
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the operator."""
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-
-
-def parse_duration(value: object) -> float:
-    """'5m' → 300.0; plain numbers are seconds. Raises ValueError otherwise."""
-    if isinstance(value, bool):
-        raise TypeError("a duration like '90s', '5m', '4h', '5d'")
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError("a duration that is finite and not negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError("a duration like '90s', '5m', '4h', '5d'")
-
-
-def format_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    if seconds == int(seconds):
-        return f"{int(seconds)}s"
-    return f"{seconds:.3f}".rstrip("0") + "s"
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -163,67 +142,107 @@ class Settings:
         raise KeyError(name)
 
 
-class _Section:
-    """Reads one TOML table, remembering which keys were used."""
+class NamedValueError(ValueError):
+    """A converter's message that names the bad value itself ("unknown route 'x'
+    (routes: a, b)"): the table reader shows it as it is."""
 
-    def __init__(self, file: str, path: str, table: object) -> None:
-        self.file = file
-        self.path = path
+
+class Table:
+    """One TOML table read key by key: config, policy and scenario files alike.
+
+    It remembers the keys read, so that finish() rejects every other key. Errors
+    read `where: dotted.key: expected ..., got ...`. A converter says what it
+    expected by the message of the ValueError or TypeError it raises ("a duration
+    like '5m'"); one that raises without a message leaves it to the getter's
+    `expected`; a NamedValueError is shown as it is.
+    """
+
+    def __init__(
+        self, where: str, path: str, table: object, error: type[ValueError] = ConfigError
+    ) -> None:
+        self.where = where  # the file, or "file: rule 'id' (rule[2])"
+        self.path = path  # this table's dotted key: "", "route[1]", "match"
+        self.error_type = error
         if not isinstance(table, dict):
-            raise ConfigError(f"{file}: {path or 'top level'}: expected a table")
+            raise error(f"{where}: {path + ': ' if path else ''}expected a table")
         self.table: dict[str, Any] = table
-        self.used: set[str] = set()
+        self.read: set[str] = set()
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def fail(self, name: str, expected: str, got: object = None) -> ConfigError:
-        suffix = f", got {got!r}" if got is not None else ""
-        return ConfigError(f"{self.file}: {self.key(name)}: expected {expected}{suffix}")
+    def error(self, name: str, message: str) -> ValueError:
+        return self.error_type(f"{self.where}: {self.key(name)}: {message}")
 
-    def get(self, name: str, convert: Callable[[object], T], default: T, expected: str) -> T:
-        self.used.add(name)
+    def fail(self, name: str, expected: str) -> ValueError:
+        got = f", got {self.table[name]!r}" if name in self.table else ""
+        return self.error(name, f"expected {expected}{got}")
+
+    def has(self, name: str) -> bool:
+        return name in self.table
+
+    @overload
+    def get(self, name: str, convert: Callable[[Any], T]) -> T | None: ...
+
+    @overload
+    def get(
+        self, name: str, convert: Callable[[Any], T], default: D, expected: str = ""
+    ) -> T | D: ...
+
+    def get(
+        self, name: str, convert: Callable[[Any], T], default: object = None, expected: str = ""
+    ) -> object:
+        self.read.add(name)
         if name not in self.table:
             return default
-        raw = self.table[name]
-        try:
-            return convert(raw)
-        except (ValueError, TypeError) as exc:
-            detail = str(exc) if str(exc).startswith(("a ", "an ", "host", "one ")) else expected
-            raise self.fail(name, detail, raw) from None
+        return self._convert(name, convert, expected)
 
-    def require(self, name: str, convert: Callable[[object], T], expected: str) -> T:
+    def require(self, name: str, convert: Callable[[Any], T], expected: str) -> T:
+        self.read.add(name)
         if name not in self.table:
-            raise ConfigError(
-                f"{self.file}: {self.key(name)}: required key is missing ({expected})"
-            )
-        sentinel = object()
-        value = self.get(name, convert, sentinel, expected)
-        assert value is not sentinel
-        return value  # type: ignore[return-value]
+            raise self.error(name, f"required key is missing ({expected})")
+        return self._convert(name, convert, expected)
 
-    def raw(self, name: str, default: object) -> object:
-        """A sub-table or array of tables, read by its own _Section."""
-        self.used.add(name)
+    def _convert(self, name: str, convert: Callable[[Any], T], expected: str) -> T:
+        try:
+            return convert(self.table[name])
+        except NamedValueError as exc:
+            raise self.error(name, str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise self.fail(name, str(exc) or expected or "another value") from None
+
+    def raw(self, name: str, default: object = None) -> object:
+        """A value read as it is: a table or array handed on whole."""
+        self.read.add(name)
         return self.table.get(name, default)
 
-    def finish(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
+    def section(self, name: str) -> Table:
+        """The sub-table [name]; empty when the file has none."""
+        return Table(self.where, self.key(name), self.raw(name, {}), self.error_type)
+
+    def tables(self, name: str, expected: str) -> list[Table]:
+        """The array of tables [[name]]; empty when the file has none."""
+        items = self.raw(name, [])
+        if not isinstance(items, list):
+            raise self.error(name, f"expected {expected}")
+        return [
+            Table(self.where, f"{self.key(name)}[{i}]", item, self.error_type)
+            for i, item in enumerate(items)
+        ]
+
+    def finish(self, known: Iterable[str] | None = None) -> None:
+        """Reject the keys not read (or not in `known`): a typo must not fall back
+        to a default, nor turn a rule into a catch-all."""
+        names = list(known) if known is not None else sorted(self.read)
+        unknown = sorted(set(self.table) - set(names))
         if unknown:
-            known = ", ".join(sorted(self.used))
-            raise ConfigError(
-                f"{self.file}: {self.key(unknown[0])}: unknown key (known keys here: {known})"
-            )
+            raise self.error(unknown[0], f"unknown key (known keys here: {', '.join(names)})")
 
 
 def _str(v: object) -> str:
     if not isinstance(v, str) or not v.strip():
         raise ValueError
     return v
-
-
-def _opt_str(v: object) -> str | None:
-    return _str(v)
 
 
 def _bool(v: object) -> bool:
@@ -261,7 +280,11 @@ def _networks(v: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
 
 
 def _ip(v: object) -> str:
-    return str(ipaddress.ip_address(_str(v)))
+    try:
+        return str(ipaddress.ip_address(_str(v)))
+    except ValueError:
+        # ipaddress's own message names the value but not what was expected.
+        raise ValueError from None
 
 
 def _tls_mode(v: object) -> str:
@@ -280,31 +303,10 @@ def _paths(v: object) -> tuple[Path, ...]:
     return tuple(Path(_str(x)) for x in v)
 
 
-def _opt_route_name(v: object) -> str | None:
-    return _route_name(v)
-
-
-def _opt_path(v: object) -> Path | None:
-    return _path(v)
-
-
-def _opt_hostport(v: object) -> tuple[str, int] | None:
-    return parse_hostport(_str(v), None)
-
-
-def _opt_ip(v: object) -> str | None:
-    return _ip(v)
-
-
 def _duration_range(v: object) -> tuple[float, float]:
-    """'5m..10m' or one duration: (low, high) in seconds."""
-    if isinstance(v, str) and ".." in v:
-        low_s, _, high_s = v.partition("..")
-        low, high = parse_duration(low_s), parse_duration(high_s)
-    else:
-        low = high = parse_duration(v)
-    if high <= 0 or low > high:
-        raise ValueError
+    low, high = parse_duration_range(v)
+    if high <= 0:
+        raise ValueError(EXPECTED_RANGE + ", more than zero")
     return low, high
 
 
@@ -315,8 +317,7 @@ def _route_name(v: object) -> str:
     return s
 
 
-def _read_server(file: str, table: object) -> ServerSettings:
-    s = _Section(file, "server", table)
+def _read_server(s: Table) -> ServerSettings:
     d = ServerSettings()
     out = ServerSettings(
         listen=s.get("listen", _hostport(None), d.listen, "host:port, e.g. '127.0.0.1:10025'"),
@@ -353,22 +354,21 @@ def _read_server(file: str, table: object) -> ServerSettings:
     return out
 
 
-def _read_route(file: str, index: int, table: object) -> RouteSettings:
-    s = _Section(file, f"route[{index}]", table)
+def _read_route(s: Table) -> RouteSettings:
     name = s.require("name", _route_name, "a route name of letters, digits, '.', '_' or '-'")
     d = RouteSettings(name=name, host="")
     out = RouteSettings(
         name=name,
         host=s.require("host", _str, "the smarthost's host name or address"),
         port=s.get("port", _int_range(1, 65535), d.port, "a port from 1 to 65535"),
-        source_address=s.get("source_address", _opt_ip, d.source_address, "an IP address"),
+        source_address=s.get("source_address", _ip, d.source_address, "an IP address"),
         tls=s.get("tls", _tls_mode, d.tls, "one of none, opportunistic, required"),
         tls_verify=s.get("tls_verify", _bool, d.tls_verify, "true or false"),
-        tls_ca_file=s.get("tls_ca_file", _opt_path, d.tls_ca_file, "a file path"),
+        tls_ca_file=s.get("tls_ca_file", _path, d.tls_ca_file, "a file path"),
         max_connections=s.get(
             "max_connections", _int_range(1, 10_000), d.max_connections, "a number from 1"
         ),
-        helo_name=s.get("helo_name", _opt_str, d.helo_name, "a host name"),
+        helo_name=s.get("helo_name", _str, d.helo_name, "a host name"),
         connect_timeout=s.get("connect_timeout", parse_duration, d.connect_timeout, "a duration"),
         command_timeout=s.get("command_timeout", parse_duration, d.command_timeout, "a duration"),
         messages_per_connection=s.get(
@@ -390,13 +390,13 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
-    top = _Section(file, "", data)
-    server = _read_server(file, top.raw("server", {}))
+    top = Table(file, "", data)
+    server = _read_server(top.section("server"))
 
-    raw_routes = top.raw("route", [])
-    if not isinstance(raw_routes, list) or not raw_routes:
-        raise ConfigError(f"{file}: route: expected at least one [[route]] table")
-    routes = tuple(_read_route(file, i, r) for i, r in enumerate(raw_routes))
+    route_tables = top.tables("route", "at least one [[route]] table")
+    if not route_tables:
+        raise top.error("route", "expected at least one [[route]] table")
+    routes = tuple(_read_route(t) for t in route_tables)
     names = [r.name for r in routes]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -404,7 +404,7 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
                 f"{file}: route[{i}].name: expected a unique name, {name!r} is used twice"
             )
 
-    q = _Section(file, "queue", top.raw("queue", {}))
+    q = top.section("queue")
     dq = QueueSettings()
     queue = QueueSettings(
         max_lifetime=q.get("max_lifetime", parse_duration, dq.max_lifetime, "a duration"),
@@ -414,36 +414,34 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
     )
     q.finish()
 
-    p = _Section(file, "policy", top.raw("policy", {}))
+    p = top.section("policy")
     dp = PolicySettings()
     policy = PolicySettings(
-        files=p.get("files", _paths, (), "a list of policy file paths"),
+        files=p.get("files", _paths, dp.files, "a list of policy file paths"),
         second_opinions=p.get(
             "second_opinions", _int_range(0, 5), dp.second_opinions, "a number from 0 to 5"
         ),
         second_opinion_suspend=p.get(
-            "second_opinion_suspend",
-            _duration_range,
-            dp.second_opinion_suspend,
-            "a duration or a range like '5m..10m'",
+            "second_opinion_suspend", _duration_range, dp.second_opinion_suspend, EXPECTED_RANGE
         ),
     )
     p.finish()
 
-    nd = _Section(file, "ndr", top.raw("ndr", {}))
+    nd = top.section("ndr")
     ndr = NdrSettings(
-        route=nd.get("route", _opt_route_name, None, "a route name"),
-        record_file=nd.get("record_file", _opt_path, None, "a file path"),
+        route=nd.get("route", _route_name, None, "a route name"),
+        record_file=nd.get("record_file", _path, None, "a file path"),
     )
     nd.finish()
     if ndr.route is not None and ndr.route not in names:
         raise ConfigError(
             f"{file}: ndr.route: expected one of the routes {names}, got {ndr.route!r}"
         )
-    routes = _ndr_route_carries_reports_only(file, routes, raw_routes, ndr.route)
+    explicit = tuple(t.has("ndr_only") for t in route_tables)
+    routes = _ndr_route_carries_reports_only(file, routes, explicit, ndr.route)
 
-    m = _Section(file, "metrics", top.raw("metrics", {}))
-    metrics = MetricsSettings(listen=m.get("listen", _opt_hostport, None, "host:port"))
+    m = top.section("metrics")
+    metrics = MetricsSettings(listen=m.get("listen", _hostport(None), None, "host:port"))
     m.finish()
     top.finish()
 
@@ -461,16 +459,15 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
 def _ndr_route_carries_reports_only(
     file: str,
     routes: tuple[RouteSettings, ...],
-    raw_routes: list[Any],
+    explicit: tuple[bool, ...],
     ndr_route: str | None,
 ) -> tuple[RouteSettings, ...]:
     """The route named by [ndr] route leads back to the origin MTA: it carries only
-    reports unless its own ndr_only says otherwise, so that no fallback or second
-    opinion ever sends mail back where it came from."""
+    reports unless its own ndr_only says otherwise (`explicit`), so that no fallback
+    or second opinion ever sends mail back where it came from."""
     out = []
-    for route, raw in zip(routes, raw_routes, strict=True):
-        explicit = isinstance(raw, dict) and "ndr_only" in raw
-        if route.name == ndr_route and not explicit:
+    for route, said in zip(routes, explicit, strict=True):
+        if route.name == ndr_route and not said:
             route = replace(route, ndr_only=True)  # noqa: PLW2901
         out.append(route)
     if all(r.ndr_only for r in out):

@@ -13,9 +13,9 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
-from relayguard.config import read_text_file
+from relayguard.config import Table, read_text_file
 from relayguard.policy import values as v
 from relayguard.policy.categories import Category, Scope
 from relayguard.policy.rules import (
@@ -33,9 +33,7 @@ from relayguard.policy.rules import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-
-T = TypeVar("T")
+    from collections.abc import Sequence
 
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parent.parent / "policies" / "default.toml"
 
@@ -74,38 +72,9 @@ CLASSIFY_KEYS = ("id", "description", "match", "category", "scope")
 CLASSIFY_MATCH_KEYS = ("code", "enhanced", "text", "phase", "domain", "route")
 
 
-class _Table:
-    """One TOML table of a rule, remembering which keys were read."""
-
-    def __init__(self, where: str, prefix: str, table: object) -> None:
-        self.where = where  # "file: rule 'id' (rule[2])"
-        self.prefix = prefix  # "" or "match." / "backoff."
-        if not isinstance(table, dict):
-            raise PolicyError(f"{where}: {prefix.rstrip('.') or 'rule'}: expected a table")
-        self.table: dict[str, Any] = table
-        self.used: set[str] = set()
-
-    def error(self, key: str, message: str) -> PolicyError:
-        return PolicyError(f"{self.where}: {self.prefix}{key}: {message}")
-
-    def has(self, key: str) -> bool:
-        return key in self.table
-
-    def get(self, key: str, convert: Callable[[object], T]) -> T | None:
-        self.used.add(key)
-        if key not in self.table:
-            return None
-        try:
-            return convert(self.table[key])
-        except v.NamedValueError as exc:
-            raise self.error(key, str(exc)) from None
-        except (ValueError, TypeError, re.error) as exc:
-            raise self.error(key, f"{exc} (got {self.table[key]!r})") from None
-
-    def finish(self, known: Sequence[str]) -> None:
-        unknown = sorted(set(self.table) - set(known))
-        if unknown:
-            raise self.error(unknown[0], f"unknown key (known keys: {', '.join(known)})")
+def _table(where: str, path: str, table: object) -> Table:
+    """One table of a rule: `where` names the file and the rule, `path` the key."""
+    return Table(where, path, table, PolicyError)
 
 
 # --- one rule ------------------------------------------------------------------
@@ -114,7 +83,7 @@ class _Table:
 def _read_match(
     where: str, table: object, routes: v.RouteNames, known: Sequence[str] = MATCH_KEYS
 ) -> Match:
-    t = _Table(where, "match.", table)
+    t = _table(where, "match", table)
     enhanced = t.get("enhanced", v.list_of(v.enhanced_code)) or ()
     text_re = t.get("text", v.regex)
     match = Match(
@@ -136,7 +105,7 @@ def _read_match(
 
 
 def _read_backoff(where: str, table: object) -> Backoff:
-    t = _Table(where, "backoff.", table)
+    t = _table(where, "backoff", table)
     start = t.get("start", v.duration)
     if start is None:
         raise t.error("start", "required key is missing (a duration like '5m')")
@@ -151,7 +120,7 @@ def _read_backoff(where: str, table: object) -> Backoff:
 
 
 def _read_throttle(where: str, table: object) -> ThrottleSpec:
-    t = _Table(where, "throttle.", table)
+    t = _table(where, "throttle", table)
     max_conn = t.get("max_connections", v.connections)
     if max_conn is None:
         raise t.error("max_connections", "required key is missing (a number from 1)")
@@ -166,7 +135,7 @@ def _read_rule(file: str, index: int, table: object, routes: v.RouteNames) -> Ru
     where = f"{file}: rule[{index}]"
     if isinstance(table, dict) and isinstance(table.get("id"), str):
         where = f"{file}: rule {table['id']!r} (rule[{index}])"
-    t = _Table(where, "", table)
+    t = _table(where, "", table)
     rule_id = t.get("id", v.string)
     if rule_id is None:
         raise t.error("id", "required key is missing (a unique rule name)")
@@ -205,7 +174,7 @@ def _read_rule(file: str, index: int, table: object, routes: v.RouteNames) -> Ru
     return rule
 
 
-def _read_action(t: _Table, treat_as: TreatAs | None) -> RuleAction:
+def _read_action(t: Table, treat_as: TreatAs | None) -> RuleAction:
     action = t.get("action", v.enum_of(RuleAction, "action"))
     if action is None:
         if treat_as is None:
@@ -230,7 +199,7 @@ _NOT_FOR_BOUNCE = (
 )
 
 
-def _check_consistency(t: _Table, rule: Rule) -> None:
+def _check_consistency(t: Table, rule: Rule) -> None:
     """Keys that mean nothing for the chosen action are errors: they would mislead."""
     action = rule.action
     if action is RuleAction.BOUNCE:
@@ -258,7 +227,7 @@ def _read_override(file: str, index: int, table: object, routes: v.RouteNames) -
     where = f"{file}: classify[{index}]"
     if isinstance(table, dict) and isinstance(table.get("id"), str):
         where = f"{file}: classify {table['id']!r} (classify[{index}])"
-    t = _Table(where, "", table)
+    t = _table(where, "", table)
     override_id = t.get("id", v.string)
     if override_id is None:
         raise t.error("id", "required key is missing (a unique name)")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from relayguard.config import format_duration
+from relayguard.durations import format_duration, format_duration_range
 from relayguard.model import Phase
 from relayguard.policy.categories import Category, Classification, Scope
 
@@ -45,19 +44,9 @@ class SuspendScope(StrEnum):
     ROUTE = "route"  # suspend the route for every destination ('*')
 
 
-def human_duration(seconds: float) -> str:
-    """Like format_duration, but for drawn (non-round) values: '7m32s'."""
-    if not math.isfinite(seconds):
-        return str(seconds)
-    s = round(seconds)
-    if s < 60 or (s == seconds and s % 60 == 0):
-        return format_duration(float(s))
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size:
-            parts.append(f"{s // size}{unit}")
-            s %= size
-    return "".join(parts)
+# The one formatter shows round and drawn values alike ('5m', '7m32s'); the engine
+# and the policy commands know it by this name.
+human_duration = format_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +61,7 @@ class DurationRange:
         return rng.uniform(self.low, self.high)
 
     def __str__(self) -> str:
-        if self.low == self.high:
-            return format_duration(self.low)
-        return f"{format_duration(self.low)}..{format_duration(self.high)}"
+        return format_duration_range(self.low, self.high)
 
 
 @dataclass(frozen=True, slots=True)

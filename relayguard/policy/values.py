@@ -1,5 +1,6 @@
 """Converters for policy file values: each returns the value or raises ValueError
-(or TypeError) with what was expected, and the loader adds file, rule and key."""
+(or TypeError) saying what was expected ("a reply code like 554"), or a
+NamedValueError that names the value; the table reader adds file, rule and key."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import re
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from relayguard.config import parse_duration
+from relayguard.config import NamedValueError
+from relayguard.durations import EXPECTED_RANGE, parse_duration, parse_duration_range
 from relayguard.model import Phase
 from relayguard.policy.rules import DurationRange
 
@@ -18,10 +20,6 @@ T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
 
 
-class NamedValueError(ValueError):
-    """A ValueError whose message already names the bad value."""
-
-
 _CODE = re.compile(r"[1-5x][0-9x][0-9x]")
 _ENHANCED_PART = re.compile(r"[0-9*?\[\]!-]+")
 _DOMAIN = re.compile(r"[a-z0-9*?.\[\]!_-]+")
@@ -29,7 +27,7 @@ _DOMAIN = re.compile(r"[a-z0-9*?.\[\]!_-]+")
 
 def string(v: object) -> str:
     if not isinstance(v, str) or not v.strip():
-        raise ValueError("expected a non-empty string")
+        raise ValueError("a non-empty string")
     return v
 
 
@@ -39,7 +37,7 @@ def any_value(v: object) -> object:
 
 def boolean(v: object) -> bool:
     if not isinstance(v, bool):
-        raise TypeError("expected true or false")
+        raise TypeError("true or false")
     return v
 
 
@@ -49,41 +47,32 @@ def list_of(convert: Callable[[object], T]) -> Callable[[object], tuple[T, ...]]
     def conv(v: object) -> tuple[T, ...]:
         items = v if isinstance(v, list) else [v]
         if not items:
-            raise ValueError("expected a value or a non-empty list")
+            raise ValueError("a value or a non-empty list")
         return tuple(convert(i) for i in items)
 
     return conv
 
 
 def duration(v: object) -> float:
-    try:
-        value = parse_duration(v)
-    except ValueError as exc:
-        raise ValueError(f"bad duration: expected {exc}") from None
+    # A zero delay or lifetime in a rule is a retry storm or an instant bounce.
+    value = parse_duration(v)
     if value <= 0:
-        raise ValueError("bad duration: expected more than zero")
+        raise ValueError("a duration more than zero")
     return value
 
 
 def duration_range(v: object) -> DurationRange:
     """'5m..10m', '5m' or a number of seconds."""
-    if isinstance(v, str) and ".." in v:
-        low_s, _, high_s = v.partition("..")
-        try:
-            low, high = parse_duration(low_s), parse_duration(high_s)
-        except ValueError as exc:
-            raise ValueError(f"bad duration range: expected like '5m..10m', {exc}") from None
-        if high <= 0 or low > high:
-            raise ValueError("bad duration range: expected low..high with low <= high, high > 0")
-        return DurationRange(low, high)
-    value = duration(v)
-    return DurationRange(value, value)
+    low, high = parse_duration_range(v)
+    if high <= 0:
+        raise ValueError(EXPECTED_RANGE + ", more than zero")
+    return DurationRange(low, high)
 
 
 def reply_code(v: object) -> str:
     s = str(v).lower() if isinstance(v, int | str) and not isinstance(v, bool) else ""
     if not _CODE.fullmatch(s):
-        raise ValueError("expected a reply code like 554, '5xx' or '45x'")
+        raise ValueError("a reply code like 554, '5xx' or '45x'")
     return s
 
 
@@ -91,9 +80,9 @@ def enhanced_code(v: object) -> str:
     s = string(v).strip()
     parts = s.split(".")
     if len(parts) != 3 or not all(_ENHANCED_PART.fullmatch(p) for p in parts):
-        raise ValueError("expected an enhanced status code like '5.7.1' or '5.7.*'")
+        raise ValueError("an enhanced status code like '5.7.1' or '5.7.*'")
     if parts[0][0] not in "245*?[":
-        raise ValueError("expected an enhanced status code of class 2, 4 or 5")
+        raise ValueError("an enhanced status code of class 2, 4 or 5")
     return s
 
 
@@ -102,7 +91,7 @@ def regex(v: object) -> re.Pattern[str]:
     try:
         return re.compile(s, re.IGNORECASE)
     except re.error as exc:
-        raise ValueError(f"bad regex: {exc}") from None
+        raise NamedValueError(f"bad regex {s!r}: {exc}") from None
 
 
 def phase(v: object) -> Phase:
@@ -116,7 +105,7 @@ def phase(v: object) -> Phase:
 def domain(v: object) -> str:
     s = string(v).strip().lower().rstrip(".")
     if not _DOMAIN.fullmatch(s):
-        raise ValueError("expected a domain or glob like 'example.com' or '*.outlook.com'")
+        raise ValueError("a domain or glob like 'example.com' or '*.outlook.com'")
     return s
 
 
@@ -144,13 +133,13 @@ class RouteNames:
 
 def factor(v: object) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not 1 <= v <= 100:
-        raise ValueError("expected a number from 1 to 100")
+        raise ValueError("a number from 1 to 100")
     return float(v)
 
 
 def connections(v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10_000:
-        raise ValueError("expected a number from 1 to 10000")
+        raise ValueError("a number from 1 to 10000")
     return v
 
 
@@ -159,7 +148,7 @@ def reroute(routes: RouteNames) -> Callable[[object], tuple[str, ...]]:
         if v == "next":
             return ("next",)
         if not isinstance(v, list):
-            raise TypeError('expected "next" or a list of route names')
+            raise TypeError('"next" or a list of route names')
         return list_of(routes.check)(v)
 
     return conv

@@ -16,20 +16,19 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from relayguard.config import (
-    ConfigError,
-    Settings,
+from relayguard.config import ConfigError, Settings, Table, load_settings_text, read_text_file
+from relayguard.durations import (
+    EXPECTED,
+    EXPECTED_RANGE,
     format_duration,
-    load_settings_text,
     parse_duration,
+    parse_duration_range,
 )
 from relayguard.model import Phase
 from relayguard.policy.rules import DurationRange
@@ -47,24 +46,7 @@ PHASES = {
 }
 ARRIVAL_MODES = ("input", "spread", "random", "burst")
 DEFAULT_START = 1_700_000_000.0  # 2023-11-14T22:13:20Z, when the input has no times
-TOP_KEYS = ("scenario", "arrivals", "upstream", "window", "route", "queue", "ndr", "server")
-WINDOW_KEYS = (
-    "name",
-    "from",
-    "until",
-    "route",
-    "source",
-    "domain",
-    "not_domain",
-    "probability",
-    "reply",
-    "phase",
-    "latency",
-)
-
-
-T = TypeVar("T")
-D = TypeVar("D")
+CONFIG_TABLES = ("route", "queue", "ndr", "server")  # handed to the config loader as they are
 
 
 class ScenarioError(ValueError):
@@ -183,64 +165,17 @@ class Scenario:
 
 def load_scenario(path: str | Path) -> Scenario:
     p = Path(path)
+    text = read_text_file(p, ScenarioError)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScenarioError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{p}: expected UTF-8 text") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: not valid TOML: {exc}") from None
     return parse_scenario(data, str(p))
 
 
-class _Table:
-    def __init__(self, file: str, path: str, table: object) -> None:
-        if not isinstance(table, dict):
-            raise ScenarioError(f"{file}: {path}: expected a table")
-        self.file, self.path, self.table = file, path, table
-
-    def fail(self, key: str, expected: str) -> ScenarioError:
-        got = f", got {self.table[key]!r}" if key in self.table else ""
-        return ScenarioError(f"{self.file}: {self.path}{key}: expected {expected}{got}")
-
-    def get(self, key: str, convert: Callable[[Any], T], default: D, expected: str) -> T | D:
-        if key not in self.table:
-            return default
-        try:
-            return convert(self.table[key])
-        except (ValueError, TypeError):
-            raise self.fail(key, expected) from None
-
-    def finish(self, known: tuple[str, ...]) -> None:
-        unknown = sorted(set(self.table) - set(known))
-        if unknown:
-            raise ScenarioError(
-                f"{self.file}: {self.path}{unknown[0]}: unknown key "
-                f"(known keys: {', '.join(known)})"
-            )
-
-
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-
-
-def duration(v: object) -> float:
-    """'90s', '5m', '4h', '2d', '1h30m' or seconds; zero allowed (a window may start at 0)."""
-    if isinstance(v, str) and re.fullmatch(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+", v.strip()):
-        return sum(parse_duration(n + u) for n, u in _PART.findall(v.strip()))
-    return parse_duration(v)
-
-
-def duration_range(v: object) -> DurationRange:
-    """'200ms..1.5s' (drawn uniformly) or one duration."""
-    if isinstance(v, str) and ".." in v:
-        low_s, _, high_s = v.partition("..")
-        low, high = duration(low_s), duration(high_s)
-        if low > high:
-            raise ValueError
-        return DurationRange(low, high)
-    value = duration(v)
-    return DurationRange(value, value)
+def _range(v: object) -> DurationRange:
+    """'200ms..1.5s' (drawn uniformly) or one duration; zero allowed."""
+    return DurationRange(*parse_duration_range(v))
 
 
 def _strings(v: object) -> tuple[str, ...]:
@@ -270,15 +205,12 @@ def _start(v: object) -> float:
     raise ValueError
 
 
-def _reply(t: _Table) -> ReplySpec:
-    raw = t.get(
+def _reply(t: Table) -> ReplySpec:
+    raw = t.require(
         "reply",
         _text,
-        None,
         "a reply like '451 4.7.500 Server busy' or one of " + ", ".join(NETWORK_KINDS),
     )
-    if raw is None:
-        raise ScenarioError(f"{t.file}: {t.path}reply: required key is missing")
     phase_name = t.get("phase", str, None, "one of " + ", ".join(PHASES))
     if phase_name is not None and phase_name not in PHASES:
         raise t.fail("phase", "one of " + ", ".join(PHASES))
@@ -301,13 +233,13 @@ def _reply(t: _Table) -> ReplySpec:
     return ReplySpec("reply", phase, int(code_s), text.strip())
 
 
-def _window(file: str, index: int, table: object, total: float) -> Window:
-    t = _Table(file, f"window[{index}].", table)
-    start = t.get("from", duration, 0.0, "a duration from the start like '6h'")
-    end = t.get("until", duration, total, "a duration from the start like '30h'")
+def _window(t: Table, index: int, total: float) -> Window:
+    # Offsets from the start of the replay: zero is allowed, a window may open at once.
+    start = t.get("from", parse_duration, 0.0, EXPECTED)
+    end = t.get("until", parse_duration, total, EXPECTED)
     if end <= start:
         raise t.fail("until", "a time after 'from'")
-    latency = t.get("latency", duration_range, None, "a duration or range like '50ms..2s'")
+    latency = t.get("latency", _range, None, EXPECTED_RANGE)
     w = Window(
         index=index,
         name=t.get("name", _text, f"window[{index}]", "a short name"),
@@ -323,55 +255,45 @@ def _window(file: str, index: int, table: object, total: float) -> Window:
         ),
         latency=latency,
     )
-    t.finish(WINDOW_KEYS)
+    t.finish()
     return w
 
 
 def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
-    top = _Table(file, "", data)
-    top.finish(TOP_KEYS)
-    s = _Table(file, "scenario.", data.get("scenario", {}))
-    total = s.get("duration", duration, None, "a duration like '48h'")
-    if total is None or total <= 0:
-        raise ScenarioError(
-            f"{file}: scenario.duration: required key is missing or zero (a duration like '48h')"
-        )
+    top = Table(file, "", data, ScenarioError)
+    s = top.section("scenario")
+    total = s.require("duration", parse_duration, "a duration like '48h'")
+    if total <= 0:
+        raise s.fail("duration", "a duration more than zero")
     name = s.get("name", _text, Path(file).stem, "a name")
     description = s.get("description", _text, "", "a sentence")
     start = s.get("start", _start, None, "a date-time like 2024-01-15T08:00:00Z")
-    s.finish(("name", "description", "duration", "start"))
+    s.finish()
 
-    a = _Table(file, "arrivals.", data.get("arrivals", {}))
+    a = top.section("arrivals")
     mode = a.get("mode", str, "input", "one of " + ", ".join(ARRIVAL_MODES))
     if mode not in ARRIVAL_MODES:
         raise a.fail("mode", "one of " + ", ".join(ARRIVAL_MODES))
     arrivals = Arrivals(
         mode,
-        a.get("over", duration, 0.0, "a duration like '6h'"),
-        a.get("at", duration, 0.0, "a duration like '1h'"),
+        a.get("over", parse_duration, 0.0, EXPECTED),
+        a.get("at", parse_duration, 0.0, EXPECTED),
     )
-    a.finish(("mode", "over", "at"))
+    a.finish()
 
-    u = _Table(file, "upstream.", data.get("upstream", {}))
-    latency = u.get(
-        "latency",
-        duration_range,
-        DurationRange(0.2, 0.8),
-        "a duration or range like '200ms..800ms'",
-    )
+    u = top.section("upstream")
+    latency = u.get("latency", _range, DurationRange(0.2, 0.8), EXPECTED_RANGE)
     accept = u.get("accept", _text, "250 2.0.0 Ok: queued", "a 2xx reply")
     if not accept[:1] == "2":
         raise u.fail("accept", "a 2xx reply")
     peer_dsn = u.get("dsn", _bool, True, "true or false")
-    u.finish(("latency", "accept", "dsn"))
+    u.finish()
 
-    raw_windows = data.get("window", [])
-    if not isinstance(raw_windows, list):
-        raise ScenarioError(f"{file}: window: expected an array of tables [[window]]")
-    windows = tuple(_window(file, i, w, total) for i, w in enumerate(raw_windows))
-    config_tables: dict[str, Any] = {
-        k: data[k] for k in ("route", "queue", "ndr", "server") if k in data
-    }
+    window_tables = top.tables("window", "an array of tables [[window]]")
+    windows = tuple(_window(t, i, total) for i, t in enumerate(window_tables))
+    # Read even when absent, so that an unknown key's message lists them as known.
+    config_raw = {k: top.raw(k) for k in CONFIG_TABLES}
+    top.finish()
     return Scenario(
         name=name,
         file=file,
@@ -383,7 +305,7 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
         latency=latency,
         accept=accept,
         peer_dsn=peer_dsn,
-        config_tables=config_tables,
+        config_tables={k: v for k, v in config_raw.items() if v is not None},
     )
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 from pathlib import Path
 
 import pytest
 
+from relayguard import durations
 from relayguard.config import (
     ConfigError,
+    NamedValueError,
     QueueSettings,
     ServerSettings,
+    Table,
     format_duration,
     load_settings,
     load_settings_text,
@@ -500,86 +502,117 @@ def test_default_file_name_in_messages():
     assert str(info.value).startswith("<config>: x: unknown key")
 
 
-# -- tables ----------------------------------------------------------------------
+# -- durations: the grammar itself is tested in test_durations.py -------------------
+
+
+def test_compound_durations_and_ranges_in_config():
+    s = load_settings_text(
+        '[server]\nidle_timeout = "1h30m"\ndata_timeout = "2m30s"\n'
+        '[queue]\nmax_lifetime = "2d12h"\nbackoff_start = "250ms"\n'
+        '[policy]\nsecond_opinion_suspend = "1m30s..2h"\n' + ROUTE,
+        FILE,
+    )
+    assert (s.server.idle_timeout, s.server.data_timeout) == (5400.0, 150.0)
+    assert (s.queue.max_lifetime, s.queue.backoff_start) == (216000.0, 0.25)
+    assert s.policy.second_opinion_suspend == (90.0, 7200.0)
+
+
+@pytest.mark.parametrize("value", ['"30m1h"', '"5m5m"', '"1h30"', '"1h 30 parsecs"'])
+def test_compound_duration_mistakes_in_config(value):
+    message = error(f"[server]\nidle_timeout = {value}\n" + ROUTE)
+    assert f"{FILE}: server.idle_timeout: expected a duration like '90s', '5m', '1h30m'" in message
+    assert f"got {value.replace(chr(34), chr(39))}" in message
+
+
+def test_duration_range_must_be_more_than_zero():
+    message = error('[policy]\nsecond_opinion_suspend = "0s"\n' + ROUTE)
+    assert message == (
+        f"{FILE}: policy.second_opinion_suspend: expected a duration or a range like "
+        "'5m..10m', more than zero, got '0s'"
+    )
+
+
+def test_config_reexports_the_one_duration_grammar():
+    # The engine and the corpus import these from config: the same functions.
+    assert parse_duration is durations.parse_duration
+    assert format_duration is durations.format_duration
+
+
+# -- the table reader (shared by config, policy and scenario files) -------------------
+
+
+def test_table_remembers_keys_read_and_rejects_the_rest():
+    t = Table("f.toml", "server", {"listen": "a:1", "lisen": "b:2"})
+    assert t.get("listen", str, "x", "host:port") == "a:1"
+    assert t.get("hostname", str, "dflt", "a host name") == "dflt"
+    with pytest.raises(ConfigError) as info:
+        t.finish()
+    assert str(info.value) == (
+        "f.toml: server.lisen: unknown key (known keys here: hostname, listen)"
+    )
+
+
+def test_table_finish_with_declared_keys():
+    t = Table("f.toml: rule 'x' (rule[0])", "match", {"code": 5, "category": "x"}, ValueError)
+    with pytest.raises(ValueError, match=r"^f.toml: rule 'x' \(rule\[0\]\): match.category: "):
+        t.finish(("code", "text"))
+
+
+def test_table_error_wording():
+    def phrase(v: object) -> int:
+        raise ValueError("a number from 1")
+
+    def bare(v: object) -> int:
+        raise TypeError
+
+    def named(v: object) -> int:
+        raise NamedValueError(f"unknown thing {v!r}")
+
+    t = Table("f.toml", "route[1]", {"a": 0, "b": "x", "c": "y"})
+    with pytest.raises(ConfigError) as info:
+        t.get("a", phrase, 1, "a count")
+    assert str(info.value) == "f.toml: route[1].a: expected a number from 1, got 0"
+    with pytest.raises(ConfigError) as info:
+        t.get("b", bare, 1, "a count")
+    assert str(info.value) == "f.toml: route[1].b: expected a count, got 'x'"
+    with pytest.raises(ConfigError) as info:
+        t.get("c", named)
+    assert str(info.value) == "f.toml: route[1].c: unknown thing 'y'"
+    with pytest.raises(ConfigError) as info:
+        t.require("d", int, "a count")
+    assert str(info.value) == "f.toml: route[1].d: required key is missing (a count)"
+
+
+def test_table_typed_getter_without_default_gives_none():
+    t = Table("f.toml", "", {})
+    assert t.get("missing", str) is None
+    assert t.section("server").path == "server"
+    assert t.tables("route", "[[route]] tables") == []
+    t.finish()
 
 
 @pytest.mark.parametrize(
-    ("value", "seconds"),
+    ("path", "value", "message"),
     [
-        ("90s", 90.0),
-        ("5m", 300.0),
-        ("4h", 14400.0),
-        ("5d", 432000.0),
-        ("2w", 1209600.0),
-        ("250ms", 0.25),
-        ("1.5h", 5400.0),
-        ("0", 0.0),
-        ("42", 42.0),
-        (" 5 m ", 300.0),
-        (7, 7.0),
-        (2.5, 2.5),
-        (0, 0.0),
+        ("", 3, "f.toml: expected a table"),
+        ("route[0]", [1], "f.toml: route[0]: expected a table"),
     ],
 )
-def test_parse_duration_good(value, seconds):
-    result = parse_duration(value)
-    assert result == pytest.approx(seconds)
-    assert isinstance(result, float)
+def test_table_must_be_a_table(path, value, message):
+    with pytest.raises(ConfigError) as info:
+        Table("f.toml", path, value)
+    assert str(info.value) == message
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        "5 parsecs",
-        "",
-        "m",
-        "5x",
-        "-5m",
-        "5M",
-        "1e3s",
-        "5m30s",
-        True,
-        False,
-        -1,
-        -0.5,
-        None,
-        [5],
-        "five",
-    ],
-)
-def test_parse_duration_bad(value):
-    with pytest.raises((ValueError, TypeError), match=r"^a duration"):
-        parse_duration(value)
+def test_table_array_of_tables():
+    t = Table("f.toml", "", {"route": [{"name": "a"}, 5], "window": {"x": 1}})
+    with pytest.raises(ConfigError, match=r"^f.toml: route\[1\]: expected a table$"):
+        t.tables("route", "an array of tables [[route]]")
+    with pytest.raises(ConfigError, match=r"^f.toml: window: expected an array of tables"):
+        t.tables("window", "an array of tables [[window]]")
 
 
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [
-        (0, "0s"),
-        (0.5, "0.5s"),
-        (45, "45s"),
-        (60, "1m"),
-        (90, "90s"),
-        (300, "5m"),
-        (3600, "1h"),
-        (5400, "90m"),
-        (4000, "4000s"),
-        (86400, "1d"),
-        (432000, "5d"),
-        (90000, "25h"),
-        (604800, "7d"),
-    ],
-)
-def test_format_duration(seconds, text):
-    assert format_duration(seconds) == text
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("seconds", [1_000_001.0, 1_234_567.0])
-def test_format_duration_round_trips_large_odd_values(seconds):
-    # ':g' keeps 6 significant digits: 1000001 → '1e+06s', which is neither exact nor parseable.
-    text = format_duration(seconds)
-    assert parse_duration(text) == seconds, text
+# -- host:port ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -622,9 +655,3 @@ def test_parse_hostport_rejects_junk_after_bracket():
     # '[::1]x25' is neither '[::1]' nor '[::1]:25'; the junk must not be dropped silently.
     with pytest.raises(ValueError):
         parse_hostport("[::1]x25", 25)
-
-
-def test_duration_strings_never_spell_infinity():
-    with pytest.raises(ValueError):
-        parse_duration("inf")
-    assert math.isfinite(parse_duration("999999w"))

@@ -119,9 +119,26 @@ def test_files_load_in_order(tmp_path):
             "match.route",
             "unknown route 'nope'",
         ),
-        ('action = "defer"\nretry_after = "5 parsecs"', "retry_after", "bad duration"),
-        ('action = "defer"\nretry_after = "10m..5m"', "retry_after", "bad duration range"),
-        ('action = "defer"\ngive_up_after = "-3h"', "give_up_after", "bad duration"),
+        (
+            'action = "defer"\nretry_after = "5 parsecs"',
+            "retry_after",
+            "expected a duration or a range like '5m..10m', got '5 parsecs'",
+        ),
+        (
+            'action = "defer"\nretry_after = "10m..5m"',
+            "retry_after",
+            "expected a duration or a range like '5m..10m', low end first, got '10m..5m'",
+        ),
+        (
+            'action = "defer"\ngive_up_after = "-3h"',
+            "give_up_after",
+            "expected a duration like '90s', '5m', '1h30m', '2d', got '-3h'",
+        ),
+        (
+            'action = "defer"\ngive_up_after = "30m1h"',
+            "give_up_after",
+            "largest unit first, each unit once, got '30m1h'",
+        ),
         ('action = "suspend"\nsuspend_for = "0s"', "suspend_for", "more than zero"),
         ('action = "defer"\nbackoff = { start = "5m", factor = 2 }', "backoff.cap", "required"),
         ('action = "defer"\nbackoff = { start = "1h", cap = "5m" }', "backoff.cap", "not below"),
@@ -336,3 +353,57 @@ def test_override_and_rule_ids_are_unique_across_files(tmp_path):
         PolicyError, match=r"b.toml: classify 'same' \(classify\[0\]\): id: duplicate id"
     ):
         load_policy([a, b], ROUTES)
+
+
+# --- durations and the table reader shared with config and scenario files --------------
+
+
+def test_compound_durations_in_rules(tmp_path):
+    text = rule(
+        'action = "suspend"\nsuspend_for = "1h30m..2h"\ngive_up_after = "2d12h"\n'
+        'backoff = { start = "1m30s", cap = "1h30m" }'
+    )
+    (r,) = [x for x in load_policy([write(tmp_path, text)], ROUTES).rules if x.id == "rbl-block"]
+    assert (r.suspend_for.low, r.suspend_for.high) == (5400, 7200)
+    assert r.give_up_after == 216000
+    assert (r.backoff.start, r.backoff.cap) == (90, 5400)
+    assert str(r.suspend_for) == "1h30m..2h"
+    assert str(r.backoff) == "backoff from 1m30s, x2, capped at 1h30m"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            'action = "defer"\nretry_afer = "5m"',
+            "retry_afer: unknown key (known keys here: id, description, match, action,",
+        ),
+        (
+            'action = "bounce"\nmatch = { text = "(unclosed" }',
+            "match.text: bad regex '(unclosed': missing ), unterminated subpattern at position 0",
+        ),
+        ('action = "defer"\nmatch = "5xx"', "match: expected a table"),
+        (
+            'action = "defer"\nmatch = { code = "6xx" }',
+            "match.code: expected a reply code like 554, '5xx' or '45x', got '6xx'",
+        ),
+        (
+            'action = "suspend"\nsuspend_for = "0s"',
+            "suspend_for: expected a duration or a range like '5m..10m', more than zero, got '0s'",
+        ),
+        (
+            'action = "defer"\nbackoff = { start = "5m" }',
+            "backoff.cap: required key is missing (a duration like '1h')",
+        ),
+    ],
+)
+def test_exact_messages(tmp_path, body, message):
+    path = write(tmp_path, rule(body))
+    with pytest.raises(PolicyError) as info:
+        load_policy([path], ROUTES)
+    assert str(info.value).startswith(f"{path}: rule 'rbl-block' (rule[1]): {message}")
+
+
+def test_a_rule_that_is_not_a_table(tmp_path):
+    message = load_error(tmp_path, "rule = [1]\n")
+    assert message.endswith(": rule[0]: expected a table"), message

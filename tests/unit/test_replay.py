@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import subprocess
 import sys
 import tomllib
@@ -22,7 +23,12 @@ from relayguard.replay import runner
 from relayguard.replay.driver import replay
 from relayguard.replay.inputs import read_input
 from relayguard.replay.sample import generate_mbox
-from relayguard.replay.scenario import ScenarioError, load_scenario, parse_scenario
+from relayguard.replay.scenario import (
+    ScenarioError,
+    describe_window,
+    load_scenario,
+    parse_scenario,
+)
 from relayguard.replay.upstream import SimulatedUpstream
 from relayguard.smtp.delivery import Transaction
 
@@ -135,6 +141,92 @@ def test_scenario_errors_name_the_file_and_key():
     scenario = _scenario('[[window]]\nroute = "C"\nreply = "451 busy"\n')
     with pytest.raises(ScenarioError, match=r"window\[0\].route: expected one of the routes"):
         scenario.check_routes(("A", "B"))
+
+
+def test_scenario_durations_use_the_one_grammar():
+    scenario = _scenario(
+        '[[window]]\nfrom = "1h30m"\nuntil = "2d12h"\nlatency = "250ms..1m30s"\n'
+        'reply = "451 busy"\n',
+        '[arrivals]\nmode = "spread"\nover = "5m30s"\n',
+    )
+    (w,) = scenario.windows
+    assert (w.start, w.end) == (5400.0, 216000.0)
+    assert (w.latency.low, w.latency.high) == (0.25, 90.0)
+    assert scenario.arrivals.over == 330.0
+    assert describe_window(w) == "1h30m-2d12h every route: 451 busy (rcpt)"
+
+
+@pytest.mark.parametrize(
+    ("windows", "extra", "message"),
+    [
+        (
+            '[[window]]\nfrom = "6 hours"\nreply = "451 busy"\n',
+            "",
+            (
+                "t.toml: window[0].from: expected a duration like '90s', '5m', '1h30m', '2d', "
+                "got '6 hours'"
+            ),
+        ),
+        (
+            '[[window]]\nlatency = "2s..1s"\nreply = "451 busy"\n',
+            "",
+            (
+                "t.toml: window[0].latency: expected a duration or a range like '5m..10m', "
+                "low end first, got '2s..1s'"
+            ),
+        ),
+        (
+            '[[window]]\nphase = "rcpt"\n',
+            "",
+            (
+                "t.toml: window[0].reply: required key is missing (a reply like "
+                "'451 4.7.500 Server busy' or one of refused, timeout, drop)"
+            ),
+        ),
+        (
+            "",
+            '[arrivals]\nmode = "spread"\nspan = "1h"\n',
+            "t.toml: arrivals.span: unknown key (known keys here: at, mode, over)",
+        ),
+    ],
+)
+def test_scenario_exact_messages(windows, extra, message):
+    with pytest.raises(ScenarioError) as info:
+        _scenario(windows, extra)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("top", "message"),
+    [
+        ("window = [3]\n", "t.toml: window[0]: expected a table"),
+        ('window = "x"\n', "t.toml: window: expected an array of tables [[window]]"),
+        ("arrivals = 5\n", "t.toml: arrivals: expected a table"),
+        (
+            "[colours]\nx = 1\n",
+            (
+                "t.toml: colours: unknown key (known keys here: arrivals, ndr, queue, route, "
+                "scenario, server, upstream, window)"
+            ),
+        ),
+    ],
+)
+def test_scenario_top_level_messages(top, message):
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(tomllib.loads(top + '[scenario]\nduration = "1h"\n'), "t.toml")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[scenario]\nname = "x"\n', "t.toml: scenario.duration: required key is missing"),
+        ('[scenario]\nduration = "0s"\n', "t.toml: scenario.duration: expected a duration more"),
+    ],
+)
+def test_scenario_duration_is_required_and_more_than_zero(text, message):
+    with pytest.raises(ScenarioError, match=re.escape(message)):
+        parse_scenario(tomllib.loads(text), "t.toml")
 
 
 async def test_virtual_clock_advance_to_next_runs_ready_work_then_jumps():
