@@ -45,7 +45,8 @@ _BOILERPLATE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE))
 
 def normalise(text: str) -> str:
     """The text the signals read: lower case, single spaces, addresses as words."""
-    t = text.lower().replace("e-mail", "email")
+    # "BAD_RECIPIENT", "cuda_nsu": words joined by underscores read as words.
+    t = text.lower().replace("e-mail", "email").replace("_", " ")
     if "@" in t:
         t = _EMAIL.sub(" emailaddr ", t)
     t = _IPV4.sub(" ipaddr ", t)

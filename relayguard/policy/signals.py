@@ -143,7 +143,7 @@ SIGNALS: tuple[TextSignal, ...] = (
     _s("google.quota", FULL, RCPT, r"\boverquota(?:temp|perm)\b"),
     # Exchange's recipient restrictions (RESOLVER.RST.AuthRequired, .NotAuthorized,
     # .RestrictedToRecipientsPermission): the group or mailbox takes mail from some only.
-    _s("exchange.restricted", POLICY, RCPT, r"\bresolver\.rst\.(?!recipsizelimit)"),
+    _s("exchange.restricted", POLICY, RCPT, r"\bresolver\.rst\.(?!\w*sizelimit)"),
     _s("exchange.no-user", NO_USER, RCPT, r"\bresolver\.adr\.(?:recipnotfound|recipientnotfound)"),
     # Proofpoint's IP check link; Cisco's SenderBase; Trend Micro's reputation service.
     _s("proofpoint.ipcheck", RBL, EGRESS, r"\bipcheck\.proofpoint\b", r"\bproofpoint\.com/\?ip"),
@@ -176,7 +176,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\bbad sequence",
         r"\bsyntax error",
         r"\bpipelin",
-        r"\btoo many (?:unrecognized|invalid|bad|unknown|unauthenticated|failed) commands",
+        r"\btoo many (?:unrecognized|invalid|bad|unknown|unauthenticated|failed) commands?\b",
         r"\bno identity changes",
         r"\bline (?:length )?limit",
         r"\bbare (?:lf|line-?feed|line feed|cr|newline|carriage)",
@@ -223,6 +223,16 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\b(?:virus|content|spam|malware) (?:scanner|scanning|filter|check)\w*\b[^.;]{0,30}?"
         r"\b(?:unavailable|failed|failure|error|timeout|temporar)",
         r"\bunresolvable rfc\.?5321",
+        r"\bcould be reached\b",
+    ),
+    # The receiver's own storage, not the recipient's mailbox.
+    _s(
+        "system-full",
+        TEMP,
+        DEST,
+        r"\bsystem storage",
+        r"\bsystem (?:is |disk is )?full",
+        r"\binsufficient (?:system|server) (?:storage|resources|space)",
     ),
     # Sending quotas: before "quota" (a full mailbox).
     _s(
@@ -257,6 +267,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\b(?:not enough|no) (?:space|storage|room) (?:left )?(?:in|for) (?:the |this )?"
         r"(?:mailbox|user|recipient|account)",
         r"\bfull (?:mailbox|inbox)",
+        r"\b(?:not|doesn'?t|does not|do not) have enough (?:space|storage|room)",
         r"\b(?:user|recipient|account)(?:'s)? (?:mailbox |inbox )?is full",
         r"\bpostfach (?:ist )?voll",
         r"\bbo[iî]te (?:aux lettres )?(?:est )?pleine",
@@ -301,7 +312,15 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\bvba macro",
         r"\bspam\w* score",
         r"\bscore exceeds",
+        r"\banti-?spam (?:checks?|filters?|tests?|scans?|rules?)\b",
+        r"\bspam (?:patterns?|contents?|signatures?)\b",
+        r"\b(?:dspam|spamprofiler|mailmarshal|spamdefang|spamexperts)\b",
+        r"\bcontent reject",
+        r"\binappropriate (?:words|content|language)",
     ),
+    # NetEase (163.com, 126.com): DT:SPM is its spam verdict; MI:STC, MI:SFQ sending limits.
+    _s("netease.spam", SPAM, MSG, r"\bdt:spm\b"),
+    _s("netease.limit", THROTTLE, EGRESS, r"\bmi:(?:stc|sfq|dmf)\b"),
     # Sender authentication (RFC 7372): the message's sender domain does not pass.
     _s(
         "sender-authentication",
@@ -727,6 +746,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"allowed)|fully[- ]qualified|fqdn|syntax|malformed|bad|required|must|forged|resolve|"
         r"unknown|mismatch|match|need|hostname|host name|domain)",
         r"\bbad helo",
+        r"\b(?:real|valid|proper|fully.qualified) (?:host ?name|domain)\b[^.;]{0,30}?\b(?:helo|ehlo)",
         r"\b(?:invalid|bad|malformed|syntactically invalid|illegal) (?:helo|ehlo)",
     ),
     _s(
@@ -746,6 +766,7 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"allowed|rfc)|duplicate|rejected|syntax|are not)",
         r"\bmalformed",
         r"\bonly one\b[^.;]{0,20}?\bheader",
+        r"\bno [\w-]+ (?:field|header)\b",
         r"\bnon-?compliant",
         r"\bnot compliant",
         r"\binvalid (?:from|date|header|mime|message|character|encoding)",
@@ -807,7 +828,11 @@ SIGNALS: tuple[TextSignal, ...] = (
         NO_USER,
         RCPT,
         r"\bno such (?:user|mailbox|recipient|address|account|person|local user|email|alias|"
-        r"local part|name|box)",
+        r"local part|name|box|domain)",
+        r"\b(?:deactivated|disabled|inactive|closed|suspended|locked|blocked|deleted) "
+        r"(?:mail ?box|account|address|user|recipient)",
+        r"\bno (?:mail ?box|account|user|email)\b[^.;]{0,25}?\b(?:found|available|exists?)\b",
+        r"\b(?:recipient|user|address) not (?:in|on) (?:the |our )?(?:\w+ )?list",
         r"\b(?:unknown|invalid|bad|unrecognized|unrecognised|non-?existent|nonexistent|illegal|"
         r"inactive|disabled|undeliverable|unrouteable|unroutable|nonexisting|non-existing) "
         r"(?:local )?(?:user|recipient|mailbox|address|account|addressee|alias|local[- ]?part|"

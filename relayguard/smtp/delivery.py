@@ -4,8 +4,11 @@ It decides nothing. Every way a transaction can end (a reply, a refused or
 timed-out connection, a TLS failure, a drop after the final dot) becomes a
 `Reply` per recipient; nothing above this module catches socket exceptions.
 
-Connections are kept per route and reused for several messages, up to the
-route's `max_connections` at once and `messages_per_connection` each.
+Connections are kept per route and reused for several messages, up to
+`messages_per_connection` each. How many are open at once is not decided here:
+the queue's route table owns the route's connection cap and hands out at most
+that many transactions at a time, so a second cap here could only disagree
+with it (a throttle lowered there would wait on a semaphore here).
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import aiosmtplib
 
 from relayguard.config import RouteSettings
 from relayguard.model import Phase, Reply, network_reply
+
+TlsMode = Literal["none", "opportunistic", "required"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +63,17 @@ class _Connection:
 
 @dataclass(slots=True)
 class RouteConnections:
-    """The connections of one route: a cap on how many, and the idle ones for reuse."""
+    """The connections of one route: the idle ones, kept for reuse.
+
+    `route` is shared by every connection of the route and is never replaced or
+    changed while connections open: what one connection decides (falling back
+    to plaintext after a failed handshake) is passed down that connection's
+    calls, never written here, where a connection opening meanwhile would read it.
+    """
 
     route: RouteSettings
     local_hostname: str
-    slots: asyncio.Semaphore = field(init=False)
     idle: list[_Connection] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.slots = asyncio.Semaphore(self.route.max_connections)
 
     @property
     def peer(self) -> str:
@@ -85,7 +93,7 @@ class RouteConnections:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    async def _open(self) -> _Connection:
+    async def _open(self, tls: TlsMode) -> _Connection:
         r = self.route
         smtp = aiosmtplib.SMTP(
             hostname=r.host,
@@ -115,11 +123,11 @@ class RouteConnections:
             ) from None
         try:
             await self._hello(smtp)
-            tls = await self._starttls(smtp)
+            encrypted = await self._starttls(smtp, tls)
         except BaseException:
             smtp.close()
             raise
-        return _Connection(smtp, tls)
+        return _Connection(smtp, encrypted)
 
     async def _hello(self, smtp: aiosmtplib.SMTP) -> None:
         try:
@@ -132,8 +140,7 @@ class RouteConnections:
                     Reply.parse(exc.code, exc.message, Phase.HELO, self.route.host)
                 ) from None
 
-    async def _starttls(self, smtp: aiosmtplib.SMTP) -> bool:
-        mode = self.route.tls
+    async def _starttls(self, smtp: aiosmtplib.SMTP, mode: TlsMode) -> bool:
         if mode == "none":
             return False
         if not smtp.supports_extension("starttls"):
@@ -179,24 +186,20 @@ class RouteConnections:
             if conn.smtp.is_connected:
                 return conn
             conn.smtp.close()
+        mode = _tls_mode(self.route.tls)
         try:
-            return await self._open()
+            return await self._open(mode)
         except _SessionFailedError as exc:
             if (
-                self.route.tls == "opportunistic"
+                mode == "opportunistic"
                 and exc.reply.phase is Phase.STARTTLS
                 and exc.reply.enhanced == "4.7.5"
             ):
-                return await self._open_plain()
+                # The handshake broke the session: this one transaction goes on a
+                # new plaintext connection. Only this call knows; the route's other
+                # connections still try STARTTLS.
+                return await self._open("none")
             raise
-
-    async def _open_plain(self) -> _Connection:
-        saved = self.route
-        self.route = _without_tls(saved)
-        try:
-            return await self._open()
-        finally:
-            self.route = saved
 
     def _release(self, conn: _Connection, *, reusable: bool) -> None:
         conn.used += 1
@@ -210,11 +213,10 @@ class RouteConnections:
         await asyncio.gather(*(_quit(c.smtp) for c in idle), return_exceptions=True)
 
     async def send(self, tx: Transaction) -> Outcome:
-        """Run one transaction; never raises for anything the peer or network does."""
-        async with self.slots:
-            return await self._send(tx)
+        """Run one transaction; never raises for anything the peer or network does.
 
-    async def _send(self, tx: Transaction) -> Outcome:
+        The caller bounds how many run at once (the queue's connection cap).
+        """
         addresses = [a for a, _ in tx.recipients]
         for fresh_retry in (False, True):
             try:
@@ -363,10 +365,16 @@ def _peer_supports(smtp: aiosmtplib.SMTP, option: str) -> bool:
     return smtp.supports_extension(keyword)
 
 
-def _without_tls(route: RouteSettings) -> RouteSettings:
-    from dataclasses import replace  # noqa: PLC0415 - only on this rare path
-
-    return replace(route, tls="none")
+def _tls_mode(value: str) -> TlsMode:
+    # The config loader admits only these three; anything else is a bug, and
+    # must not quietly become plaintext.
+    if value == "none":
+        return "none"
+    if value == "opportunistic":
+        return "opportunistic"
+    if value == "required":
+        return "required"
+    raise ValueError(f"unknown TLS mode {value!r}")
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:

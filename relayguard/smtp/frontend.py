@@ -6,11 +6,20 @@ whose values keep their case), DATA read in large pieces (one `readuntil`
 per chunk instead of one per line), enhanced status codes on every reply,
 connection caps and a 421 on timeouts. `RelayHandler` decides what to accept
 and answers 250 only once the spool has the message on disk.
+
+Two things here lean on private details, for speed: `make_protocol_factory`
+clones a template protocol instead of running aiosmtpd's constructor, and
+`_read_data` raises the stream's `_limit` while it reads DATA. Both are why
+aiosmtpd is pinned to a minor release in pyproject.toml, and both assumptions
+are checked by tests/unit/test_aiosmtpd_assumptions.py; a new aiosmtpd or
+Python that breaks them fails there first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import copy
 import ipaddress
 import re
 import traceback
@@ -68,11 +77,11 @@ _DEFAULT_ENHANCED = {
 }
 _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(<[^>\r\n]{1,900}>)")
-DATA_CHUNK_LIMIT = 1 << 20
+DATA_CHUNK_LIMIT = 1 << 20  # the stream's buffer limit while reading DATA
 _SIMPLE_PATH = re.compile(
     r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)>(?:[ \t]+(.*))?\Z"
-)  # the stream's buffer limit while reading DATA
+)
 
 
 def with_enhanced_code(reply: bytes) -> bytes:
@@ -178,6 +187,10 @@ class RelaySMTP(SMTP):
 
     def __init__(self, handler: RelayHandler, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        # aiosmtpd keeps these per-command line limits in a class attribute, and
+        # each EHLO adds to it: shared by every connection of the process. A dict
+        # of our own keeps one session's EHLOs from loosening another's limits.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self._limits = limits
         self._client = ""
         self._refusal: str | None = None
@@ -375,7 +388,10 @@ class RelaySMTP(SMTP):
         """
         reader = self._reader
         limit = self.data_size_limit or 0
-        # aiosmtpd sizes the stream's limit for command lines; DATA is read in bigger pieces.
+        # aiosmtpd sizes the stream's limit for command lines; DATA is read in bigger
+        # pieces. StreamReader has no public way to change it, and `readuntil` reads
+        # `_limit` on every call; the `finally` below puts it back for the commands
+        # after DATA, however DATA ends.
         saved_limit = reader._limit  # type: ignore[attr-defined]  # noqa: SLF001
         reader._limit = DATA_CHUNK_LIMIT  # type: ignore[attr-defined]  # noqa: SLF001
         chunks: list[bytes] = []
@@ -577,6 +593,29 @@ class RelayHandler:
         return text.encode("utf-8", "replace")
 
 
+def new_protocol(
+    handler: RelayHandler, limits: ConnectionLimits, *, enable_smtputf8: bool = True
+) -> RelaySMTP:
+    """A protocol built the public way, by aiosmtpd's constructor: the template of
+    `make_protocol_factory`, and what the tests hold its clones to."""
+    s = handler.settings
+    return RelaySMTP(
+        handler,
+        limits,
+        hostname=s.hostname,
+        ident=f"ESMTP relayguard {__version__}",
+        data_size_limit=s.max_message_size,
+        enable_SMTPUTF8=enable_smtputf8,
+        decode_data=False,
+        timeout=s.idle_timeout,
+    )
+
+
+# Rebuilt for each clone, bound to it; every other container is copied.
+_REBOUND = frozenset({"_smtp_methods", "_auth_methods"})
+_CONTAINERS = (dict, list, set, bytearray, collections.deque)
+
+
 def make_protocol_factory(
     handler: RelayHandler, limits: ConnectionLimits, *, enable_smtputf8: bool = True
 ) -> Callable[[], RelaySMTP]:
@@ -587,19 +626,20 @@ def make_protocol_factory(
     at a few hundred connections a second. What it computes is the same every
     time, so we build one template and give each connection a copy with its
     own stream state and methods bound to itself.
+
+    A copy shares nothing mutable with the template or other copies: every dict,
+    list, set or deque among the template's attributes is copied per connection
+    (aiosmtpd's hook table and command limits among them), whether or not this
+    aiosmtpd version mutates it during a session. What stays shared is meant to
+    be: the handler, the listener's limits, settings and plain values.
     """
-    s = handler.settings
-    template = RelaySMTP(
-        handler,
-        limits,
-        hostname=s.hostname,
-        ident=f"ESMTP relayguard {__version__}",
-        data_size_limit=s.max_message_size,
-        enable_SMTPUTF8=enable_smtputf8,
-        decode_data=False,
-        timeout=s.idle_timeout,
-    )
+    template = new_protocol(handler, limits, enable_smtputf8=enable_smtputf8)
     state = dict(template.__dict__)
+    containers = tuple(
+        name
+        for name, value in state.items()
+        if name not in _REBOUND and isinstance(value, _CONTAINERS)
+    )
     smtp_methods = {name: m.__func__ for name, m in template._smtp_methods.items()}  # noqa: SLF001
     auth_methods = template._auth_methods  # noqa: SLF001
     loop = template.loop
@@ -607,6 +647,8 @@ def make_protocol_factory(
     def factory() -> RelaySMTP:
         proto: RelaySMTP = RelaySMTP.__new__(RelaySMTP)
         proto.__dict__.update(state)
+        for name in containers:
+            proto.__dict__[name] = copy.copy(state[name])
         asyncio.StreamReaderProtocol.__init__(
             proto,
             asyncio.StreamReader(loop=loop, limit=proto.line_length_limit),

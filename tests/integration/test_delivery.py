@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -20,7 +22,35 @@ from support import (
 )
 
 from relayguard.clock import VirtualClock
+from relayguard.config import RouteSettings
 from relayguard.model import MessageState, RecipientState
+from relayguard.smtp.delivery import Delivery, Transaction
+
+
+@dataclass
+class _HeldData(UpstreamHandler):
+    """Holds each of the first `hold` DATA commands until `hold` are in DATA at once,
+    which proves that many transactions ran side by side; `peak` is the most ever seen."""
+
+    hold: int = 0
+    held: int = 0
+    in_data: int = 0
+    peak: int = 0
+    _all_in: asyncio.Event = field(default_factory=asyncio.Event)  # set once, stays set
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.in_data += 1
+        self.peak = max(self.peak, self.in_data)
+        if self.in_data >= self.hold:
+            self._all_in.set()
+        try:
+            if self.held < self.hold:
+                self.held += 1
+                async with asyncio.timeout(10):
+                    await self._all_in.wait()
+            return await super().handle_DATA(server, session, envelope)
+        finally:
+            self.in_data -= 1
 
 
 async def _until(predicate, clock: VirtualClock | None = None, timeout: float = 15.0) -> None:
@@ -173,18 +203,61 @@ async def test_tls_required_and_offered_delivers_encrypted(tmp_path: Path) -> No
 
 
 async def test_connections_are_reused_for_several_messages(tmp_path: Path) -> None:
-    async with upstream() as up:
+    """The queue caps the route at max_connections; delivery reuses those connections."""
+    handler = _HeldData(hold=2)
+    async with upstream(handler) as up:
         settings = relay_settings(
             tmp_path,
             [{"name": "primary", "host": "127.0.0.1", "port": up.port, "max_connections": 2}],
         )
         async with running_relay(settings) as relay:
-            for i in range(10):
-                await send(relay.address, "s@example.org", ["r@example.com"], make_message(i))
+            await asyncio.gather(
+                *(
+                    send(relay.address, "s@example.org", ["r@example.com"], make_message(i))
+                    for i in range(10)
+                )
+            )
             await up.wait_for(10)
-    assert len(up.handler.connections) <= 3
+    assert handler.peak == 2  # two side by side (the hold), never a third (the cap)
+    assert len(up.handler.connections) == 2  # and the other eight went on those two
     assert sorted(g.message_id for g in up.received) == sorted(
         f"<msg-{i}@test.example>" for i in range(10)
+    )
+
+
+def _tx(i: int) -> Transaction:
+    return Transaction("s@example.org", [("r@example.com", ())], make_message(i))
+
+
+async def test_delivery_reuses_idle_connections_and_leaves_the_cap_to_its_caller() -> None:
+    """Delivery opens what it is asked to (the cap is the queue's), then reuses idle
+    connections up to messages_per_connection each."""
+    handler = _HeldData(hold=3)
+    async with upstream(handler) as up:
+        route = RouteSettings(
+            "p", "127.0.0.1", up.port, max_connections=1, messages_per_connection=2
+        )
+        delivery = Delivery([route], "relay.test")
+        try:
+            async with asyncio.timeout(15):
+                # Three at once although max_connections is 1: nothing here waits for a slot.
+                first = await asyncio.gather(*(delivery.send("p", _tx(i)) for i in range(3)))
+                assert handler.peak == 3
+                assert len(handler.connections) == 3
+                # One after another, each on an idle connection, which then has had its
+                # two messages and is closed.
+                later = [await delivery.send("p", _tx(i)) for i in range(3, 6)]
+                assert len(handler.connections) == 3
+                assert delivery.routes["p"].idle == []
+                # Nothing idle left: the next one needs a new connection.
+                later.append(await delivery.send("p", _tx(6)))
+                assert len(handler.connections) == 4
+                assert len(delivery.routes["p"].idle) == 1
+        finally:
+            await delivery.close()
+    assert all(r.code == 250 for o in first + later for r in o.replies.values())
+    assert sorted(g.message_id for g in up.received) == sorted(
+        f"<msg-{i}@test.example>" for i in range(7)
     )
 
 
