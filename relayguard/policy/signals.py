@@ -746,7 +746,8 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"allowed)|fully[- ]qualified|fqdn|syntax|malformed|bad|required|must|forged|resolve|"
         r"unknown|mismatch|match|need|hostname|host name|domain)",
         r"\bbad helo",
-        r"\b(?:real|valid|proper|fully.qualified) (?:host ?name|domain)\b[^.;]{0,30}?\b(?:helo|ehlo)",
+        r"\b(?:real|valid|proper|fully.qualified) (?:host ?name|domain)\b[^.;]{0,30}?"
+        r"\b(?:helo|ehlo)",
         r"\b(?:invalid|bad|malformed|syntactically invalid|illegal) (?:helo|ehlo)",
     ),
     _s(
