@@ -7,6 +7,7 @@ in by the caller, so the same values serve the live server and the replay.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -407,3 +408,53 @@ class QueuedMessage:
     @property
     def pending(self) -> tuple[Recipient, ...]:
         return self.envelope.pending()
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One SMTP transaction to send upstream: what the queue asks of delivery."""
+
+    sender: str
+    recipients: Sequence[tuple[str, Sequence[str]]]  # address, RCPT parameters
+    body: bytes
+    mail_options: Sequence[str] = ()  # parameters for MAIL FROM, passed when the peer has them
+    dsn_mail_options: Sequence[str] = ()  # RET=, ENVID=: only when the peer offers DSN
+    dsn_rcpt: bool = False  # whether RCPT parameters are DSN ones (dropped without DSN)
+
+    @classmethod
+    def of(cls, envelope: Envelope, recipients: Sequence[Recipient], body: bytes) -> Transaction:
+        """The transaction for these recipients of a message; DSN parameters (RFC 3461)
+        are passed upstream as the sender gave them, when the peer offers DSN."""
+        dsn_mail = []
+        if envelope.ret:
+            dsn_mail.append(f"RET={envelope.ret}")
+        if envelope.envid:
+            dsn_mail.append(f"ENVID={envelope.envid}")
+        rcpts = []
+        for r in recipients:
+            params = []
+            if r.notify:
+                params.append("NOTIFY=" + ",".join(r.notify))
+            if r.orcpt:
+                params.append(f"ORCPT={r.orcpt}")
+            rcpts.append((r.address, tuple(params)))
+        return cls(
+            sender=envelope.sender,
+            recipients=rcpts,
+            body=body,
+            mail_options=envelope.mail_options,
+            dsn_mail_options=tuple(dsn_mail),
+            dsn_rcpt=True,
+        )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Per-recipient replies of one transaction, and facts about the session: what
+    delivery answers the queue (every network failure already a synthetic Reply)."""
+
+    replies: dict[str, Reply]
+    remote_host: str
+    peer_has_dsn: bool = False
+    tls: bool = False
+    possible_duplicate: bool = False

@@ -19,12 +19,11 @@ import structlog
 
 from relayguard.clock import Clock
 from relayguard.config import Settings
-from relayguard.model import MessageState, QueuedMessage, Recipient, Reply
+from relayguard.model import MessageState, Outcome, QueuedMessage, Recipient, Reply, Transaction
 from relayguard.policy import Policy
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Routes, Send, fail_pending
 from relayguard.queue.scheduler import DueQueue, RouteTable
 from relayguard.queue.spool import NewMessage, Spool
-from relayguard.smtp.delivery import Outcome, Transaction
 
 log = structlog.get_logger("relayguard.queue")
 

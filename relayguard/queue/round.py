@@ -26,6 +26,7 @@ from relayguard.model import (
     Attempt,
     Decision,
     MessageState,
+    Outcome,
     Phase,
     QueuedMessage,
     Recipient,
@@ -33,11 +34,10 @@ from relayguard.model import (
     Reply,
     SecondOpinion,
     Suspension,
+    Transaction,
 )
 from relayguard.policy import Policy, RouteView, decide
 from relayguard.queue.scheduler import Grant, RouteTable
-from relayguard.smtp.delivery import Outcome, Transaction
-from relayguard.smtp.esmtp import rcpt_upstream_params
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -459,20 +459,7 @@ class DeliveryRound:
     # -- helpers -------------------------------------------------------------------------
 
     def _transaction(self, todo: Sequence[Recipient]) -> Transaction:
-        env = self.message.envelope
-        dsn_mail = []
-        if env.ret:
-            dsn_mail.append(f"RET={env.ret}")
-        if env.envid:
-            dsn_mail.append(f"ENVID={env.envid}")
-        return Transaction(
-            sender=env.sender,
-            recipients=[(r.address, rcpt_upstream_params(r.notify, r.orcpt)) for r in todo],
-            body=self.body,
-            mail_options=env.mail_options,
-            dsn_mail_options=tuple(dsn_mail),
-            dsn_rcpt=True,
-        )
+        return Transaction.of(self.message.envelope, todo, self.body)
 
     def _fields(
         self,

@@ -18,10 +18,10 @@ import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings
+from relayguard.model import Outcome, Transaction
 from relayguard.replay.inputs import headers_of
 from relayguard.replay.scenario import Scenario, load_scenario
 from relayguard.replay.upstream import Capture, SimulatedUpstream, accept_all_scenario
-from relayguard.smtp.delivery import Outcome, Transaction
 
 log = structlog.get_logger("relayguard.testmode")
 

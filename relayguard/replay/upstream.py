@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 
 from relayguard.clock import Clock
 from relayguard.config import RouteSettings
-from relayguard.model import Phase, Reply, domain_of, network_reply
+from relayguard.model import Outcome, Phase, Reply, Transaction, domain_of, network_reply
 from relayguard.policy.rules import DurationRange
 from relayguard.replay.scenario import ReplySpec, Scenario, Window
-from relayguard.smtp.delivery import Outcome, Transaction
 
 _SESSION_PHASES = (Phase.CONNECT, Phase.GREETING, Phase.HELO, Phase.MAIL)
 _DATA_PHASES = (Phase.DATA, Phase.AFTER_DATA)

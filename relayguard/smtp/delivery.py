@@ -22,30 +22,9 @@ from typing import Literal
 import aiosmtplib
 
 from relayguard.config import RouteSettings
-from relayguard.model import Phase, Reply, network_reply
+from relayguard.model import Outcome, Phase, Reply, Transaction, network_reply
 
 TlsMode = Literal["none", "opportunistic", "required"]
-
-
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    sender: str
-    recipients: Sequence[tuple[str, Sequence[str]]]  # address, RCPT parameters
-    body: bytes
-    mail_options: Sequence[str] = ()  # parameters for MAIL FROM, passed when the peer has them
-    dsn_mail_options: Sequence[str] = ()  # RET=, ENVID=: only when the peer offers DSN
-    dsn_rcpt: bool = False  # whether RCPT parameters are DSN ones (dropped without DSN)
-
-
-@dataclass(slots=True)
-class Outcome:
-    """Per-recipient replies of one transaction, and facts about the session."""
-
-    replies: dict[str, Reply]
-    remote_host: str
-    peer_has_dsn: bool = False
-    tls: bool = False
-    possible_duplicate: bool = False
 
 
 class _SessionFailedError(Exception):

@@ -134,13 +134,3 @@ def parse_rcpt_params(params: str) -> RcptParams:
         else:
             raise ParamError(f"555 5.5.4 Unsupported RCPT parameter {key}")
     return RcptParams(notify, orcpt)
-
-
-def rcpt_upstream_params(notify: tuple[str, ...], orcpt: str | None) -> tuple[str, ...]:
-    """DSN parameters to pass upstream when the peer offers DSN."""
-    out = []
-    if notify:
-        out.append("NOTIFY=" + ",".join(notify))
-    if orcpt:
-        out.append(f"ORCPT={orcpt}")
-    return tuple(out)

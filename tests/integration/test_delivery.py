@@ -23,8 +23,8 @@ from support import (
 
 from relayguard.clock import VirtualClock
 from relayguard.config import RouteSettings
-from relayguard.model import MessageState, RecipientState
-from relayguard.smtp.delivery import Delivery, Transaction
+from relayguard.model import MessageState, RecipientState, Transaction
+from relayguard.smtp.delivery import Delivery
 
 
 @dataclass

@@ -21,8 +21,8 @@ import trustme
 from aiosmtpd.smtp import SMTP
 
 from relayguard.config import RouteSettings
-from relayguard.model import Phase
-from relayguard.smtp.delivery import Delivery, Transaction
+from relayguard.model import Phase, Transaction
+from relayguard.smtp.delivery import Delivery
 
 # What a client may say in plaintext before TLS is up (RFC 3207), and nothing else.
 BEFORE_TLS = {"EHLO", "HELO", "STARTTLS", "QUIT", "NOOP", "RSET"}

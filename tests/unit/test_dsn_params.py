@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relayguard.model import Envelope, Recipient, Transaction
 from relayguard.ndr.facts import parse_orcpt, xtext_decode
 from relayguard.smtp.esmtp import (
     MailParams,
@@ -14,7 +15,6 @@ from relayguard.smtp.esmtp import (
     _valid_xtext,
     parse_mail_params,
     parse_rcpt_params,
-    rcpt_upstream_params,
 )
 
 
@@ -273,6 +273,12 @@ def test_orcpt_and_notify_survive_the_relay(address, notify):
     assert upstream[-1] == f"ORCPT={received}"
     assert parse_rcpt_params(" ".join(upstream)) == parsed
     assert parse_orcpt(parsed.orcpt) == ("rfc822", address)
+
+
+def rcpt_upstream_params(notify: tuple[str, ...], orcpt: str | None) -> tuple[str, ...]:
+    env = Envelope("s@x", (Recipient("a@x", notify=notify, orcpt=orcpt),))
+    [(_, params)] = Transaction.of(env, env.recipients, b"").recipients
+    return tuple(params)
 
 
 def test_rcpt_upstream_params():

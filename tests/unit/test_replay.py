@@ -18,7 +18,7 @@ from relayguard import logging as rg_logging
 from relayguard.cli import main
 from relayguard.clock import VirtualClock
 from relayguard.config import RouteSettings
-from relayguard.model import Phase
+from relayguard.model import Phase, Transaction
 from relayguard.replay import runner
 from relayguard.replay.driver import replay
 from relayguard.replay.inputs import read_input
@@ -30,7 +30,6 @@ from relayguard.replay.scenario import (
     parse_scenario,
 )
 from relayguard.replay.upstream import SimulatedUpstream
-from relayguard.smtp.delivery import Transaction
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"

@@ -7,6 +7,7 @@ import pytest
 from relayguard.model import (
     Envelope,
     MessageState,
+    Outcome,
     Phase,
     QueuedMessage,
     Recipient,
@@ -17,7 +18,6 @@ from relayguard.model import (
 from relayguard.policy import load_policy
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Routes, Send, fail_pending
 from relayguard.queue.scheduler import RouteTable
-from relayguard.smtp.delivery import Outcome
 
 NOW = 1_700_000_000.0
 ROUTES = Routes(names=("A", "B"), egress={"A": "h|192.0.2.1", "B": "h|192.0.2.2"})
