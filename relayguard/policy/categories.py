@@ -33,6 +33,16 @@ class Scope(StrEnum):
     MESSAGE = "message"  # this message: content, size, sender domain, format
 
 
+# Short names for the signal and status-code tables, which list hundreds of entries.
+RBL, THROTTLE, SPAM = Category.RBL_BLOCK, Category.THROTTLE, Category.SPAM_CONTENT
+POLICY, NO_USER, FULL = Category.POLICY, Category.NO_SUCH_USER, Category.MAILBOX_FULL
+TOO_BIG, TEMP, PERM = (
+    Category.MESSAGE_TOO_BIG,
+    Category.TEMPORARY_OTHER,
+    Category.PERMANENT_OTHER,
+)
+EGRESS, DEST, RCPT, MSG = Scope.EGRESS, Scope.DESTINATION, Scope.RECIPIENT, Scope.MESSAGE
+
 DEFAULT_SCOPE = {
     Category.RBL_BLOCK: Scope.EGRESS,
     Category.THROTTLE: Scope.DESTINATION,

@@ -9,18 +9,23 @@ with a class ("5.4.4") applies to that class only.
 
 from __future__ import annotations
 
-from relayguard.policy.categories import Category, Scope
-
-RBL = Category.RBL_BLOCK
-THROTTLE = Category.THROTTLE
-SPAM = Category.SPAM_CONTENT
-POLICY = Category.POLICY
-NO_USER = Category.NO_SUCH_USER
-FULL = Category.MAILBOX_FULL
-TOO_BIG = Category.MESSAGE_TOO_BIG
-TEMP = Category.TEMPORARY_OTHER
-PERM = Category.PERMANENT_OTHER
-EGRESS, DEST, RCPT, MSG = Scope.EGRESS, Scope.DESTINATION, Scope.RECIPIENT, Scope.MESSAGE
+from relayguard.policy.categories import (
+    DEST,
+    EGRESS,
+    FULL,
+    MSG,
+    NO_USER,
+    PERM,
+    POLICY,
+    RBL,
+    RCPT,
+    SPAM,
+    TEMP,
+    THROTTLE,
+    TOO_BIG,
+    Category,
+    Scope,
+)
 
 # Provider codes (three-digit details and Microsoft's ranges), checked first.
 # Microsoft: learn.microsoft.com/exchange/mail-flow-best-practices/non-delivery-reports-
