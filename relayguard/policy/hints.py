@@ -58,8 +58,15 @@ _RATE_BEFORE = re.compile(
 )
 
 
+_UNIT_WORDS = ("sec", "min", "hour", "hr", "day")
+_DIGIT_UNIT = re.compile(r"[0-9] ?[smhd]\b")
+
+
 def retry_hint(text: str) -> float | None:
     """Seconds the server asked us to wait, bounded to [HINT_MIN, HINT_MAX]; None if none."""
+    lowered = text.lower()
+    if not any(unit in lowered for unit in _UNIT_WORDS) and not _DIGIT_UNIT.search(lowered):
+        return None  # no unit of time at all: most replies, and the cheap answer
     m = _HINT.search(text)
     if m is None:
         m = next(
