@@ -3,6 +3,10 @@
 The live server uses `SystemClock`; tests and the replay use `VirtualClock`,
 whose `sleep_until` jumps time forward instead of waiting, so a day of retries
 runs in milliseconds while the same scheduling code runs.
+
+Queue ids are made here too, because the live ones are read off the clock:
+`new_queue_id` for the server (front end and spools), `seeded_queue_ids` for the
+replay, whose ids must not depend on when it runs.
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ import collections
 import contextlib
 import heapq
 import itertools
+import os
+import random
+import secrets
 import time
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from typing import Protocol
 
 # Loops without a visible run queue (uvloop): how many turns `settle` gives them.
 _SETTLE_TURNS = 64
+
+QueueIdFactory = Callable[[], str]
 
 
 class Clock(Protocol):
@@ -184,3 +193,47 @@ class SimulationClock(VirtualClock):
                 waiters.remove(fut)
             if not fut.done():
                 fut.cancel()
+
+
+# -- queue ids --------------------------------------------------------------------------
+
+
+class _SystemQueueIds:
+    """Postfix-like ids: sortable by arrival, unique across processes and nodes
+    (microseconds, a random per-process part, a counter)."""
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self._nonce = secrets.token_hex(2).upper()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{time.time_ns() // 1000:013X}{self._nonce}{next(self._counter) & 0xFFF:03X}"
+
+
+_system_queue_ids = _SystemQueueIds()
+# A forked child would otherwise share the parent's per-process part and counter, and
+# the two could make the same id in the same microsecond. (Front-end workers are
+# started with fork+exec today, so this is only a guard.)
+os.register_at_fork(after_in_child=_system_queue_ids.reseed)
+
+
+def new_queue_id() -> str:
+    """A queue id for a message arriving now (front end, spools, live server)."""
+    return _system_queue_ids()
+
+
+def seeded_queue_ids(seed: int) -> QueueIdFactory:
+    """Postfix-like ids that depend only on the seed and the order of creation (the
+    replay: the same ids, and so the same retry jitter, on every run)."""
+    rng = random.Random(f"queue-ids/{seed}")
+    counter = 0
+
+    def make() -> str:
+        nonlocal counter
+        counter += 1
+        return f"{counter:09X}{rng.getrandbits(24):06X}"
+
+    return make

@@ -27,6 +27,7 @@ from relayguard.ops.metrics import MetricsServer, Observer
 from relayguard.policy import Policy, load_policy
 from relayguard.policy.rules import DurationRange
 from relayguard.queue.manager import QueueManager, ReportBuilder, Sender
+from relayguard.queue.spool import Spool
 from relayguard.queue.spool.sqlite import SqliteSpool, spool_usable
 from relayguard.smtp.delivery import Delivery
 from relayguard.smtp.frontend import RelayHandler, make_protocol_factory
@@ -58,7 +59,7 @@ class Relay:
     sender: Sender | None = None  # the live delivery unless a test or test mode gives one
     build_reports: ReportBuilder | None = None
     config_path: Path | None = None
-    spool: SqliteSpool = field(init=False)
+    spool: Spool = field(init=False)
     manager: QueueManager = field(init=False)
     handler: RelayHandler = field(init=False)
     _server: asyncio.Server | None = None

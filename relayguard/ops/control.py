@@ -12,9 +12,12 @@ meanwhile, a relay holds a shared `flock` on the spool directory while it is
 up and the CLI takes an exclusive one for a direct operation: if the socket
 does not answer but the lock is taken, the CLI says so instead of racing.
 
+The controller knows the spool only by its protocol (queue/spool/__init__.py):
+the same operations on SQLite, in memory, or any later backend.
+
 Races with a delivery round that is under way:
 - hold: the message leaves the due queue at once; the round finishes and the
-  spool keeps the message held when it records the round (spool/sqlite.py).
+  spool keeps the message held when it records the round (`Spool.update`).
 - retry / release: never start a second round of a message already in one.
 - delete / bounce: hold first, wait for the round to be recorded, then act, so
   a delivery and an operator's bounce never both happen, and a deleted message
@@ -38,12 +41,12 @@ import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings
-from relayguard.model import MessageState, Phase, QueuedMessage, Reply
+from relayguard.model import MessageState, Outcome, Phase, QueuedMessage, Reply, Transaction
 from relayguard.ops.metrics import Observer
-from relayguard.ops.queue_tools import STATES, detail, matches, shape, summarize
+from relayguard.ops.queue_tools import STATES, detail, matches, query_for, shape_of, summarize
 from relayguard.queue.manager import QueueManager
-from relayguard.queue.spool.sqlite import DB_NAME, SqliteSpool, find_messages, load_message
-from relayguard.smtp.delivery import Outcome, Transaction
+from relayguard.queue.spool import MessageQuery, Spool
+from relayguard.queue.spool.sqlite import DB_NAME, SqliteSpool
 
 log = structlog.get_logger("relayguard.ops.control")
 
@@ -108,7 +111,7 @@ class Controller:
     def __init__(
         self,
         settings: Settings,
-        spool: SqliteSpool,
+        spool: Spool,
         manager: QueueManager,
         clock: Clock,
         observer: Observer | None = None,
@@ -150,41 +153,41 @@ class Controller:
     async def _ping(self, _req: Json) -> Json:
         return {"pid": os.getpid(), "now": self.clock.now()}
 
-    async def _summaries(self) -> list[Json]:
-        messages = await self.spool.read(find_messages)
-        now = self.clock.now()
-        return [summarize(m, now) for m in messages]
-
-    async def _list(self, req: Json) -> Json:
+    @staticmethod
+    def _query(req: Json, now: float) -> MessageQuery | None:
         state = req.get("state")
         if state is not None and state not in STATES:
             raise ControlError(f"state must be one of {', '.join(STATES)}, not {state!r}")
-        summaries = [
-            s
-            for s in await self._summaries()
-            if matches(s, state=state, domain=req.get("domain"), route=req.get("route"))
-        ]
-        return {"now": self.clock.now(), "messages": summaries}
+        return query_for(state, req.get("domain"), now)
 
-    async def _find(self, queue_id: str) -> QueuedMessage | None:
-        found = await self.spool.read(
-            lambda c: find_messages(c, "queue_id=?", (queue_id.strip().upper(),))
-        )
-        return found[0] if found else None
+    async def _list(self, req: Json) -> Json:
+        now = self.clock.now()
+        messages = await self.spool.messages(self._query(req, now))
+        route = req.get("route")
+        # The route a recipient was last tried through is in the attempts: chosen here.
+        summaries = [s for s in (summarize(m, now) for m in messages) if matches(s, route=route)]
+        return {"now": now, "messages": summaries}
+
+    async def _find_all(self, queue_ids: list[str]) -> dict[str, QueuedMessage]:
+        """The messages named, by the id as typed (ids are stored in upper case)."""
+        wanted = {qid: qid.strip().upper() for qid in queue_ids}
+        found = await self.spool.messages(MessageQuery(queue_ids=frozenset(wanted.values())))
+        by_id = {m.queue_id: m for m in found}
+        return {qid: by_id[stored] for qid, stored in wanted.items() if stored in by_id}
 
     async def _show(self, req: Json) -> Json:
         queue_id = str(req.get("id") or "")
-        message = await self._find(queue_id)
-        loaded = await self.spool.read(lambda c: load_message(c, message.seq)) if message else None
+        message = (await self._find_all([queue_id])).get(queue_id)
+        loaded = await self.spool.load(message.seq) if message else None
         if loaded is None:
             raise ControlError(f"{queue_id}: not in the queue")
         now = self.clock.now()
         return {"now": now, "message": detail(loaded[0], loaded[1], now)}
 
     async def _shape(self, req: Json) -> Json:
-        state = req.get("state")
-        summaries = [s for s in await self._summaries() if state is None or s["state"] == state]
-        return {"now": self.clock.now(), "shape": shape(summaries)}
+        now = self.clock.now()
+        entries = await self.spool.shape(self._query({"state": req.get("state")}, now))
+        return {"now": now, "shape": shape_of(entries, now)}
 
     async def _routes(self, _req: Json) -> Json:
         now = self.clock.now()
@@ -244,21 +247,13 @@ class Controller:
     async def _select(self, req: Json) -> tuple[list[QueuedMessage], list[str]]:
         ids = [str(i) for i in req.get("ids") or []]
         if ids:
-            found, missing = [], []
-            for queue_id in ids:
-                message = await self._find(queue_id)
-                if message is None:
-                    missing.append(queue_id)
-                else:
-                    found.append(message)
-            return found, missing
-        messages = await self.spool.read(find_messages)
+            by_id = await self._find_all(ids)
+            return [by_id[i] for i in ids if i in by_id], [i for i in ids if i not in by_id]
         if req.get("all"):
-            return messages, []
+            return await self.spool.messages(), []
         domain = req.get("domain")
         if domain:
-            now = self.clock.now()
-            return [m for m in messages if matches(summarize(m, now), domain=domain)], []
+            return await self.spool.messages(MessageQuery(domain=str(domain))), []
         raise ControlError("name queue IDs, or --domain D, or --all")
 
     async def _act(self, op: str, req: Json) -> Json:
@@ -287,7 +282,7 @@ class Controller:
             return "held: release it instead"
         if m.seq in self.manager.delivering:
             return "being delivered right now"
-        if not await self.spool.set_next_attempt(m.seq, self.clock.now()):
+        if not await self.spool.reschedule(m.seq, self.clock.now()):
             return "no longer queued"
         self.manager.schedule_now(m.seq)
         return None
@@ -296,19 +291,14 @@ class Controller:
         if m.state is MessageState.HELD:
             return "already held"
         self.manager.hold(m.seq)
-        if not await self.spool.set_state(m.seq, MessageState.HELD, only_from=MessageState.ACTIVE):
+        if not await self.spool.hold(m.seq):
             return "no longer queued"
         return None
 
     async def _release(self, m: QueuedMessage) -> str | None:
         if m.state is not MessageState.HELD:
             return "not held"
-        if not await self.spool.set_state(
-            m.seq,
-            MessageState.ACTIVE,
-            next_attempt_at=self.clock.now(),
-            only_from=MessageState.HELD,
-        ):
+        if not await self.spool.release(m.seq, self.clock.now()):
             return "no longer held"
         self.manager.schedule_now(m.seq)  # a round under way reschedules it itself
         return None
@@ -316,7 +306,7 @@ class Controller:
     async def _hold_and_settle(self, m: QueuedMessage) -> bool:
         """Hold, then wait until no delivery round of this message is under way."""
         self.manager.hold(m.seq)
-        await self.spool.set_state(m.seq, MessageState.HELD)
+        await self.spool.hold(m.seq)  # False if held already: held either way
         async with asyncio.timeout(SETTLE_TIMEOUT):
             while m.seq in self.manager.delivering:  # noqa: ASYNC110 - no per-message event
                 await asyncio.sleep(0.05)
@@ -448,7 +438,7 @@ async def _direct(settings: Settings, request: Json) -> Json:
     from relayguard.ndr.reports import make_report_builder  # noqa: PLC0415
     from relayguard.policy import Policy  # noqa: PLC0415 - only the direct mode needs it
 
-    spool = SqliteSpool(settings.server.spool)
+    spool: Spool = SqliteSpool(settings.server.spool)
     try:
         manager = QueueManager(
             settings,

@@ -1,7 +1,8 @@
 """What `relayguard queue …` and `relayguard routes` show: pure data and formatting.
 
-The control server turns spool rows into plain JSON-able dicts with `summarize`
-and `detail`; the CLI prints them with the `format_*` functions (or as JSON).
+The control server asks the spool with `query_for` and turns the messages into
+plain JSON-able dicts with `summarize` and `detail` (qshape's table with
+`shape_of`); the CLI prints them with the `format_*` functions (or as JSON).
 No I/O and no clock here: `now` is always handed in, so the server's clock (a
 virtual one in tests) decides what "deferred" and "12m ago" mean.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 import email.parser
 import email.policy
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from relayguard.model import Attempt, MessageState, QueuedMessage, RecipientState, domain_of
+from relayguard.queue.spool import MessageQuery, ShapeEntry
 
 # Display states, as an operator thinks of them (Postfix's words): held by an
 # operator; active = due now (or being delivered); deferred = waiting for a retry.
@@ -34,6 +37,22 @@ def display_state(message: QueuedMessage, now: float) -> str:
     if message.state is MessageState.HELD:
         return "held"
     return "active" if message.next_attempt_at <= now else "deferred"
+
+
+def query_for(state: str | None, domain: str | None, now: float) -> MessageQuery | None:
+    """The spool query for a display state (one of STATES) at `now` and a destination
+    domain; None for every message."""
+    if state is None and domain is None:
+        return None
+    by_state: dict[str | None, MessageQuery] = {
+        None: MessageQuery(),
+        "held": MessageQuery(states=frozenset({MessageState.HELD})),
+        "active": MessageQuery(states=frozenset({MessageState.ACTIVE}), due_by=now),
+        "deferred": MessageQuery(states=frozenset({MessageState.ACTIVE}), due_after=now),
+    }
+    if state not in by_state:
+        raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+    return replace(by_state[state], domain=domain)
 
 
 def _last_attempt(attempts: Sequence[Attempt], address: str) -> Attempt | None:
@@ -129,12 +148,24 @@ def matches(
 def shape(summaries: Iterable[Mapping[str, Any]], buckets: Sequence[int] = SHAPE_BUCKETS) -> Json:
     """Messages by destination domain and age, like Postfix's qshape. A message with
     pending recipients in two domains counts once in each."""
+    return _tabulate(((s["age"], pending_domains(s)) for s in summaries), buckets)
+
+
+def shape_of(
+    entries: Iterable[ShapeEntry], now: float, buckets: Sequence[int] = SHAPE_BUCKETS
+) -> Json:
+    """`shape`, from what the spool's `shape` returns (no attempts read)."""
+    return _tabulate(((max(0.0, now - e.arrival_at), e.domains) for e in entries), buckets)
+
+
+def _tabulate(messages: Iterable[tuple[float, Iterable[str]]], buckets: Sequence[int]) -> Json:
+    """(age in seconds, pending domains) of each message -> qshape's table."""
     width = len(buckets) + 1
     rows: dict[str, list[int]] = {}
-    for s in summaries:
-        minutes = s["age"] / 60.0
+    for age, domains in messages:
+        minutes = age / 60.0
         column = next((i for i, b in enumerate(buckets) if minutes < b), len(buckets))
-        for domain in pending_domains(s):
+        for domain in domains:
             row = rows.setdefault(domain or "(none)", [0] * width)
             row[column] += 1
     total = [sum(col) for col in zip(*rows.values(), strict=True)] if rows else [0] * width

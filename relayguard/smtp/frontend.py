@@ -35,11 +35,10 @@ from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from relayguard import __version__
-from relayguard.clock import Clock
+from relayguard.clock import Clock, new_queue_id
 from relayguard.config import ServerSettings
 from relayguard.model import Envelope, QueuedMessage, Recipient
 from relayguard.queue.spool import NewMessage, Spool, SpoolFullError
-from relayguard.queue.spool.sqlite import new_queue_id
 from relayguard.smtp.esmtp import (
     MailParams,
     ParamError,

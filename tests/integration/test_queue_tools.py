@@ -16,8 +16,15 @@ import structlog
 from support import UpstreamHandler, make_message, running_relay, send, upstream
 
 from relayguard.cli import main
+from relayguard.clock import VirtualClock, seeded_queue_ids
 from relayguard.config import load_settings
-from relayguard.model import MessageState
+from relayguard.model import Envelope, MessageState, Recipient
+from relayguard.ndr.reports import make_report_builder
+from relayguard.ops.control import ControlError, Controller, _NoDelivery
+from relayguard.policy import Policy
+from relayguard.queue.manager import QueueManager
+from relayguard.queue.spool import NewMessage
+from relayguard.queue.spool.memory import MemorySpool
 
 
 @pytest.fixture(autouse=True)
@@ -396,3 +403,100 @@ async def test_without_a_running_relay(tmp_path: Path, capsys) -> None:
             _, out, _ = await rg(capsys, config, "queue", "list", "--json")
             [held] = json.loads(out)
             assert (held["queue_id"], held["state"]) == (ids[0], "held")
+
+
+async def test_the_controller_on_another_backend(tmp_path: Path) -> None:
+    """The controller knows the spool by its protocol only: every operation, on the
+    in-memory backend, with an idle queue manager (as the CLI's direct mode has)."""
+    settings = load_settings(write_config(tmp_path, 2525))
+    clock = VirtualClock(10_000.0)
+    spool = MemorySpool(seeded_queue_ids(1))
+    manager = QueueManager(
+        settings,
+        spool,
+        _NoDelivery(),
+        clock,
+        Policy(),
+        build_reports=make_report_builder(settings),
+    )
+    controller = Controller(settings, spool, manager, clock, running=False)
+
+    def message(n: int, *rcpts: str, at: float) -> NewMessage:
+        env = Envelope("s@example.org", tuple(Recipient(a) for a in rcpts))
+        body = f"Subject: test {n}\r\nMessage-ID: <m{n}@x>\r\n\r\nhi\r\n".encode()
+        return NewMessage(env, body, at, message_id=f"<m{n}@x>")
+
+    old, grey, mixed = await spool.accept_many(
+        [
+            message(1, "a@old.example", at=10_000.0 - 3600),
+            message(2, "b@grey.example", at=10_000.0 - 60),
+            message(3, "c@grey.example", "d@other.example", at=10_000.0),
+        ]
+    )
+    later, _ = await spool.load(grey.seq)
+    later.next_attempt_at = 10_600.0  # deferred: waiting for a retry
+    await spool.update(later, [])
+    for m in (old, mixed):
+        manager.enqueue(m)
+
+    def ids(result: dict) -> list[str]:
+        return [m["queue_id"] for m in result["messages"]]
+
+    assert ids(await controller.handle({"op": "list"})) == [
+        old.queue_id,
+        grey.queue_id,
+        mixed.queue_id,
+    ]
+    assert ids(await controller.handle({"op": "list", "state": "deferred"})) == [grey.queue_id]
+    assert ids(await controller.handle({"op": "list", "state": "active"})) == [
+        old.queue_id,
+        mixed.queue_id,
+    ]
+    assert ids(await controller.handle({"op": "list", "domain": "GREY.example"})) == [
+        grey.queue_id,
+        mixed.queue_id,
+    ]
+    shown = await controller.handle({"op": "show", "id": grey.queue_id.lower()})
+    assert ["Subject", "test 2"] in shown["message"]["headers"]
+    shape = (await controller.handle({"op": "shape"}))["shape"]
+    assert shape["rows"] == [
+        ["grey.example", 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ["old.example", 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0],
+        ["other.example", 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+
+    result = await controller.handle({"op": "hold", "ids": [grey.queue_id, "NOSUCH"]})
+    assert (result["done"], result["missing"]) == ([grey.queue_id], ["NOSUCH"])
+    assert ids(await controller.handle({"op": "list", "state": "held"})) == [grey.queue_id]
+    assert (await controller.handle({"op": "shape", "state": "held"}))["shape"]["rows"] == [
+        ["grey.example", 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    ]
+    result = await controller.handle({"op": "retry", "ids": [grey.queue_id]})
+    assert result["skipped"] == [{"queue_id": grey.queue_id, "why": "held: release it instead"}]
+    assert (await controller.handle({"op": "release", "ids": [grey.queue_id]}))["done"] == [
+        grey.queue_id
+    ]
+    assert (await spool.load(grey.seq))[0].next_attempt_at == clock.now()
+    assert (await controller.handle({"op": "retry", "domain": "old.example"}))["done"] == [
+        old.queue_id
+    ]
+
+    assert (await controller.handle({"op": "delete", "ids": [old.queue_id]}))["done"] == [
+        old.queue_id
+    ]
+    assert (await controller.handle({"op": "bounce", "ids": [mixed.queue_id]}))["done"] == [
+        mixed.queue_id
+    ]
+    left = await spool.messages()
+    assert [m.queue_id for m in left[:1]] == [grey.queue_id]
+    [report] = left[1:]  # the operator's bounce made one NDR, to the sender
+    assert report.envelope.sender == ""
+    assert [r.address for r in report.envelope.recipients] == ["s@example.org"]
+    assert (await spool.queue_stats(clock.now())).as_dict() == {
+        "active": 2.0,
+        "deferred": 0.0,
+        "held": 0.0,
+        "oldest_arrival": grey.arrival_at,
+    }
+    with pytest.raises(ControlError, match="state must be one of"):
+        await controller.handle({"op": "list", "state": "frozen"})

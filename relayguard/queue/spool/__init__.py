@@ -2,8 +2,14 @@
 
 The front end calls `accept` and answers 250 only when it returns; the queue
 manager reads the index at start, loads messages when they are due and
-records what happened to them. Every backend must make `accept` durable
-(fsynced) before returning, and may group concurrent commits.
+records what happened to them; the operator's tools (ops/control.py) select,
+hold, release, reschedule and delete messages, and the metrics read counts.
+Every backend must make its writes durable (fsynced) before returning, and may
+group concurrent commits.
+
+Everything a caller may ask is in `Spool`, with plain values in and out (no
+SQL, no connections), so every backend answers it the same way:
+tests/unit/test_spool_contract.py runs one suite over all of them.
 """
 
 from __future__ import annotations
@@ -41,31 +47,152 @@ class NewMessage:
     queue_id: str = ""  # chosen by the front end for its Received header; made here if empty
 
 
+@dataclass(frozen=True, slots=True)
+class MessageQuery:
+    """Which messages an operator means. Every field that is set narrows the selection
+    (they are ANDed); the default selects every message. Times are absolute (POSIX
+    seconds): the caller turns "due now" or "older than an hour" into them with its
+    own clock, so no backend reads one."""
+
+    queue_ids: frozenset[str] | None = None  # exactly these ids (as stored: no case folding)
+    states: frozenset[MessageState] | None = None
+    sender: str | None = None
+    domain: str | None = None  # a recipient still queued for this domain (any case)
+    due_by: float | None = None  # next_attempt_at <= due_by
+    due_after: float | None = None  # next_attempt_at > due_after
+    arrived_by: float | None = None  # arrival_at <= arrived_by: at least this old
+    arrived_after: float | None = None  # arrival_at > arrived_after
+
+    def matches(self, m: QueuedMessage) -> bool:
+        """The meaning of the query, one message at a time: every backend must select
+        exactly the messages for which this is true."""
+        return (
+            (self.queue_ids is None or m.queue_id in self.queue_ids)
+            and (self.states is None or m.state in self.states)
+            and (self.sender is None or m.envelope.sender == self.sender)
+            and (self.due_by is None or m.next_attempt_at <= self.due_by)
+            and (self.due_after is None or m.next_attempt_at > self.due_after)
+            and (self.arrived_by is None or m.arrival_at <= self.arrived_by)
+            and (self.arrived_after is None or m.arrival_at > self.arrived_after)
+            and (self.domain is None or self.domain.lower() in queued_domains(m.envelope))
+        )
+
+
+def queued_domains(envelope: Envelope) -> tuple[str, ...]:
+    """The domains of the recipients still queued, each once, in envelope order
+    ('' for a bare local part)."""
+    return tuple(dict.fromkeys(r.domain for r in envelope.pending()))
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeEntry:
+    """What qshape needs of one message: when it arrived, where it still has to go."""
+
+    seq: int
+    arrival_at: float
+    domains: tuple[str, ...]  # queued_domains of its envelope
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The queue's size for the metrics, by state as an operator sees it at `now`."""
+
+    active: int = 0  # ACTIVE and due (next_attempt_at <= now)
+    deferred: int = 0  # ACTIVE, waiting for a retry
+    held: int = 0
+    # The arrival time of the first-queued message (lowest seq; 0 when empty). Not the
+    # minimum over all messages: seq follows arrival closely enough, and finding it is
+    # then a lookup in the primary key instead of a scan at every scrape.
+    oldest_arrival: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """The mapping `Observer.set_queue` reads."""
+        return {
+            "active": float(self.active),
+            "deferred": float(self.deferred),
+            "held": float(self.held),
+            "oldest_arrival": self.oldest_arrival,
+        }
+
+
 class Spool(Protocol):
+    """Messages are numbered by `seq` (increasing, never reused) and named by
+    `queue_id` (unique among the messages queued). A stored message is ACTIVE or
+    HELD: one that reaches DONE is removed with its attempts. A closed spool raises
+    SpoolError for everything but `close`."""
+
+    # -- the front end and the queue manager ---------------------------------------
+
     async def accept(self, message: NewMessage) -> QueuedMessage:
-        """Commit durably; return only when the message is on disk."""
+        """Commit durably; return only when the message is on disk. The queue id is
+        made (clock.new_queue_id, or the backend's injected factory) when empty; one
+        already queued raises SpoolError."""
         ...
 
-    async def accept_many(self, messages: Sequence[NewMessage]) -> list[QueuedMessage]: ...
+    async def accept_many(self, messages: Sequence[NewMessage]) -> list[QueuedMessage]:
+        """`accept` for several, all or nothing."""
+        ...
 
     async def load(self, seq: int) -> tuple[QueuedMessage, bytes] | None:
-        """The message and its body, or None if it is gone (deleted by an operator)."""
+        """The message and its body, or None if it is gone (deleted by an operator).
+        The message is the caller's copy: changing it changes nothing stored."""
         ...
 
     async def update(self, message: QueuedMessage, new_attempts: Sequence[Attempt]) -> None:
         """Store recipient states, state and next attempt; append the new attempts.
-        A message in state DONE is removed."""
+        A message in state DONE is removed. Two operator races are settled here, the
+        same in every backend: a message held meanwhile stays held (its envelope, next
+        attempt and attempts are still stored), and one deleted meanwhile is not
+        brought back."""
         ...
 
     async def finish_with_reports(
         self, message: QueuedMessage, new_attempts: Sequence[Attempt], reports: Sequence[NewMessage]
     ) -> list[QueuedMessage]:
         """`update` and queue generated reports (NDRs) in one transaction, so a crash
-        never loses the failure nor sends its report twice."""
+        never loses the failure nor sends its report twice. If the message is gone
+        (deleted meanwhile) nothing is stored and no report queued: []. The
+        operator's bounce is `load` then this, with the message DONE and no attempts."""
         ...
 
     async def index(self, after_seq: int = 0) -> list[IndexEntry]:
-        """Every message not DONE with seq > after_seq, for loading the scheduler."""
+        """Every stored message with seq > after_seq, in seq order, for loading the
+        scheduler."""
+        ...
+
+    # -- the operator (queue tools) ------------------------------------------------
+
+    async def messages(self, query: MessageQuery | None = None) -> list[QueuedMessage]:
+        """The messages `query` selects (every one without a query), with their
+        attempts, in seq order, read in one snapshot."""
+        ...
+
+    async def hold(self, seq: int) -> bool:
+        """ACTIVE -> HELD: never tried until released. False if gone or not ACTIVE."""
+        ...
+
+    async def release(self, seq: int, next_attempt_at: float) -> bool:
+        """HELD -> ACTIVE, due at `next_attempt_at`. False if gone or not HELD."""
+        ...
+
+    async def reschedule(self, seq: int, next_attempt_at: float) -> bool:
+        """An ACTIVE message due at `next_attempt_at` (an operator's retry). False if
+        gone or HELD."""
+        ...
+
+    async def delete(self, seq: int) -> bool:
+        """Remove the message and its attempts, sending nothing. False if already gone."""
+        ...
+
+    # -- the metrics and qshape ----------------------------------------------------
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        """Messages by state at `now` and the oldest arrival, for the metrics. (Not
+        called `stats`: the replay's spool keeps its statistics under that name.)"""
+        ...
+
+    async def shape(self, query: MessageQuery | None = None) -> list[ShapeEntry]:
+        """`messages`, cut down to what qshape tabulates (no attempts read)."""
         ...
 
     async def close(self) -> None: ...

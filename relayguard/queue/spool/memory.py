@@ -1,10 +1,14 @@
 """In-memory spool: the Spool protocol without a disk, for the replay and for tests.
 
-Semantically the same as `SqliteSpool`: `accept` hands out increasing `seq`s and
-unique queue ids, `load` returns a fresh copy (the caller may mutate it),
-`update` appends attempts and removes a message once it is DONE,
-`finish_with_reports` is all-or-nothing, and a closed spool refuses work. It is
-not durable, so it never backs a live server: a crash loses everything in it.
+It answers every operation exactly as `SqliteSpool` does (tests/unit/
+test_spool_contract.py runs the same suite and random sequences on both):
+increasing `seq`s never reused, unique queue ids, `load` returns a fresh copy,
+`update` keeps an operator's hold and does not bring back a deleted message,
+`finish_with_reports` is all-or-nothing and queues nothing for a deleted one, a
+closed spool refuses work. It is not durable, so it never backs a live server: a
+crash loses everything in it.
+
+No method ever waits: the replay runs them without an event loop (driver.run_sync).
 
 Queue ids come from an injected factory, so a replay seeded with N gets the same
 ids (and so the same retry jitter, which the queue manager seeds from the id)
@@ -13,32 +17,24 @@ on every run.
 
 from __future__ import annotations
 
-import operator
-import random
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from relayguard.clock import QueueIdFactory, new_queue_id, seeded_queue_ids
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
-from relayguard.queue.spool import IndexEntry, NewMessage, SpoolError
-from relayguard.queue.spool.sqlite import new_queue_id
+from relayguard.queue.spool import (
+    IndexEntry,
+    MessageQuery,
+    NewMessage,
+    QueueStats,
+    ShapeEntry,
+    SpoolError,
+    queued_domains,
+)
 
-IdFactory = Callable[[], str]
-Predicate = Callable[[QueuedMessage], bool]
-
-
-def seeded_queue_ids(seed: int) -> IdFactory:
-    """Postfix-like ids that depend only on the seed and the order of creation."""
-    rng = random.Random(f"queue-ids/{seed}")
-    counter = 0
-
-    def make() -> str:
-        nonlocal counter
-        counter += 1
-        return f"{counter:09X}{rng.getrandbits(24):06X}"
-
-    return make
+# seeded_queue_ids lives in clock.py with every other way of making queue ids; the
+# replay has always imported it from here.
+__all__ = ["MemorySpool", "seeded_queue_ids"]
 
 
 @dataclass(slots=True)
@@ -67,53 +63,11 @@ class _Stored:
         )
 
 
-_COLUMNS: dict[str, Callable[[int, _Stored], object]] = {
-    "seq": lambda seq, _m: seq,
-    "queue_id": lambda _s, m: m.queue_id,
-    "state": lambda _s, m: m.state.value,
-    "arrival_at": lambda _s, m: m.arrival_at,
-    "next_attempt_at": lambda _s, m: m.next_attempt_at,
-    "sender": lambda _s, m: m.envelope.sender,
-    "message_id": lambda _s, m: m.message_id,
-    "size": lambda _s, m: m.size,
-}
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "=": operator.eq,
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<>": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-_CONDITION = re.compile(r"^\s*(\w+)\s*(==|=|!=|<>|<=|>=|<|>)\s*\?\s*$")
-
-
-def _compile_where(where: str, params: Sequence[object]) -> Callable[[int, _Stored], bool]:
-    """The subset of SQL the queue tools use: `col op ?` joined by AND, or 1=1."""
-    if where.strip() == "1=1":
-        return lambda _s, _m: True
-    parts = re.split(r"\s+AND\s+", where.strip(), flags=re.IGNORECASE)
-    if len(parts) != len(params):
-        raise SpoolError(f"memory spool: {len(params)} parameter(s) for {where!r}")
-    checks: list[tuple[Callable[[int, _Stored], object], Callable[[Any, Any], bool], object]] = []
-    for part, value in zip(parts, params, strict=True):
-        m = _CONDITION.match(part)
-        if m is None or m.group(1) not in _COLUMNS:
-            raise SpoolError(
-                f"memory spool: cannot evaluate {part.strip()!r} "
-                f"(expected 'column op ?' over {', '.join(_COLUMNS)})"
-            )
-        checks.append((_COLUMNS[m.group(1)], _OPS[m.group(2)], value))
-    return lambda seq, m: all(op(get(seq, m), value) for get, op, value in checks)
-
-
 class MemorySpool:
-    """The Spool protocol in a dict; `messages` takes a simple condition or a predicate."""
+    """The Spool protocol in a dict (in seq order: seqs only grow)."""
 
-    def __init__(self, id_factory: IdFactory | None = None) -> None:
-        self._new_id = id_factory or new_queue_id
+    def __init__(self, queue_ids: QueueIdFactory | None = None) -> None:
+        self._new_id = queue_ids or new_queue_id
         self._messages: dict[int, _Stored] = {}
         self._ids: set[str] = set()
         self._last_seq = 0
@@ -126,13 +80,18 @@ class MemorySpool:
         if self._closed:
             raise SpoolError("spool is closed")
 
-    def _prepare(self, messages: Sequence[NewMessage]) -> list[tuple[str, NewMessage]]:
-        """Choose and check every queue id before storing anything (all or nothing)."""
+    def _prepare(
+        self, messages: Sequence[NewMessage], freed: str | None = None
+    ) -> list[tuple[str, NewMessage]]:
+        """Choose and check every queue id before storing anything (all or nothing).
+        Ids are made in order and up to the first clash, as SQLite's inserts do, so a
+        seeded factory is at the same point afterwards in both. `freed`: the id of a
+        message removed in the same transaction, before these are inserted."""
         chosen: list[tuple[str, NewMessage]] = []
         taken: set[str] = set()
         for m in messages:
             qid = m.queue_id or self._new_id()
-            if qid in self._ids or qid in taken:
+            if (qid in self._ids and qid != freed) or qid in taken:
                 raise SpoolError(f"UNIQUE constraint failed: messages.queue_id ({qid})")
             taken.add(qid)
             chosen.append((qid, m))
@@ -162,6 +121,43 @@ class MemorySpool:
             message_id=m.message_id,
         )
 
+    def _remove(self, seq: int) -> bool:
+        stored = self._messages.pop(seq, None)
+        if stored is None:
+            return False
+        self._ids.discard(stored.queue_id)  # free again, as a deleted row's UNIQUE value
+        return True
+
+    def _update(self, m: QueuedMessage, new_attempts: Sequence[Attempt]) -> None:
+        stored = self._messages.get(m.seq)
+        if stored is None:
+            return  # deleted by an operator meanwhile: not brought back
+        if m.state is MessageState.DONE:
+            self._remove(m.seq)
+            return
+        stored.attempts.extend(new_attempts)
+        # Held by an operator while the round was under way: the hold wins, as in
+        # SQLite's UPDATE (state = CASE WHEN state = 'held' THEN state ELSE ? END).
+        if stored.state is not MessageState.HELD:
+            stored.state = m.state
+        stored.next_attempt_at = m.next_attempt_at
+        stored.envelope = m.envelope
+
+    def _set_state(
+        self, seq: int, state: MessageState, only_from: MessageState, at: float | None = None
+    ) -> bool:
+        stored = self._messages.get(seq)
+        if stored is None or stored.state is not only_from:
+            return False
+        stored.state = state
+        if at is not None:
+            stored.next_attempt_at = at
+        return True
+
+    def _select(self, query: MessageQuery | None) -> list[QueuedMessage]:
+        views = [m.view(seq) for seq, m in self._messages.items()]
+        return views if query is None else [v for v in views if query.matches(v)]
+
     # -- the Spool interface -----------------------------------------------
 
     async def accept(self, message: NewMessage) -> QueuedMessage:
@@ -180,19 +176,6 @@ class MemorySpool:
             return None
         return stored.view(seq), stored.body
 
-    def _update(self, m: QueuedMessage, new_attempts: Sequence[Attempt]) -> None:
-        stored = self._messages.get(m.seq)
-        if stored is None:
-            return  # like an UPDATE of a deleted row: nothing to do
-        if m.state is MessageState.DONE:
-            del self._messages[m.seq]
-            self._ids.discard(stored.queue_id)
-            return
-        stored.attempts.extend(new_attempts)
-        stored.state = m.state
-        stored.next_attempt_at = m.next_attempt_at
-        stored.envelope = m.envelope
-
     async def update(self, message: QueuedMessage, new_attempts: Sequence[Attempt]) -> None:
         self._check_open()
         self._update(message, new_attempts)
@@ -201,7 +184,15 @@ class MemorySpool:
         self, message: QueuedMessage, new_attempts: Sequence[Attempt], reports: Sequence[NewMessage]
     ) -> list[QueuedMessage]:
         self._check_open()
-        chosen = self._prepare(reports)  # may raise: then nothing has changed
+        stored = self._messages.get(message.seq)
+        if stored is None:
+            # Deleted by an operator meanwhile: no reports for it either, and no ids
+            # made for them (SQLite's job stops before its inserts).
+            return []
+        # SQLite removes a DONE message before inserting the reports: its id is free
+        # for them. May raise: then nothing has changed.
+        done = message.state is MessageState.DONE
+        chosen = self._prepare(reports, stored.queue_id if done else None)
         self._update(message, new_attempts)
         return [self._insert(qid, r) for qid, r in chosen]
 
@@ -213,16 +204,46 @@ class MemorySpool:
             if seq > after_seq and m.state is not MessageState.DONE
         ]
 
-    async def messages(
-        self, where: str | Predicate = "1=1", params: Sequence[object] = ()
-    ) -> list[QueuedMessage]:
-        """Messages matching a condition (`sender = ?` ... joined by AND) or a predicate."""
+    async def messages(self, query: MessageQuery | None = None) -> list[QueuedMessage]:
         self._check_open()
-        if callable(where):
-            views = (m.view(seq) for seq, m in self._messages.items())
-            return [v for v in views if where(v)]
-        test = _compile_where(where, params)
-        return [m.view(seq) for seq, m in self._messages.items() if test(seq, m)]
+        return self._select(query)
+
+    async def hold(self, seq: int) -> bool:
+        self._check_open()
+        return self._set_state(seq, MessageState.HELD, MessageState.ACTIVE)
+
+    async def release(self, seq: int, next_attempt_at: float) -> bool:
+        self._check_open()
+        return self._set_state(seq, MessageState.ACTIVE, MessageState.HELD, next_attempt_at)
+
+    async def reschedule(self, seq: int, next_attempt_at: float) -> bool:
+        self._check_open()
+        return self._set_state(seq, MessageState.ACTIVE, MessageState.ACTIVE, next_attempt_at)
+
+    async def delete(self, seq: int) -> bool:
+        self._check_open()
+        return self._remove(seq)
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        self._check_open()
+        active = deferred = held = 0
+        for m in self._messages.values():
+            if m.state is MessageState.HELD:
+                held += 1
+            elif m.state is MessageState.ACTIVE:
+                if m.next_attempt_at <= now:
+                    active += 1
+                else:
+                    deferred += 1
+        first = next(iter(self._messages.values()), None)  # the lowest seq, as in SQLite
+        oldest = first.arrival_at if first is not None else 0.0
+        return QueueStats(active, deferred, held, oldest)
+
+    async def shape(self, query: MessageQuery | None = None) -> list[ShapeEntry]:
+        self._check_open()
+        return [
+            ShapeEntry(m.seq, m.arrival_at, queued_domains(m.envelope)) for m in self._select(query)
+        ]
 
     async def close(self) -> None:
         self._closed = True

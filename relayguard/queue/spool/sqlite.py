@@ -15,21 +15,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import fcntl
-import itertools
 import json
 import os
 import queue
-import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
+from relayguard.clock import QueueIdFactory, new_queue_id
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
-from relayguard.queue.spool import IndexEntry, NewMessage, SpoolError, SpoolFullError
+from relayguard.queue.spool import (
+    IndexEntry,
+    MessageQuery,
+    NewMessage,
+    QueueStats,
+    ShapeEntry,
+    SpoolError,
+    SpoolFullError,
+    queued_domains,
+)
 
 T = TypeVar("T")
 
@@ -58,16 +65,6 @@ CREATE INDEX IF NOT EXISTS attempts_seq ON attempts(seq);
 MAX_BATCH = 1024
 DB_NAME = "queue.db"
 WRITE_LOCK_NAME = "queue.db.writelock"
-
-
-_PROCESS_NONCE = secrets.token_hex(2).upper()
-_ID_COUNTER = itertools.count()
-
-
-def new_queue_id() -> str:
-    """Postfix-like: sortable by arrival, unique across processes and nodes
-    (microseconds, a random per-process part, a counter)."""
-    return f"{time.time_ns() // 1000:013X}{_PROCESS_NONCE}{next(_ID_COUNTER) & 0xFFF:03X}"
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -106,11 +103,21 @@ def _deliver_outcomes(outcomes: list[Outcome]) -> None:
 
 
 class SqliteSpool:
-    def __init__(self, directory: Path | str, *, max_page_count: int | None = None) -> None:
+    """The Spool protocol on SQLite. `queue_ids` makes the ids of messages that come
+    without one (NDRs); it is called in the writer thread."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        max_page_count: int | None = None,
+        queue_ids: QueueIdFactory = new_queue_id,
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / DB_NAME
         self._max_page_count = max_page_count
+        self._new_id = queue_ids
         conn = self._connect()
         conn.executescript(SCHEMA)
         conn.close()
@@ -216,10 +223,10 @@ class SqliteSpool:
     # -- the Spool interface -----------------------------------------------
 
     async def accept(self, message: NewMessage) -> QueuedMessage:
-        return await self._run(lambda c: _insert(c, message))
+        return await self._run(lambda c: _insert(c, message, self._new_id))
 
     async def accept_many(self, messages: Sequence[NewMessage]) -> list[QueuedMessage]:
-        return await self._run(lambda c: [_insert(c, m) for m in messages])
+        return await self._run(lambda c: [_insert(c, m, self._new_id) for m in messages])
 
     async def load(self, seq: int) -> tuple[QueuedMessage, bytes] | None:
         # Through the reader: a delivery must not wait behind other messages' fsync.
@@ -234,22 +241,38 @@ class SqliteSpool:
         def job(c: sqlite3.Connection) -> list[QueuedMessage]:
             if not _update(c, message, new_attempts):
                 return []  # deleted by an operator meanwhile: no reports for it either
-            return [_insert(c, r) for r in reports]
+            return [_insert(c, r, self._new_id) for r in reports]
 
         return await self._run(job)
 
     async def index(self, after_seq: int = 0) -> list[IndexEntry]:
         return await self._run(lambda c: list(_index(c, after_seq)))
 
-    async def messages(
-        self, where: str = "1=1", params: Sequence[object] = ()
-    ) -> list[QueuedMessage]:
-        """Messages matching an SQL condition over the messages table (queue tools)."""
-        return await self._run(lambda c: find_messages(c, where, params))
+    async def messages(self, query: MessageQuery | None = None) -> list[QueuedMessage]:
+        return await self.read(lambda c: select_messages(c, query))
+
+    async def shape(self, query: MessageQuery | None = None) -> list[ShapeEntry]:
+        return await self.read(lambda c: _shape(c, query))
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        return await self.read(lambda c: _stats(c, now))
+
+    async def hold(self, seq: int) -> bool:
+        return await self.set_state(seq, MessageState.HELD, only_from=MessageState.ACTIVE)
+
+    async def release(self, seq: int, next_attempt_at: float) -> bool:
+        return await self.set_state(
+            seq, MessageState.ACTIVE, next_attempt_at=next_attempt_at, only_from=MessageState.HELD
+        )
+
+    async def reschedule(self, seq: int, next_attempt_at: float) -> bool:
+        return await self.set_state(
+            seq, MessageState.ACTIVE, next_attempt_at=next_attempt_at, only_from=MessageState.ACTIVE
+        )
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only query in one snapshot on the reader connection (queue tools,
-        metrics): WAL readers never hold up the writer, nor wait for its fsync."""
+        """Run a read-only query in one snapshot on the reader connection (operator
+        queries, stats): WAL readers never hold up the writer, nor wait for its fsync."""
 
         def snapshot(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN")
@@ -283,18 +306,11 @@ class SqliteSpool:
         next_attempt_at: float | None = None,
         only_from: MessageState | None = None,
     ) -> bool:
-        """An operator's hold or release; False if the message is gone (or not in
-        `only_from`)."""
+        """What hold, release and reschedule do; not in the protocol (tests set a state
+        directly with it). False if the message is gone (or not in `only_from`)."""
         return await self._run(lambda c: _set_state(c, seq, state, next_attempt_at, only_from))
 
-    async def set_next_attempt(self, seq: int, at: float) -> bool:
-        """An operator's retry: due at `at`; only for a message that is not held."""
-        return await self._run(
-            lambda c: _set_state(c, seq, MessageState.ACTIVE, at, MessageState.ACTIVE)
-        )
-
     async def delete(self, seq: int) -> bool:
-        """An operator's delete: the message and its attempts; False if already gone."""
         return await self._run(lambda c: _delete(c, seq))
 
     async def close(self) -> None:
@@ -328,8 +344,8 @@ def _map_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def _insert(conn: sqlite3.Connection, m: NewMessage) -> QueuedMessage:
-    qid = m.queue_id or new_queue_id()
+def _insert(conn: sqlite3.Connection, m: NewMessage, new_id: QueueIdFactory) -> QueuedMessage:
+    qid = m.queue_id or new_id()
     cur = conn.execute(
         "INSERT INTO messages (queue_id, state, arrival_at, next_attempt_at, sender, message_id,"
         " size, envelope, body) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -445,19 +461,88 @@ def load_message(conn: sqlite3.Connection, seq: int) -> tuple[QueuedMessage, byt
     return _row_to_message(conn, row[:-1]), bytes(row[-1])
 
 
+def _where(query: MessageQuery | None) -> tuple[str, list[object]]:
+    """A query's conditions over the messages table, but for `domain`, which lives in
+    the envelope's JSON and is checked on the rows (`_queued_for`)."""
+    if query is None:
+        return "1=1", []
+    conditions: list[str] = []
+    params: list[object] = []
+    if query.queue_ids is not None:
+        # One parameter however many ids an operator names (SQLite caps parameters).
+        conditions.append("queue_id IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(sorted(query.queue_ids)))
+    if query.states is not None:
+        conditions.append("state IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(sorted(s.value for s in query.states)))
+    for column, op, value in (
+        ("sender", "=", query.sender),
+        ("next_attempt_at", "<=", query.due_by),
+        ("next_attempt_at", ">", query.due_after),
+        ("arrival_at", "<=", query.arrived_by),
+        ("arrival_at", ">", query.arrived_after),
+    ):
+        if value is not None:
+            conditions.append(f"{column} {op} ?")
+            params.append(value)
+    return " AND ".join(conditions) or "1=1", params
+
+
+def _queued_for(query: MessageQuery | None, envelope: Envelope) -> bool:
+    return query is None or query.domain is None or query.domain.lower() in queued_domains(envelope)
+
+
+def select_messages(
+    conn: sqlite3.Connection, query: MessageQuery | None = None
+) -> list[QueuedMessage]:
+    """The messages a query selects, in seq order (the Spool's `messages`)."""
+    where, params = _where(query)
+    sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY seq"  # noqa: S608 - fixed pieces
+    found = [_row_to_message(conn, r) for r in conn.execute(sql, params).fetchall()]
+    return [m for m in found if _queued_for(query, m.envelope)]
+
+
 def find_messages(
     conn: sqlite3.Connection, where: str = "1=1", params: Sequence[object] = ()
 ) -> list[QueuedMessage]:
-    # `where` comes from our own code (queue tools build it from fixed pieces);
-    # values always go through parameters.
+    """For a reader of a spool file outside SqliteSpool (the replay's spool input):
+    messages matching an SQL condition. `where` comes from our own code; values go
+    through parameters. Spool callers use MessageQuery instead."""
     query = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY seq"  # noqa: S608
     rows = conn.execute(query, tuple(params)).fetchall()
     return [_row_to_message(conn, r) for r in rows]
 
 
+def _shape(conn: sqlite3.Connection, query: MessageQuery | None) -> list[ShapeEntry]:
+    where, params = _where(query)
+    sql = f"SELECT seq, arrival_at, envelope FROM messages WHERE {where} ORDER BY seq"  # noqa: S608
+    entries = []
+    for seq, arrival, env in conn.execute(sql, params):
+        envelope = Envelope.from_dict(json.loads(env))
+        if _queued_for(query, envelope):
+            entries.append(ShapeEntry(seq, arrival, queued_domains(envelope)))
+    return entries
+
+
+def _stats(conn: sqlite3.Connection, now: float) -> QueueStats:
+    """Counted in the (state, next_attempt_at) index, not the table: cheap at every scrape."""
+    counts = {"active": 0, "deferred": 0, "held": 0}
+    for state, due, count in conn.execute(
+        "SELECT state, next_attempt_at <= ?, COUNT(*) FROM messages GROUP BY 1, 2", (now,)
+    ):
+        if state == MessageState.HELD.value:
+            counts["held"] += count
+        elif state == MessageState.ACTIVE.value:
+            counts["active" if due else "deferred"] += count
+    # seq follows arrival, and this is a lookup in the primary key, not a scan.
+    row = conn.execute("SELECT arrival_at FROM messages ORDER BY seq LIMIT 1").fetchone()
+    return QueueStats(**counts, oldest_arrival=float(row[0]) if row is not None else 0.0)
+
+
 def _index(conn: sqlite3.Connection, after_seq: int) -> Iterator[IndexEntry]:
     for seq, nxt, state in conn.execute(
-        "SELECT seq, next_attempt_at, state FROM messages WHERE seq > ? AND state != ?",
+        "SELECT seq, next_attempt_at, state FROM messages WHERE seq > ? AND state != ?"
+        " ORDER BY seq",
         (after_seq, MessageState.DONE.value),
     ):
         yield IndexEntry(seq, nxt, MessageState(state))
@@ -478,23 +563,11 @@ def spool_usable(directory: Path) -> bool:
 
 
 def queue_stats(directory: Path, now: float) -> dict[str, float]:
-    """For the metrics: messages by state (active = due now, deferred = waiting for a
-    retry, held) and the arrival time of the oldest message (0 when empty). Reads
-    through a connection of its own, using the (state, next_attempt_at) index."""
+    """`SqliteSpool.queue_stats`, as `Observer.set_queue` reads it, through a read-only
+    connection of its own: for the metrics server, which has the directory, not the
+    spool."""
     conn = sqlite3.connect(f"file:{Path(directory) / DB_NAME}?mode=ro", uri=True, timeout=5)
     try:
-        stats = {"active": 0.0, "deferred": 0.0, "held": 0.0, "oldest_arrival": 0.0}
-        for state, due, count in conn.execute(
-            "SELECT state, next_attempt_at <= ?, COUNT(*) FROM messages GROUP BY 1, 2", (now,)
-        ):
-            if state == MessageState.HELD.value:
-                stats["held"] += count
-            elif state == MessageState.ACTIVE.value:
-                stats["active" if due else "deferred"] += count
-        # seq follows arrival, and this is a lookup in the primary key, not a scan.
-        row = conn.execute("SELECT arrival_at FROM messages ORDER BY seq LIMIT 1").fetchone()
-        if row is not None:
-            stats["oldest_arrival"] = float(row[0])
-        return stats
+        return _stats(conn, now).as_dict()
     finally:
         conn.close()
