@@ -12,15 +12,13 @@ replay, whose ids must not depend on when it runs.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import heapq
 import itertools
 import os
 import random
 import secrets
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from typing import Protocol
 
 # Loops without a visible run queue (uvloop): how many turns `settle` gives them.
@@ -123,76 +121,6 @@ class VirtualClock:
                 await asyncio.sleep(settle)
                 return
             self.set(nxt)
-
-    # -- deterministic stepping (the replay) ------------------------------------------
-
-    async def settle(self) -> None:
-        """Let every ready callback run, until the loop has nothing ready but the caller.
-
-        For simulations where all work is pure asyncio (no sockets, threads or
-        timers): then an idle loop means every task waits on this clock or on an
-        event another waiting task will set, and it is time to jump. No real
-        sleeps, so the result does not depend on the machine's speed.
-        """
-        loop = asyncio.get_running_loop()
-        ready = getattr(loop, "_ready", None)  # the run queue of asyncio's BaseEventLoop
-        if not isinstance(ready, Sized):
-            for _ in range(_SETTLE_TURNS):
-                await asyncio.sleep(0)
-            return
-        await asyncio.sleep(0)
-        while len(ready):  # noqa: ASYNC110 - giving the loop turns is the point
-            await asyncio.sleep(0)
-
-    def next_event(self, *candidates: float | None) -> float | None:
-        """The earliest future time among the registered wake-ups and `candidates`."""
-        times = [t for t in (self.next_wakeup(), *candidates) if t is not None and t > self._now]
-        return min(times) if times else None
-
-    async def advance_to_next(
-        self, *candidates: float | None, limit: float | None = None
-    ) -> float | None:
-        """Settle, then jump to the next event (a sleeper's wake-up or one of the
-        `candidates`, e.g. the next arrival), never past `limit`. Returns the new
-        time, or None when nothing is left to wait for."""
-        await self.settle()
-        nxt = self.next_event(*candidates)
-        if nxt is None or (limit is not None and self._now >= limit):
-            return None
-        if limit is not None:
-            nxt = min(nxt, limit)
-        self.set(nxt)
-        return nxt
-
-
-class SimulationClock(VirtualClock):
-    """A VirtualClock for pure simulations (the replay), with cheaper waits on an event.
-
-    Same semantics as VirtualClock.sleep_until: return at `when`, or as soon as
-    `wake` is set. Instead of a task waiting on the event beside the timer (one
-    task, an asyncio.wait and three loop turns per sleep: the queue manager's run
-    loop sleeps twice per message), the sleeper's one future is also handed to
-    the event, which resolves it when set, as Event.wait's own future is.
-    """
-
-    async def sleep_until(self, when: float, wake: asyncio.Event | None = None) -> None:
-        waiters = getattr(wake, "_waiters", None)  # what asyncio.Event.set() resolves
-        if wake is None or when <= self._now or not isinstance(waiters, collections.deque):
-            await super().sleep_until(when, wake)
-            return
-        if wake.is_set():
-            await asyncio.sleep(0)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (when, next(self._seq), fut))
-        waiters.append(fut)
-        try:
-            await fut
-        finally:
-            with contextlib.suppress(ValueError):
-                waiters.remove(fut)
-            if not fut.done():
-                fut.cancel()
 
 
 # -- queue ids --------------------------------------------------------------------------
