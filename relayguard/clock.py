@@ -21,9 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-# Loops without a visible run queue (uvloop): how many turns `settle` gives them.
-_SETTLE_TURNS = 64
-
 QueueIdFactory = Callable[[], str]
 
 
