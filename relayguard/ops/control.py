@@ -33,18 +33,19 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings
-from relayguard.model import MessageState, Outcome, Phase, QueuedMessage, Reply, Transaction
+from relayguard.model import MessageState, Phase, QueuedMessage, Reply
 from relayguard.ops.metrics import Observer
 from relayguard.ops.queue_tools import STATES, detail, matches, query_for, shape_of, summarize
-from relayguard.queue.manager import QueueManager
+from relayguard.queue.manager import bounce_now, route_table
+from relayguard.queue.scheduler import RouteTable
 from relayguard.queue.spool import MessageQuery, Spool
 from relayguard.queue.spool.sqlite import DB_NAME, SqliteSpool
 
@@ -105,6 +106,50 @@ def try_lock_exclusive(spool_dir: Path) -> int | None:
 # ---------------------------------------------------------------- operations
 
 
+class QueueView(Protocol):
+    """What the operations need of the queue's in-memory side: the running queue
+    manager, or `StoppedQueue` when the CLI works on the spool of a stopped relay."""
+
+    @property
+    def delivering(self) -> Collection[int]: ...
+    @property
+    def routes(self) -> RouteTable: ...
+    def hold(self, seq: int) -> None: ...
+    def schedule_now(self, seq: int) -> bool: ...
+    def resume(self, route: str, destination: str | None = None) -> int: ...
+    async def bounce(self, seq: int, reply: Reply, rule: str = "operator") -> list[str]: ...
+
+
+class StoppedQueue:
+    """The relay is stopped: nothing is being delivered, no route is suspended (those
+    live in the running relay's memory), and a bounce is the same finisher the running
+    relay uses, on the spool."""
+
+    def __init__(self, settings: Settings, spool: Spool, clock: Clock) -> None:
+        from relayguard.ndr.reports import make_report_builder  # noqa: PLC0415 - CLI only
+
+        self.delivering: frozenset[int] = frozenset()
+        self.routes = route_table(settings)
+        self._spool = spool
+        self._clock = clock
+        self._build = make_report_builder(settings)
+
+    def hold(self, seq: int) -> None:  # noqa: ARG002 - QueueView's signature
+        return None  # the spool's hold is all there is
+
+    def schedule_now(self, seq: int) -> bool:  # noqa: ARG002 - QueueView's signature
+        return True  # the spool's next-attempt time is all there is: due at the next start
+
+    def resume(self, route: str, destination: str | None = None) -> int:  # noqa: ARG002
+        return 0  # suspensions live in the running relay's memory: none when stopped
+
+    async def bounce(self, seq: int, reply: Reply, rule: str = "operator") -> list[str]:
+        addresses, _ = await bounce_now(
+            self._spool, seq, reply, rule, self._build, self._clock.now()
+        )
+        return addresses
+
+
 class Controller:
     """The operations, on a spool and a queue manager (running, or idle for the CLI)."""
 
@@ -112,7 +157,7 @@ class Controller:
         self,
         settings: Settings,
         spool: Spool,
-        manager: QueueManager,
+        manager: QueueView,
         clock: Clock,
         observer: Observer | None = None,
         *,
@@ -427,28 +472,13 @@ def call(path: Path, request: Json, timeout: float = CLIENT_TIMEOUT) -> Json:
     return result
 
 
-class _NoDelivery:
-    """The CLI's queue manager (relayguard stopped) edits the spool; it never delivers."""
-
-    async def send(self, route: str, tx: Transaction) -> Outcome:
-        raise RuntimeError(f"no delivery from the CLI (route {route}, {len(tx.recipients)} rcpt)")
-
-
 async def _direct(settings: Settings, request: Json) -> Json:
-    from relayguard.ndr.reports import make_report_builder  # noqa: PLC0415
-    from relayguard.policy import Policy  # noqa: PLC0415 - only the direct mode needs it
-
     spool: Spool = SqliteSpool(settings.server.spool)
+    clock = SystemClock()
     try:
-        manager = QueueManager(
-            settings,
-            spool,
-            _NoDelivery(),
-            SystemClock(),
-            Policy(),
-            build_reports=make_report_builder(settings),
+        controller = Controller(
+            settings, spool, StoppedQueue(settings, spool, clock), clock, running=False
         )
-        controller = Controller(settings, spool, manager, manager.clock, running=False)
         return await controller.handle(request)
     finally:
         await spool.close()

@@ -74,6 +74,42 @@ def reports_for(done: Done, body: bytes, build: ReportBuilder, now: float) -> li
     return reports
 
 
+async def bounce_now(
+    spool: Spool,
+    seq: int,
+    reply: Reply,
+    rule: str,
+    build: ReportBuilder,
+    now: float,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> tuple[list[str], list[QueuedMessage]]:
+    """An operator's bounce, on the spool: every pending recipient fails now with `reply`
+    (the round's own finisher), the NDR is queued. The recipients failed and the reports
+    queued; nothing if the message is gone. Used by the running relay and by the CLI on
+    a stopped one alike."""
+    loaded = await spool.load(seq)
+    if loaded is None:
+        return [], []
+    message, body = loaded
+    failed = fail_pending(message, reply, rule)
+    reports = build(message, body, failed, "bounce", now) if failed else []
+    queued = await spool.finish_with_reports(message, [], reports)
+    addresses = sorted(r.address for r in failed)
+    event = {
+        "queue_id": message.queue_id,
+        "message_id": message.message_id,
+        "route": "",
+        "recipients": addresses,
+        "rule": rule,
+        "code": reply.code,
+        "enhanced": reply.enhanced,
+        "text": reply.text,
+        "reason": "bounced by the operator",
+    }
+    emit([("bounced", event)], on_event)
+    return addresses, queued
+
+
 @dataclass
 class QueueManager:
     settings: Settings
@@ -147,30 +183,11 @@ class QueueManager:
         bounce. The caller holds the message and waits until no round is under way.
         Returns the recipients failed (empty if the message is gone)."""
         self.due.remove(seq)
-        loaded = await self.spool.load(seq)
-        if loaded is None:
-            return []
-        message, body = loaded
-        failed = fail_pending(message, reply, rule)
-        now = self.clock.now()
-        reports = self.build_reports(message, body, failed, "bounce", now) if failed else []
-        for report in await self.spool.finish_with_reports(message, [], reports):
-            self.enqueue(report)
-        addresses = sorted(r.address for r in failed)
-        self._emit(
-            "bounced",
-            {
-                "queue_id": message.queue_id,
-                "message_id": message.message_id,
-                "route": "",
-                "recipients": addresses,
-                "rule": rule,
-                "code": reply.code,
-                "enhanced": reply.enhanced,
-                "text": reply.text,
-                "reason": "bounced by the operator",
-            },
+        addresses, reports = await bounce_now(
+            self.spool, seq, reply, rule, self.build_reports, self.clock.now(), self.on_event
         )
+        for report in reports:
+            self.enqueue(report)
         return addresses
 
     def resume(self, route: str, destination: str | None = None) -> int:
@@ -336,9 +353,6 @@ class QueueManager:
         started = self.clock.now()
         outcome = await self.sender.send(step.route, step.transaction)
         return outcome, started, self.clock.now()
-
-    def _emit(self, name: str, fields: dict[str, Any]) -> None:
-        emit([(name, fields)], self.on_event)
 
 
 def emit(

@@ -19,10 +19,7 @@ from relayguard.cli import main
 from relayguard.clock import VirtualClock, seeded_queue_ids
 from relayguard.config import load_settings
 from relayguard.model import Envelope, MessageState, Recipient
-from relayguard.ndr.reports import make_report_builder
-from relayguard.ops.control import ControlError, Controller, _NoDelivery
-from relayguard.policy import Policy
-from relayguard.queue.manager import QueueManager
+from relayguard.ops.control import ControlError, Controller, StoppedQueue
 from relayguard.queue.spool import NewMessage
 from relayguard.queue.spool.memory import MemorySpool
 
@@ -407,19 +404,13 @@ async def test_without_a_running_relay(tmp_path: Path, capsys) -> None:
 
 async def test_the_controller_on_another_backend(tmp_path: Path) -> None:
     """The controller knows the spool by its protocol only: every operation, on the
-    in-memory backend, with an idle queue manager (as the CLI's direct mode has)."""
+    in-memory backend, with the stopped relay's queue view (as the CLI's direct mode has)."""
     settings = load_settings(write_config(tmp_path, 2525))
     clock = VirtualClock(10_000.0)
     spool = MemorySpool(seeded_queue_ids(1))
-    manager = QueueManager(
-        settings,
-        spool,
-        _NoDelivery(),
-        clock,
-        Policy(),
-        build_reports=make_report_builder(settings),
+    controller = Controller(
+        settings, spool, StoppedQueue(settings, spool, clock), clock, running=False
     )
-    controller = Controller(settings, spool, manager, clock, running=False)
 
     def message(n: int, *rcpts: str, at: float) -> NewMessage:
         env = Envelope("s@example.org", tuple(Recipient(a) for a in rcpts))
@@ -436,8 +427,6 @@ async def test_the_controller_on_another_backend(tmp_path: Path) -> None:
     later, _ = await spool.load(grey.seq)
     later.next_attempt_at = 10_600.0  # deferred: waiting for a retry
     await spool.update(later, [])
-    for m in (old, mixed):
-        manager.enqueue(m)
 
     def ids(result: dict) -> list[str]:
         return [m["queue_id"] for m in result["messages"]]
