@@ -118,3 +118,22 @@ def format_duration_range(low: float, high: float) -> str:
     if low == high:
         return format_duration(low)
     return f"{format_duration(low)}..{format_duration(high)}"
+
+
+def format_span(seconds: float, *, units: int = 2) -> str:
+    """An age or a wait at a glance, in tables: the `units` largest units, the rest
+    dropped ('3s', '4m10s', '2h5m', '3d4h'); under ten seconds to a tenth ('0.4s')."""
+    if not math.isfinite(seconds):
+        return str(seconds)
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}".rstrip("0").rstrip(".") + "s"
+    left = int(seconds)  # an age shows what has passed: truncated, never rounded up
+    parts: list[str] = []
+    for unit, size in _SHOWN:
+        count, left = divmod(left, size)
+        if count or parts:
+            parts.append(f"{count}{unit}")
+        if len(parts) == units:
+            break
+    return "".join(p for p in parts if not p.startswith("0")) or "0s"

@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from relayguard.durations import format_span
 from relayguard.model import Attempt, MessageState, QueuedMessage, RecipientState, domain_of
 from relayguard.queue.spool import MessageQuery, ShapeEntry
 
@@ -182,20 +183,6 @@ def _tabulate(messages: Iterable[tuple[float, Iterable[str]]], buckets: Sequence
 
 def format_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def format_span(seconds: float) -> str:
-    """3s, 4m10s, 2h5m, 3d4h: two units at most."""
-    s = int(max(0.0, seconds))
-    for unit, size, small, small_size in (
-        ("d", 86400, "h", 3600),
-        ("h", 3600, "m", 60),
-        ("m", 60, "s", 1),
-    ):
-        if s >= size:
-            rest = (s % size) // small_size
-            return f"{s // size}{unit}{rest}{small}" if rest else f"{s // size}{unit}"
-    return f"{s}s"
 
 
 def format_when(ts: float, now: float) -> str:

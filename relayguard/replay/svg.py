@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from relayguard.durations import format_duration
+
 WIDTH, HEIGHT = 560, 230
 LEFT, RIGHT, TOP, BOTTOM = 52, 14, 30, 34
 PALETTE = (
@@ -50,9 +52,8 @@ def _time_step(duration: float) -> float:
 
 
 def time_label(seconds: float) -> str:
-    if seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    return f"{int(seconds // 60)}m"
+    """An axis tick (whole minutes or hours): '30m', '6h', '1h30m'."""
+    return format_duration(seconds)
 
 
 class _Frame:

@@ -6,26 +6,14 @@ import functools
 from collections.abc import Callable
 from typing import IO, Any
 
+from relayguard.durations import format_span
 from relayguard.replay.driver import Progress
 from relayguard.replay.stats import Stats
 
 
 def human(seconds: float | None) -> str:
-    """0s, 0.4s, 12s, 7m32s, 3h05m, 50h, 4d2h."""
-    if seconds is None:
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.1f}s" if seconds else "0s"
-    s = round(seconds)
-    if s < 60:
-        text = f"{s}s"
-    elif s < 3600:
-        text = f"{s // 60}m{s % 60:02d}s" if s % 60 else f"{s // 60}m"
-    elif s < 3 * 86400:
-        text = f"{s // 3600}h{s % 3600 // 60:02d}m" if s % 3600 else f"{s // 3600}h"
-    else:
-        text = f"{s // 86400}d{s % 86400 // 3600}h"
-    return text
+    """0s, 0.4s, 12s, 7m32s, 3h5m, 2d2h; "-" for none."""
+    return "-" if seconds is None else format_span(seconds)
 
 
 def _pct(n: int, total: int) -> str:

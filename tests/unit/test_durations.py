@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from relayguard.durations import (
     format_duration,
     format_duration_range,
+    format_span,
     parse_duration,
     parse_duration_range,
 )
@@ -227,3 +228,21 @@ def test_drawn_values_show_whole_seconds(seconds):
     assert "." not in text
     assert "ms" not in text
     assert parse_duration(text) == round(seconds)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0, "0s"),
+        (0.4, "0.4s"),
+        (3, "3s"),
+        (59.9, "59s"),
+        (250, "4m10s"),
+        (3 * 3600 + 5 * 60 + 7, "3h5m"),
+        (2 * 86400 + 30, "2d"),
+        (4 * 86400 + 2 * 3600 + 5, "4d2h"),
+        (-5, "0s"),
+    ],
+)
+def test_spans_show_two_units_at_most(seconds, shown):
+    assert format_span(seconds) == shown
