@@ -277,13 +277,15 @@ def _read_maildir(p: Path) -> Input:
 
 def _read_spool(p: Path) -> Input:
     """A relayguard spool (read-only): the queued recipients of every active message."""
-    from relayguard.queue.spool.sqlite import DB_NAME, find_messages  # noqa: PLC0415
+    from relayguard.queue.spool import MessageQuery  # noqa: PLC0415 - only for this format
+    from relayguard.queue.spool.sqlite import DB_NAME, select_messages  # noqa: PLC0415
 
     result = Input(str(p), "spool")
     try:
         conn = sqlite3.connect(f"file:{p / DB_NAME}?mode=ro", uri=True, timeout=30)
         try:
-            messages = find_messages(conn, "state != ?", [MessageState.DONE.value])
+            queued = frozenset({MessageState.ACTIVE, MessageState.HELD})
+            messages = select_messages(conn, MessageQuery(states=queued))
             bodies = {
                 seq: bytes(body)
                 for seq, body in conn.execute(

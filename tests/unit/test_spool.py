@@ -27,8 +27,8 @@ from relayguard.queue.spool.sqlite import (
     DB_NAME,
     WRITE_LOCK_NAME,
     SqliteSpool,
-    find_messages,
     queue_stats,
+    select_messages,
     spool_usable,
 )
 
@@ -139,14 +139,15 @@ async def test_queue_stats_for_the_metrics_match_the_spool(spool):
     assert stats == {"active": 1.0, "deferred": 1.0, "held": 1.0, "oldest_arrival": 10.0}
 
 
-async def test_find_messages_for_readers_of_the_file(spool):
-    """The replay reads a spool directory with its own connection and SQL."""
+async def test_select_messages_for_readers_of_the_file(spool):
+    """The replay reads a spool directory with its own connection, by the same query."""
     a, b = await spool.accept_many([new(at=1.0), new(at=2.0)])
     assert await spool.hold(b.seq)
     conn = sqlite3.connect(spool.path)
     try:
-        assert [m.seq for m in find_messages(conn)] == [a.seq, b.seq]
-        assert [m.seq for m in find_messages(conn, "state = ?", ["held"])] == [b.seq]
+        assert [m.seq for m in select_messages(conn)] == [a.seq, b.seq]
+        held = MessageQuery(states=frozenset({MessageState.HELD}))
+        assert [m.seq for m in select_messages(conn, held)] == [b.seq]
     finally:
         conn.close()
 

@@ -502,17 +502,6 @@ def select_messages(
     return [m for m in found if _queued_for(query, m.envelope)]
 
 
-def find_messages(
-    conn: sqlite3.Connection, where: str = "1=1", params: Sequence[object] = ()
-) -> list[QueuedMessage]:
-    """For a reader of a spool file outside SqliteSpool (the replay's spool input):
-    messages matching an SQL condition. `where` comes from our own code; values go
-    through parameters. Spool callers use MessageQuery instead."""
-    query = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY seq"  # noqa: S608
-    rows = conn.execute(query, tuple(params)).fetchall()
-    return [_row_to_message(conn, r) for r in rows]
-
-
 def _shape(conn: sqlite3.Connection, query: MessageQuery | None) -> list[ShapeEntry]:
     where, params = _where(query)
     sql = f"SELECT seq, arrival_at, envelope FROM messages WHERE {where} ORDER BY seq"  # noqa: S608
