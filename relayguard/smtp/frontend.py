@@ -458,6 +458,10 @@ class RelayHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
+        # RFC 3461 4: with DSN offered, MAIL lines may be 100 characters longer (RET,
+        # ENVID) and RCPT lines 500 (NOTIFY, ORCPT).
+        server.command_size_limits["MAIL"] += 100
+        server.command_size_limits["RCPT"] += 500
         last = responses.pop()  # "250 HELP"
         responses.extend(["250-ENHANCEDSTATUSCODES", "250-DSN", "250-PIPELINING"])
         responses.append(last)

@@ -290,3 +290,21 @@ async def test_a_message_with_too_many_hops_is_refused_at_the_end_of_data(tmp_pa
         [got] = await up.wait_for(1)
         assert b"Subject: fine" in got.content
         assert len(up.received) == 1
+
+
+async def test_dsn_parameters_get_the_longer_lines_rfc_3461_allows(tmp_path: Path) -> None:
+    async with running_relay(_settings(tmp_path)) as relay:
+        orcpt = "rfc822;" + "a" * 400 + "@example.com"
+        envid = "e" * 90
+        replies = await raw_session(
+            relay.address,
+            [
+                EHLO,
+                f"MAIL FROM:<s@example.org> RET=HDRS ENVID={envid}\r\n".encode(),
+                f"RCPT TO:<r@example.com> NOTIFY=FAILURE ORCPT={orcpt}\r\n".encode(),
+                f"RCPT TO:<r2@example.com> ORCPT={orcpt + 'x' * 600}\r\n".encode(),
+            ],
+        )
+    assert replies[2].startswith("250 ")
+    assert replies[3].startswith("250 ")
+    assert replies[4].startswith("500 ")  # past 512 + 500: still refused

@@ -232,7 +232,8 @@ async def test_clones_share_nothing_mutable(tmp_path: Path) -> None:
 
 EHLO = b"EHLO client.test\r\n"
 BODY = b"Subject: x\r\nMessage-ID: <m@test>\r\n\r\nHello.\r\n..dot\r\n.\r\n"
-LONG_MAIL = b"MAIL FROM:<" + b"a" * 560 + b"@example.org>\r\n"  # over 512+36, under 1001
+# Over the MAIL limit after one EHLO (512, +26 SIZE, +10 SMTPUTF8, +100 DSN), under 1001.
+LONG_MAIL = b"MAIL FROM:<" + b"a" * 700 + b"@example.org>\r\n"
 SESSIONS: dict[str, list[bytes]] = {
     "transaction": [
         EHLO,
@@ -273,7 +274,7 @@ SESSIONS: dict[str, list[bytes]] = {
     ],
     "line-limits": [
         EHLO,
-        LONG_MAIL,  # aiosmtpd's MAIL limit after one EHLO: 512 + SIZE 26 + SMTPUTF8 10
+        LONG_MAIL,  # the MAIL limit after one EHLO: 512 + SIZE 26 + SMTPUTF8 10 + DSN 100
         b"NOOP " + b"x" * 1100 + b"\r\n",  # over the stream's line limit
         b"RSET\r\n",
         EHLO,
