@@ -123,7 +123,9 @@ class QueueManager:
     routes: RouteTable = field(init=False)
     on_event: Callable[[str, dict[str, Any]], None] = lambda _e, _f: None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _connection_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Rounds waiting for a connection: each registers a future before it waits, and any
+    # connection given back resolves them all (no wake-up lost between ask and wait).
+    _connection_waiters: set[asyncio.Future[None]] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
     _stop_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -288,6 +290,8 @@ class QueueManager:
             for future, send in sending.items():  # cut by a cancellation: connections back
                 future.cancel()
                 self.routes.release(send.route, send.domain, probe=send.probe, success=False)
+            if sending:
+                self._connection_given_back()
         now = self.clock.now()
         reports = reports_for(done, body, self.build_reports, now)
         for report in await self.spool.finish_with_reports(done.message, done.attempts, reports):
@@ -310,6 +314,7 @@ class QueueManager:
             if isinstance(step, Send):
                 if self._stopping:  # nothing new begins during shutdown
                     rnd.unsend(step)
+                    self._connection_given_back()
                     rnd.stop(self.clock.now())
                     continue
                 sending[asyncio.ensure_future(self._send(step))] = step
@@ -323,8 +328,7 @@ class QueueManager:
                 send = sending.pop(future)
                 outcome, started, finished = future.result()
                 rnd.record(send, outcome, started, finished)
-                self._connection_freed.set()
-                self._connection_freed.clear()
+                self._connection_given_back()
             emit(rnd.drain_events(), self.on_event)
 
     async def _wait(
@@ -332,22 +336,31 @@ class QueueManager:
     ) -> None:
         waits: set[asyncio.Future[Any]] = set(sending)
         helpers: list[asyncio.Future[Any]] = []
+        freed: asyncio.Future[None] | None = None
         if step.for_connection:
-            # A connection freed by any round, a throttle ending (checked each second),
-            # or shutdown: then the round asks again.
-            helpers.append(
-                asyncio.ensure_future(
-                    self.clock.sleep_until(self.clock.now() + 1.0, self._connection_freed)
-                )
-            )
+            # A connection given back by any round, a throttle ending (checked each
+            # second), or shutdown: then the round asks again.
+            freed = asyncio.get_running_loop().create_future()
+            self._connection_waiters.add(freed)
+            waits.add(freed)
+            helpers.append(asyncio.ensure_future(self.clock.sleep_until(self.clock.now() + 1.0)))
             helpers.append(asyncio.ensure_future(self._stop_event.wait()))
         try:
             await asyncio.wait(waits | set(helpers), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if freed is not None:
+                self._connection_waiters.discard(freed)
+                freed.cancel()
             for h in helpers:
                 h.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await h
+
+    def _connection_given_back(self) -> None:
+        waiters, self._connection_waiters = self._connection_waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _send(self, step: Send) -> tuple[Outcome, float, float]:
         started = self.clock.now()
