@@ -98,6 +98,50 @@ def phrase_literals(source: str) -> frozenset[str]:
     return frozenset(out)
 
 
+_META = frozenset(".^$*+?{}[]|()")
+_ESCAPED_LITERAL = frozenset(".-/:()[]{}?*+|^$\\ '\"#=")
+
+
+def _literal_run(source: str, i: int) -> tuple[str, bool]:
+    """The literal text a regex source spells from `i` on, and whether it ran to the
+    end of the source without meeting anything else."""
+    out: list[str] = []
+    while i < len(source):
+        c = source[i]
+        if c == "\\":
+            nxt = source[i + 1 : i + 2]
+            if nxt not in _ESCAPED_LITERAL or not nxt:
+                return "".join(out), False
+            out.append(nxt)
+            i += 2
+            continue
+        if c in _META:
+            if c in "?*{" and out:
+                out.pop()  # the character before is optional
+            return "".join(out), False
+        out.append(c)
+        i += 1
+    return "".join(out), True
+
+
+def phrase_prefixes(source: str) -> frozenset[str]:
+    """The literal text each match of a phrase must start with, as long as the source
+    spells it ("blocked using", "message ", "mail "): a cheap `in` test before the regex."""
+    body = _LOOKBEHINDS.sub("", source, count=1)
+    body = body.removeprefix("\\b")
+    group = _LEADING_GROUP.match("\\b" + body)
+    if group is None:
+        run, _ = _literal_run(body, 0)
+        return frozenset({run}) if len(run) >= 2 else phrase_literals(source)
+    after = group.end() - 2  # the group's end within body
+    tail, _ = _literal_run(body, after)
+    out = set()
+    for alt in group.group(1).split("|"):
+        run, whole = _literal_run(alt, 0)
+        out.add(run + tail if whole else run)
+    return frozenset(p for p in out if len(p) >= 2) or phrase_literals(source)
+
+
 def _compile(
     signals: Sequence[TextSignal],
 ) -> tuple[
@@ -119,10 +163,11 @@ def _compile(
             try:
                 compiled.append(re.compile(source))
                 literals = phrase_literals(source)
+                prefixes = phrase_prefixes(source)
             except (ValueError, re.error) as exc:
                 problems.append(f"{signal.id}: {exc}")
                 continue
-            keyed.append(literals)
+            keyed.append(prefixes)
             for literal in literals:
                 index.setdefault(literal[:4], set()).add((rank, order))
         patterns.append(tuple(compiled))
@@ -179,7 +224,10 @@ def match_text(text: str, code: int, enhanced: str | None = None) -> tuple[TextS
             sig = SIGNALS[rank]
             if sig.generic is not generic or not _applies(sig, code, enhanced):
                 continue
-            m = _match_anchored(_PATTERNS[rank][phrase], _LITERALS[rank][phrase], text)
+            prefixes = _LITERALS[rank][phrase]
+            if not any(p in text for p in prefixes):
+                continue
+            m = _match_anchored(_PATTERNS[rank][phrase], prefixes, text)
             if m is not None:
                 return sig, m.group(0)
     return None
