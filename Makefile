@@ -16,13 +16,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian packages the tests and the demo use: swaks (README session), Postfix
-# (smtp-source/smtp-sink for the benchmark; real Postfix in front for a test).
+# (smtp-source/smtp-sink for the benchmark; real Postfix in front for a test),
+# dnsmasq-base (a real DNS server for the MX and DNSBL tests; the binary only, no
+# system service is started).
 system-deps:
-	@if ! command -v swaks >/dev/null || ! [ -x /usr/sbin/postfix ] || ! [ -x /usr/sbin/smtp-source ]; then \
+	@if ! command -v swaks >/dev/null || ! [ -x /usr/sbin/postfix ] || ! [ -x /usr/sbin/smtp-source ] || ! [ -x /usr/sbin/dnsmasq ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swaks postfix >/dev/null) \
-	      || echo "system-deps: could not install swaks/postfix; tests that need them will say so"; \
-	  else echo "system-deps: not root or no apt-get; install swaks and postfix to run every test"; fi; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swaks postfix dnsmasq-base >/dev/null) \
+	      || echo "system-deps: could not install swaks/postfix/dnsmasq-base; tests that need them will say so"; \
+	  else echo "system-deps: not root or no apt-get; install swaks, postfix and dnsmasq-base to run every test"; fi; \
 	fi
 
 run: $(STAMP)
