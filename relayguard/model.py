@@ -349,6 +349,7 @@ class Attempt:
     duration: float = 0.0
     category: str = ""  # the reply's classification; "" for a delivery
     second_opinion: str = ""  # a SecondOpinion value
+    scope: str = ""  # whose problem the reply was (a Scope value); "" for a delivery
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = {
@@ -364,6 +365,8 @@ class Attempt:
             d["category"] = self.category
         if self.second_opinion:
             d["second_opinion"] = self.second_opinion
+        if self.scope:
+            d["scope"] = self.scope
         return d
 
     @classmethod
@@ -382,6 +385,7 @@ class Attempt:
             duration=float(str(d.get("duration", 0.0))),
             category=str(d.get("category", "")),
             second_opinion=str(d.get("second_opinion", "")),
+            scope=str(d.get("scope", "")),
         )
 
 

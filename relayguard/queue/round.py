@@ -403,6 +403,7 @@ class DeliveryRound:
                 span[1] - span[0],
                 category=decision.category,
                 second_opinion=decision.second_opinion.value,
+                scope=decision.scope,
             )
         )
         fields = self._fields(send, outcome, addresses, reply, span)
