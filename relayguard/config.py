@@ -7,6 +7,7 @@ Unknown keys are errors: a typo must not silently fall back to a default.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import tomllib
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from relayguard.dns.providers import ProviderTableError, check_pattern
 from relayguard.durations import EXPECTED_RANGE, parse_duration_range
 
 # Re-exported (the alias is what makes it explicit to mypy): the policy engine and
@@ -126,6 +128,20 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """How relayguard asks DNS (MX for provider keys; DNSBLs for reputation checks)."""
+
+    # Look up each recipient domain's MX to key egress suspensions by provider.
+    provider_keys: bool = True
+    nameservers: tuple[tuple[str, int], ...] = ()  # empty: the system's (/etc/resolv.conf)
+    timeout: float = 2.0  # the longest a lookup may hold a delivery round up
+    cache_size: int = 100_000  # domains whose key is remembered (least recently used out)
+    # [dns.providers]: provider -> MX host patterns, replacing or adding to the shipped
+    # table (dns/providers.py); an empty list removes a shipped provider.
+    providers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings
     routes: tuple[RouteSettings, ...]
@@ -133,6 +149,7 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     ndr: NdrSettings = field(default_factory=NdrSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
     source: Path | None = None
 
     def route(self, name: str) -> RouteSettings:
@@ -317,6 +334,64 @@ def _route_name(v: object) -> str:
     return s
 
 
+def _nameserver(v: object) -> tuple[str, int]:
+    try:
+        text = _str(v).strip()
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(text)), 53  # a bare address, IPv6 too
+        host, port = parse_hostport(text, 53)
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ValueError(
+            f"nameserver addresses, 'ip' or 'ip:port' ('[::1]:5353' for IPv6), not {v!r}"
+        ) from None
+
+
+def _nameservers(v: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(v, list):
+        raise TypeError
+    return tuple(_nameserver(x) for x in v)
+
+
+def _mx_patterns(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TypeError
+    try:
+        return tuple(check_pattern(_str(x)) for x in v)
+    except (ProviderTableError, ValueError):
+        raise ValueError(
+            "a list of MX host names ('mx.example.net') or suffixes ('*.example.net')"
+        ) from None
+
+
+def _read_dns(t: Table) -> DnsSettings:
+    d = DnsSettings()
+    out = DnsSettings(
+        provider_keys=t.get("provider_keys", _bool, d.provider_keys, "true or false"),
+        nameservers=t.get("nameservers", _nameservers, d.nameservers, "a list of addresses"),
+        timeout=t.get("timeout", _positive_duration, d.timeout, "a duration like '2s'"),
+        cache_size=t.get(
+            "cache_size", _int_range(1, 10_000_000), d.cache_size, "a number of domains from 1"
+        ),
+    )
+    p = t.section("providers")
+    providers = []
+    for name in sorted(p.table):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise p.error(name, "expected a provider name of letters, digits, '.', '_' or '-'")
+        providers.append((name, p.require(name, _mx_patterns, "a list of MX host patterns")))
+    p.finish()
+    t.finish()
+    return replace(out, providers=tuple(providers))
+
+
+def _positive_duration(v: object) -> float:
+    value = parse_duration(v)
+    if value <= 0:
+        raise ValueError("a duration more than zero, like '2s'")
+    return value
+
+
 def _read_server(s: Table) -> ServerSettings:
     d = ServerSettings()
     out = ServerSettings(
@@ -443,6 +518,7 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
     m = top.section("metrics")
     metrics = MetricsSettings(listen=m.get("listen", _hostport(None), None, "host:port"))
     m.finish()
+    dns = _read_dns(top.section("dns"))
     top.finish()
 
     return Settings(
@@ -452,6 +528,7 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
         policy=policy,
         ndr=ndr,
         metrics=metrics,
+        dns=dns,
         source=Path(file) if file != "<config>" else None,
     )
 

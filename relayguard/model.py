@@ -271,6 +271,9 @@ class Suspension:
     # Held back only while another egress gives its second opinion: lifted when that
     # opinion is a refusal too (the reply was about the message, not the route).
     provisional: bool = False
+    # The reply's category: a route whose egress leaves a DNSBL gets its rbl_block
+    # suspensions lifted early.
+    category: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -280,6 +283,7 @@ class Suspension:
             "reason": self.reason,
             "rule": self.rule,
             "provisional": self.provisional,
+            "category": self.category,
         }
 
 

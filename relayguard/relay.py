@@ -19,6 +19,7 @@ import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings, load_settings
+from relayguard.dns.mx import provider_keys_for
 from relayguard.model import MessageState, QueuedMessage
 from relayguard.ndr.reports import make_report_builder
 from relayguard.ops import systemd
@@ -84,7 +85,13 @@ class Relay:
             self.sender = Delivery(s.routes, s.server.hostname)
         builder = self.build_reports or make_report_builder(s)
         self.manager = QueueManager(
-            s, self.spool, self.sender, self.clock, policy_for(s), build_reports=builder
+            s,
+            self.spool,
+            self.sender,
+            self.clock,
+            policy_for(s),
+            build_reports=builder,
+            providers=provider_keys_for(s.dns, self.clock.now),
         )
         self.observer = Observer(self.clock, [r.name for r in s.routes])
         self.manager.on_event = self.observer.on_event
@@ -242,6 +249,8 @@ class Relay:
         self.manager.settings = kept
         self.manager.policy = policy
         self.manager.build_reports = self.build_reports or make_report_builder(kept)
+        if settings.dns != old.dns:
+            self.manager.providers = provider_keys_for(settings.dns, self.clock.now)
         if needs_restart:
             log.warning(
                 "reload_needs_restart",

@@ -234,6 +234,9 @@ def relay_settings(tmp: Path, routes: list[dict[str, Any]], extra: str = "") -> 
             ).replace("'", '"')
             + "\n"
         )
+    # MX lookups only where a test starts its own DNS server and says so ([dns]): the
+    # rest must not depend on what the machine's resolver says of example.com.
+    dns_off = "" if "[dns]" in extra else "[dns]\nprovider_keys = false\n"
     text = (
         textwrap.dedent(f"""
         [server]
@@ -242,6 +245,7 @@ def relay_settings(tmp: Path, routes: list[dict[str, Any]], extra: str = "") -> 
         spool = "{tmp / "spool"}"
         {extra}
     """)
+        + dns_off
         + route_text
     )
     return load_settings_text(text, "test.toml")

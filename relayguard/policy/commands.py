@@ -183,6 +183,9 @@ def _explain_rule(rule: Rule) -> list[str]:
     return lines
 
 
+_AUTO_SCOPE = "the provider when about our egress, else the destination"
+
+
 def _rule_settings(rule: Rule) -> list[str]:
     reroute = "reroute = next" if rule.reroute_next else ""
     if rule.reroute:
@@ -195,7 +198,8 @@ def _rule_settings(rule: Rule) -> list[str]:
         f"retry_after = {rule.retry_after}" if rule.retry_after is not None else "",
         str(rule.backoff) if rule.backoff is not None else "",
         (
-            f"suspend_for = {rule.suspend_for} ({rule.suspend_scope.value})"
+            f"suspend_for = {rule.suspend_for} "
+            f"({rule.suspend_scope.value if rule.suspend_scope else _AUTO_SCOPE})"
             if rule.suspend_for is not None
             else ""
         ),

@@ -40,6 +40,7 @@ from relayguard.model import (
     Throttle,
     domain_of,
 )
+from relayguard.policy.categories import Scope
 from relayguard.policy.classify import classify
 from relayguard.policy.rules import (
     CONNECTION_PHASES,
@@ -220,6 +221,7 @@ class _Context:
                         self.reply.render(),
                         rule_id,
                         provisional=True,
+                        category=self.classification.category.value,
                     ),
                     second_opinion=SecondOpinion.ASKED,
                     reason=(
@@ -347,12 +349,28 @@ class _Context:
             reason=f"{what}; retrying in {human_duration(retry_at - self.now)}",
         )
 
+    def scope_of(self, given: SuspendScope | None) -> SuspendScope:
+        """A rule's scope, or the default: what blocks or throttles our egress holds for
+        the whole provider (every domain it hosts refuses the same address)."""
+        if given is not None:
+            return given
+        if self.classification.scope is Scope.EGRESS:
+            return SuspendScope.PROVIDER
+        return SuspendScope.DESTINATION
+
     def _suspension(self, rule: Rule) -> Suspension | None:
         if rule.suspend_for is None:
             return None
         until = self.now + rule.suspend_for.draw(self.rng)
-        destination = "*" if rule.suspend_scope is SuspendScope.ROUTE else self.view.destination
-        return Suspension(self.view.route, destination, until, self.reply.render(), rule.id)
+        key = self.view.key(self.scope_of(rule.suspend_scope))
+        return Suspension(
+            self.view.route,
+            key,
+            until,
+            self.reply.render(),
+            rule.id,
+            category=self.classification.category.value,
+        )
 
     def _throttle(self, rule: Rule) -> Throttle | None:
         if rule.throttle is None:
@@ -360,7 +378,7 @@ class _Context:
         until = self.now + rule.throttle.duration.draw(self.rng)
         return Throttle(
             self.view.route,
-            self.view.destination,
+            self.view.key(self.scope_of(rule.throttle.scope)),
             rule.throttle.max_connections,
             until,
             rule.id,

@@ -127,8 +127,9 @@ def _read_throttle(where: str, table: object) -> ThrottleSpec:
     duration = t.get("for", v.duration_range)
     if duration is None:
         raise t.error("for", "required key is missing (a duration like '30m')")
-    t.finish(("max_connections", "for"))
-    return ThrottleSpec(max_conn, duration)
+    scope = t.get("scope", v.enum_of(SuspendScope, "scope"))
+    t.finish(("max_connections", "for", "scope"))
+    return ThrottleSpec(max_conn, duration, scope)
 
 
 def _read_rule(file: str, index: int, table: object, routes: v.RouteNames) -> Rule:
@@ -158,8 +159,7 @@ def _read_rule(file: str, index: int, table: object, routes: v.RouteNames) -> Ru
         backoff=_read_backoff(where, backoff_table) if backoff_table is not None else None,
         honor_retry_hint=t.get("honor_retry_hint", v.boolean) is not False,
         suspend_for=t.get("suspend_for", v.duration_range),
-        suspend_scope=t.get("suspend_scope", v.enum_of(SuspendScope, "suspend_scope"))
-        or SuspendScope.DESTINATION,
+        suspend_scope=t.get("suspend_scope", v.enum_of(SuspendScope, "suspend_scope")),
         reroute=reroute if reroute is not None and reroute != ("next",) else (),
         reroute_next=reroute == ("next",),
         give_up_after=t.get("give_up_after", v.duration),

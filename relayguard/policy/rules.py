@@ -40,8 +40,13 @@ class TreatAs(StrEnum):
 
 
 class SuspendScope(StrEnum):
-    DESTINATION = "destination"  # suspend the route for the recipient's domain only
-    ROUTE = "route"  # suspend the route for every destination ('*')
+    """Which destinations a suspension or throttle holds the route back from."""
+
+    DESTINATION = "destination"  # the recipient's domain only
+    # Every domain whose MX is at the same provider (dns/providers.py); the domain
+    # alone when its provider is not known.
+    PROVIDER = "provider"
+    ROUTE = "route"  # every destination ('*')
 
 
 # The one formatter shows round and drawn values alike ('5m', '7m32s'); the engine
@@ -91,6 +96,7 @@ class Backoff:
 class ThrottleSpec:
     max_connections: int
     duration: DurationRange
+    scope: SuspendScope | None = None  # None: as for suspensions (see Rule.suspend_scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +193,9 @@ class Rule:
     backoff: Backoff | None = None
     honor_retry_hint: bool = True
     suspend_for: DurationRange | None = None
-    suspend_scope: SuspendScope = SuspendScope.DESTINATION
+    # None: the provider when the reply is about our egress (a block or a reputation
+    # throttle holds for every domain that provider hosts), else the domain.
+    suspend_scope: SuspendScope | None = None
     reroute: tuple[str, ...] = ()  # explicit route names, in order
     reroute_next: bool = False  # reroute = "next": the configured routes after this one
     give_up_after: float | None = None
@@ -246,6 +254,17 @@ class RouteView:
     # Where each route leaves from ("host|source address"), in the order of `routes`;
     # a second opinion must come from another egress. Empty: every route is its own.
     egresses: tuple[str, ...] = ()
+    # The destination's provider key ("provider:microsoft") when its MX is at a known
+    # provider; None: the domain is its own key.
+    provider: str | None = None
+
+    def key(self, scope: SuspendScope) -> str:
+        """The destination key a suspension or throttle of this scope is stored under."""
+        if scope is SuspendScope.ROUTE:
+            return "*"
+        if scope is SuspendScope.PROVIDER and self.provider:
+            return self.provider
+        return self.destination
 
     def egress(self, route: str) -> str:
         if self.egresses and route in self.routes:

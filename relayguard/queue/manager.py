@@ -19,6 +19,7 @@ import structlog
 
 from relayguard.clock import Clock
 from relayguard.config import Settings
+from relayguard.dns.mx import ProviderKeys
 from relayguard.model import MessageState, Outcome, QueuedMessage, Recipient, Reply, Transaction
 from relayguard.policy import Policy
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Routes, Send, fail_pending
@@ -130,6 +131,8 @@ class QueueManager:
     _stopping: bool = False
     _stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     delivering: set[int] = field(default_factory=set)  # seqs in a delivery round right now
+    # MX lookups for provider keys (dns/mx.py); None: every domain is its own key.
+    providers: ProviderKeys | None = None
 
     def __post_init__(self) -> None:
         self.routes = route_table(self.settings)
@@ -282,6 +285,7 @@ class QueueManager:
             self.routes,
             delay_warning=q.delay_warning,
             backoff_start=q.backoff_start,
+            providers=await self._provider_keys(message),
         )
         sending: dict[asyncio.Future[tuple[Outcome, float, float]], Send] = {}
         try:
@@ -299,6 +303,17 @@ class QueueManager:
         if done.message.state is MessageState.ACTIVE:
             self.due.schedule(done.message.seq, done.message.next_attempt_at)
             self._wake.set()
+
+    async def _provider_keys(self, message: QueuedMessage) -> dict[str, str]:
+        """The provider keys of the message's domains; none (each domain its own key)
+        when lookups are off, and whatever goes wrong: a lookup never holds mail."""
+        if self.providers is None:
+            return {}
+        try:
+            return await self.providers.keys(r.domain for r in message.pending)
+        except Exception as exc:  # any failure means: the domain is its own key
+            log.warning("provider_keys_failed", queue_id=message.queue_id, error=repr(exc))
+            return {}
 
     async def _drive(
         self,

@@ -40,7 +40,7 @@ from relayguard.policy import Policy, RouteView, decide
 from relayguard.queue.scheduler import Grant, RouteTable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 # Seconds a message waits while another probes a route that just came back.
 PROBE_WAIT = 30.0
@@ -62,11 +62,16 @@ class Routes:
         return tuple(r for r in self.names if r not in self.ndr_only)
 
     def view(
-        self, route: str, destination: str, tried: frozenset[str], suspended: frozenset[str]
+        self,
+        route: str,
+        destination: str,
+        tried: frozenset[str],
+        suspended: frozenset[str],
+        provider: str | None = None,
     ) -> RouteView:
         mail = self.mail
         if route not in mail:  # an ndr_only route deciding a report: only itself
-            return RouteView(route, destination, (route,), tried, suspended)
+            return RouteView(route, destination, (route,), tried, suspended, provider=provider)
         return RouteView(
             route,
             destination,
@@ -74,6 +79,7 @@ class Routes:
             tried,
             suspended,
             egresses=tuple(self.egress.get(r, r) for r in mail),
+            provider=provider,
         )
 
 
@@ -117,6 +123,7 @@ Step = Send | Blocked | Done
 class _Destination:
     domain: str
     todo: list[Recipient]
+    provider: str | None = None  # its provider key, when its MX is at a known provider
     tried: set[str] = field(default_factory=set)
     prefer: tuple[str, ...] = ()
     in_flight: Send | None = None
@@ -136,7 +143,10 @@ class DeliveryRound:
         *,
         delay_warning: float = 0.0,
         backoff_start: float = 300.0,
+        providers: Mapping[str, str] | None = None,
     ) -> None:
+        """`providers`: the provider key of each domain that has one (dns/mx.py), looked
+        up before the round; a domain not in it is its own key."""
         self.message = message
         self.body = body
         self.policy = policy
@@ -158,7 +168,10 @@ class DeliveryRound:
         by_domain: dict[str, list[Recipient]] = {}
         for r in message.pending:
             by_domain.setdefault(r.domain, []).append(r)
-        self.destinations = [_Destination(d, rs, prefer=pinned) for d, rs in by_domain.items()]
+        keys = providers or {}
+        self.destinations = [
+            _Destination(d, rs, keys.get(d.lower()), prefer=pinned) for d, rs in by_domain.items()
+        ]
         self._done: Done | None = None
 
     def rng(self) -> random.Random:
@@ -183,7 +196,11 @@ class DeliveryRound:
             if dest.in_flight is not None or not dest.todo:
                 continue
             grant = self.table.grant(
-                dest.domain, now, exclude=dest.tried | self.barred, prefer=dest.prefer
+                dest.domain,
+                now,
+                exclude=dest.tried | self.barred,
+                prefer=dest.prefer,
+                provider=dest.provider,
             )
             if isinstance(grant, Grant):
                 dest.waiting = False
@@ -210,7 +227,9 @@ class DeliveryRound:
         dest = next(d for d in self.destinations if d.in_flight is send)
         dest.in_flight = None
         success = any(rp.is_success for rp in outcome.replies.values())
-        self.table.release(send.route, send.domain, probe=send.probe, success=success)
+        self.table.release(
+            send.route, send.domain, probe=send.probe, success=success, provider=dest.provider
+        )
         dest.tried.add(send.route)
         dest.todo, dest.prefer = self._apply(dest, send, outcome, (started, finished))
 
@@ -219,7 +238,9 @@ class DeliveryRound:
         attempt spent; the recipients stay as they were."""
         dest = next(d for d in self.destinations if d.in_flight is send)
         dest.in_flight = None
-        self.table.release(send.route, send.domain, probe=send.probe, success=False)
+        self.table.release(
+            send.route, send.domain, probe=send.probe, success=False, provider=dest.provider
+        )
 
     def stop(self, now: float) -> None:
         """Stopping: destinations not yet sent stay queued, due at the next start; no
@@ -255,7 +276,7 @@ class DeliveryRound:
                 },
             )
             return
-        wait = self.table.wait_until(dest.domain, now)
+        wait = self.table.wait_until(dest.domain, now, provider=dest.provider)
         self.next_times.append(wait if wait is not None else now + PROBE_WAIT)
         if not dest.tried:
             self._event(
@@ -276,7 +297,7 @@ class DeliveryRound:
         prefer: tuple[str, ...] = ()
         for reply, rcpts in groups.items():
             if reply.is_success:
-                self._delivered(send, outcome, reply, rcpts, span)
+                self._delivered(dest, send, outcome, reply, rcpts, span)
                 continue
             decision = self._refused(dest, send, outcome, reply, rcpts, span)
             for r in rcpts:
@@ -296,6 +317,7 @@ class DeliveryRound:
 
     def _delivered(
         self,
+        dest: _Destination,
         send: Send,
         outcome: Outcome,
         reply: Reply,
@@ -316,11 +338,19 @@ class DeliveryRound:
         opinion = SecondOpinion.NONE
         if asked is not None:
             # Another egress took what asked.route refused: that refusal was about our
-            # egress, so the route stays off this destination as for an RBL block.
+            # egress, so the route stays off the destination as for an RBL block, and
+            # off every domain of its provider, which judges our address alike.
             opinion = SecondOpinion.ACCEPTED
             until = span[1] + self.policy.second_opinion_suspend.draw(self.rng())
             self._suspend(
-                Suspension(asked.route, send.domain, until, asked.reply.render(), asked.rule)
+                Suspension(
+                    asked.route,
+                    dest.provider or send.domain,
+                    until,
+                    asked.reply.render(),
+                    asked.rule,
+                    category=asked.category,
+                )
             )
         after = _last_failure(self.attempts, addresses)
         self.attempts.append(
@@ -376,7 +406,8 @@ class DeliveryRound:
             send.route,
             dest.domain,
             frozenset(dest.tried),
-            self.table.suspended_routes(dest.domain, span[1]),
+            self.table.suspended_routes(dest.domain, span[1], provider=dest.provider),
+            dest.provider,
         )
         decision = decide(
             reply,

@@ -8,6 +8,12 @@ Pure data structures, no I/O and no clock: every method takes `now`.
   cap), and every route's connections: the one owner of the connection window,
   as Postfix's qmgr owns its per-destination window. A round gets a connection
   (and with it its route) from `grant`, and gives it back with `release`.
+
+A destination is a recipient domain and, when its MX is at a known provider, that
+provider's key too ("provider:microsoft", dns/providers.py): a suspension or a
+throttle may be keyed by either, so that one block seen for one Microsoft-hosted
+domain holds the route back from all of them. Every method that takes a
+destination takes its `provider` key (None: the domain is its own key).
 """
 
 from __future__ import annotations
@@ -19,6 +25,14 @@ from dataclasses import dataclass, field
 from relayguard.model import Suspension, Throttle
 
 ALL_DESTINATIONS = "*"
+
+
+def destination_keys(destination: str, provider: str | None) -> tuple[str, ...]:
+    """The keys a suspension or throttle for this destination may be stored under, the
+    most specific first: the domain, its provider, every destination."""
+    if provider and provider != destination:
+        return (destination, provider, ALL_DESTINATIONS)
+    return (destination, ALL_DESTINATIONS)
 
 
 class DueQueue:
@@ -103,30 +117,41 @@ class RouteTable:
         *,
         exclude: Iterable[str] = (),
         prefer: Sequence[str] = (),
+        provider: str | None = None,
     ) -> Grant | str | None:
         """A connection for a transaction to `destination`: on the first usable route
         (`prefer`red first) when it has one free; that route's name when it is at its cap
         (wait: mail does not spill onto a fallback route for being busy); None when no
         route may take the destination now (every one suspended, or its probe out)."""
-        route = self.choose(destination, now, exclude=exclude, prefer=prefer)
+        route = self.choose(
+            destination, now, exclude=exclude, prefer=prefer, provider=provider
+        )
         if route is None:
             return None
         cap = self.max_connections.get(route)
         if (cap is not None and self.in_use.get(route, 0) >= cap) or self.at_cap(
-            route, destination, now
+            route, destination, now, provider=provider
         ):
             return route
         self.in_use[route] = self.in_use.get(route, 0) + 1
-        return Grant(route, self.begin(route, destination))
+        return Grant(route, self.begin(route, destination, provider=provider))
 
-    def release(self, route: str, destination: str, *, probe: bool, success: bool) -> None:
+    def release(
+        self,
+        route: str,
+        destination: str,
+        *,
+        probe: bool,
+        success: bool,
+        provider: str | None = None,
+    ) -> None:
         """A granted connection comes back (the transaction ended, or never began)."""
         left = self.in_use.get(route, 1) - 1
         if left:
             self.in_use[route] = left
         else:
             self.in_use.pop(route, None)
-        self.end(route, destination, probe=probe, success=success)
+        self.end(route, destination, probe=probe, success=success, provider=provider)
 
     def _expire(self, now: float) -> None:
         for key, s in list(self.suspensions.items()):
@@ -137,26 +162,38 @@ class RouteTable:
             if t.until <= now:
                 del self.throttles[key]
 
-    def suspension(self, route: str, destination: str, now: float) -> Suspension | None:
+    def suspension(
+        self, route: str, destination: str, now: float, *, provider: str | None = None
+    ) -> Suspension | None:
         self._expire(now)
-        return self.suspensions.get((route, destination)) or self.suspensions.get(
-            (route, ALL_DESTINATIONS)
-        )
-
-    def suspended_routes(self, destination: str, now: float) -> frozenset[str]:
-        return frozenset(r for r in self.routes if self.suspension(r, destination, now))
-
-    def _probe_key(self, route: str, destination: str) -> tuple[str, str] | None:
-        for key in ((route, destination), (route, ALL_DESTINATIONS)):
-            if key in self.probing:
-                return key
+        for key in destination_keys(destination, provider):
+            s = self.suspensions.get((route, key))
+            if s is not None:
+                return s
         return None
 
-    def unavailable(self, route: str, destination: str, now: float) -> bool:
+    def suspended_routes(
+        self, destination: str, now: float, *, provider: str | None = None
+    ) -> frozenset[str]:
+        return frozenset(
+            r for r in self.routes if self.suspension(r, destination, now, provider=provider)
+        )
+
+    def _probe_key(
+        self, route: str, destination: str, provider: str | None
+    ) -> tuple[str, str] | None:
+        for key in destination_keys(destination, provider):
+            if (route, key) in self.probing:
+                return (route, key)
+        return None
+
+    def unavailable(
+        self, route: str, destination: str, now: float, *, provider: str | None = None
+    ) -> bool:
         """Suspended, or its probe is out and not yet back."""
-        if self.suspension(route, destination, now) is not None:
+        if self.suspension(route, destination, now, provider=provider) is not None:
             return True
-        key = self._probe_key(route, destination)
+        key = self._probe_key(route, destination, provider)
         return key is not None and self.probing[key].in_flight
 
     def choose(
@@ -166,6 +203,7 @@ class RouteTable:
         *,
         exclude: Iterable[str] = (),
         prefer: Sequence[str] = (),
+        provider: str | None = None,
     ) -> str | None:
         """The first usable route, `prefer`red ones first; None if all are held back."""
         excluded = set(exclude)
@@ -173,50 +211,92 @@ class RouteTable:
         for route in order:
             if route in excluded or route not in self.routes:
                 continue
-            if not self.unavailable(route, destination, now):
+            if not self.unavailable(route, destination, now, provider=provider):
                 return route
         return None
 
-    def wait_until(self, destination: str, now: float) -> float | None:
+    def wait_until(
+        self, destination: str, now: float, *, provider: str | None = None
+    ) -> float | None:
         """When the earliest suspension for this destination ends (for held mail)."""
-        ends = [s.until for r in self.routes if (s := self.suspension(r, destination, now))]
+        ends = [
+            s.until
+            for r in self.routes
+            if (s := self.suspension(r, destination, now, provider=provider))
+        ]
         return min(ends) if ends else None
 
-    def begin(self, route: str, destination: str) -> bool:
+    def _counted(self, route: str, destination: str, provider: str | None) -> list[tuple[str, str]]:
+        # A provider's throttle caps the connections to all its domains together, so
+        # they are counted under the provider key as well as the domain's.
+        keys = [(route, destination)]
+        if provider and provider != destination:
+            keys.append((route, provider))
+        return keys
+
+    def begin(self, route: str, destination: str, *, provider: str | None = None) -> bool:
         """Count a transaction in; True if it is the probe after a suspension."""
-        key = (route, destination)
-        self.active[key] = self.active.get(key, 0) + 1
-        pkey = self._probe_key(route, destination)
+        for key in self._counted(route, destination, provider):
+            self.active[key] = self.active.get(key, 0) + 1
+        pkey = self._probe_key(route, destination, provider)
         if pkey is not None and not self.probing[pkey].in_flight:
             self.probing[pkey].in_flight = True
             return True
         return False
 
-    def end(self, route: str, destination: str, *, probe: bool, success: bool) -> None:
-        key = (route, destination)
-        left = self.active.get(key, 1) - 1
-        if left:
-            self.active[key] = left
-        else:
-            self.active.pop(key, None)
+    def end(
+        self,
+        route: str,
+        destination: str,
+        *,
+        probe: bool,
+        success: bool,
+        provider: str | None = None,
+    ) -> None:
+        for key in self._counted(route, destination, provider):
+            left = self.active.get(key, 1) - 1
+            if left:
+                self.active[key] = left
+            else:
+                self.active.pop(key, None)
         if probe:
-            pkey = self._probe_key(route, destination)
+            pkey = self._probe_key(route, destination, provider)
             if pkey is not None:
                 if success:
                     del self.probing[pkey]
                 else:
                     self.probing[pkey].in_flight = False
 
-    def connection_cap(self, route: str, destination: str, now: float) -> int | None:
+    def _throttle_for(self, route: str, destination: str, provider: str | None) -> Throttle | None:
+        for key in destination_keys(destination, provider):
+            t = self.throttles.get((route, key))
+            if t is not None:
+                return t
+        return None
+
+    def connection_cap(
+        self, route: str, destination: str, now: float, *, provider: str | None = None
+    ) -> int | None:
+        """The cap of the most specific throttle on this route for the destination."""
         self._expire(now)
-        t = self.throttles.get((route, destination)) or self.throttles.get(
-            (route, ALL_DESTINATIONS)
-        )
+        t = self._throttle_for(route, destination, provider)
         return t.max_connections if t else None
 
-    def at_cap(self, route: str, destination: str, now: float) -> bool:
-        cap = self.connection_cap(route, destination, now)
-        return cap is not None and self.active.get((route, destination), 0) >= cap
+    def at_cap(
+        self, route: str, destination: str, now: float, *, provider: str | None = None
+    ) -> bool:
+        """A throttle's cap reached. The domain's own throttle (else the route-wide one)
+        counts the connections to this domain; a provider's throttle counts those to
+        every domain it hosts, and holds as well."""
+        self._expire(now)
+        own = self._throttle_for(route, destination, None)
+        if own is not None and self.active.get((route, destination), 0) >= own.max_connections:
+            return True
+        if provider and provider != destination:
+            t = self.throttles.get((route, provider))
+            if t is not None and self.active.get((route, provider), 0) >= t.max_connections:
+                return True
+        return False
 
     def suspend(self, s: Suspension) -> None:
         key = (s.route, s.destination)

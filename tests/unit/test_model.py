@@ -347,6 +347,7 @@ def test_decision_to_dict_names_everything():
         "reason": "421 4.7.0 busy",
         "rule": "busy",
         "provisional": False,
+        "category": "",
     }
     assert out["throttle"] == {
         "route": "primary",
