@@ -89,6 +89,7 @@ def cmd_policy_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from relayguard.dns.providers import ProviderTable  # noqa: PLC0415
     from relayguard.policy.commands import CLASSIFY_ROUTES, explain  # noqa: PLC0415
 
     settings = optional_settings(args)
@@ -96,6 +97,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     policy = _cli_policy(args, routes)
     if policy is None:
         return 2
+    table = ProviderTable.build(dict(settings.dns.providers) if settings else None)
     print(
         explain(
             policy,
@@ -105,6 +107,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
             route=args.route or routes[0],
             phase=args.phase,
             routes=routes,
+            mx=args.mx,
+            providers=table,
         )
     )
     return 0
@@ -136,6 +140,14 @@ def register(sub: Commands) -> None:
     e.add_argument("--domain", default="example.com")
     e.add_argument("--route", default=None)
     e.add_argument("--phase", default="rcpt")
+    e.add_argument(
+        "--mx",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="the domain's MX host (repeatable, most preferred first): shows the provider "
+        "key the relay would use, as it learns it from DNS",
+    )
     e.add_argument(
         "--policy",
         action="append",

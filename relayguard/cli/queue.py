@@ -105,7 +105,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 def cmd_queue_shape(args: argparse.Namespace) -> int:
     from relayguard.ops.queue_tools import format_shape  # noqa: PLC0415
 
-    result = _call(args, "shape", state=args.state)
+    result = _call(args, "shape", state=args.state, by=args.by)
     if isinstance(result, int):
         return result
     if args.json:
@@ -205,6 +205,12 @@ def register(sub: Commands) -> None:
 
     c = qsub.add_parser("shape", help="messages by destination domain and age (like qshape)")
     c.add_argument("--state", choices=["deferred", "held", "active"])
+    c.add_argument(
+        "--by",
+        choices=["domain", "provider"],
+        default="domain",
+        help="rows by recipient domain, or by provider key (from MX) where one is known",
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_queue_shape)
 

@@ -99,8 +99,7 @@ async def lookup_mx(resolver: dns.asyncresolver.Resolver, domain: str) -> MxAnsw
     if answer.rrset is None:
         return MxAnswer(((0, domain),), negative_ttl(answer.response))
     hosts = tuple(
-        (int(rd.preference), rd.exchange.to_text(omit_final_dot=True))
-        for rd in answer.rrset
+        (int(rd.preference), rd.exchange.to_text(omit_final_dot=True)) for rd in answer.rrset
     )
     # "MX 0 ." (RFC 7505): the domain takes no mail; it is its own key.
     hosts = tuple((pref, host) for pref, host in hosts if host not in ("", "."))

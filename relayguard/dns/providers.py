@@ -74,8 +74,7 @@ def check_pattern(pattern: str) -> str:
     # A suffix of one label would take a whole TLD.
     if not body or "*" in body or any(not label for label in labels) or len(labels) < 2:
         raise ProviderTableError(
-            "an MX host name ('mx.example.net') or a suffix of two labels or more "
-            "('*.example.net')"
+            "an MX host name ('mx.example.net') or a suffix of two labels or more ('*.example.net')"
         )
     return p
 

@@ -33,7 +33,8 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +42,7 @@ import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings
+from relayguard.dns.mx import ProviderKeys, provider_keys_for
 from relayguard.model import MessageState, Phase, QueuedMessage, Reply
 from relayguard.ops.metrics import Observer
 from relayguard.ops.queue_tools import STATES, detail, matches, query_for, shape_of, summarize
@@ -118,6 +120,7 @@ class QueueView(Protocol):
     def schedule_now(self, seq: int) -> bool: ...
     def resume(self, route: str, destination: str | None = None) -> int: ...
     async def bounce(self, seq: int, reply: Reply, rule: str = "operator") -> list[str]: ...
+    async def provider_keys(self, domains: Iterable[str]) -> dict[str, str]: ...
 
 
 class StoppedQueue:
@@ -133,6 +136,14 @@ class StoppedQueue:
         self._spool = spool
         self._clock = clock
         self._build = make_report_builder(settings)
+        self._dns = settings.dns
+        self._providers: ProviderKeys | None = None
+
+    async def provider_keys(self, domains: Iterable[str]) -> dict[str, str]:
+        """Looked up now, as the relay would (nothing is cached while it is stopped)."""
+        if self._providers is None:
+            self._providers = provider_keys_for(self._dns, self._clock.now)
+        return await self._providers.keys(domains) if self._providers else {}
 
     def hold(self, seq: int) -> None:  # noqa: ARG002 - QueueView's signature
         return None  # the spool's hold is all there is
@@ -232,6 +243,14 @@ class Controller:
     async def _shape(self, req: Json) -> Json:
         now = self.clock.now()
         entries = await self.spool.shape(self._query({"state": req.get("state")}, now))
+        if req.get("by") == "provider":
+            # A domain at a known provider counts under the provider's key, the rest
+            # under their own; a message counts once per key.
+            keys = await self.manager.provider_keys({d for e in entries for d in e.domains})
+            entries = [
+                replace(e, domains=tuple(dict.fromkeys(keys.get(d, d) for d in e.domains)))
+                for e in entries
+            ]
         return {"now": now, "shape": shape_of(entries, now)}
 
     async def _routes(self, _req: Json) -> Json:

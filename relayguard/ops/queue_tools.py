@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from relayguard.dns.providers import describe_key
 from relayguard.durations import format_span
 from relayguard.model import Attempt, MessageState, QueuedMessage, RecipientState, domain_of
 from relayguard.queue.spool import MessageQuery, ShapeEntry
@@ -288,12 +289,12 @@ def format_routes(data: Mapping[str, Any]) -> str:
             f"connections {r['connections']}/{r['max_connections']}"
         )
         lines.extend(
-            f"  suspended for {s['destination']} until {format_time(s['until'])} "
+            f"  suspended for {describe_key(s['destination'])} until {format_time(s['until'])} "
             f"({format_when(s['until'], now)}): {s['reason']} [rule {s['rule']}]"
             for s in r["suspensions"]
         )
         lines.extend(
-            f"  throttled for {t['destination']} to {t['max_connections']} "
+            f"  throttled for {describe_key(t['destination'])} to {t['max_connections']} "
             f"connection(s) until {format_time(t['until'])} [rule {t['rule']}]"
             for t in r["throttles"]
         )

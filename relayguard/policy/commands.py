@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from relayguard.dns.providers import ProviderTable, describe_key, provider_key
 from relayguard.model import Action, Phase, SecondOpinion
 from relayguard.policy.categories import CATEGORY_MEANING, Category
 from relayguard.policy.classify import classify
@@ -113,11 +114,15 @@ def explain(
     synthetic: bool = False,
     tried: Sequence[str] = (),
     suspended: Sequence[str] = (),
+    mx: Sequence[str] = (),
+    providers: ProviderTable | None = None,
 ) -> str:
     """A multi-line account of which rule matches a reply and what it decides.
 
     The reply is decided as a first attempt (empty history, arrival at `now`),
-    with the given rng seed; `text` may start with the enhanced code.
+    with the given rng seed; `text` may start with the enhanced code. `mx`: the
+    domain's MX hosts, most preferred first, for its provider key (looked up in
+    `providers`, the shipped table by default).
     """
     try:
         smtp_phase = Phase(phase.lower())
@@ -129,12 +134,15 @@ def explain(
     if via not in all_routes:
         all_routes = (*all_routes, via)
     reply = reply_from_line(f"{code} {text}", smtp_phase, synthetic=synthetic)
+    table = providers or ProviderTable.build()
+    provider = table.provider_of((i, host) for i, host in enumerate(mx))
     view = RouteView(
         route=via,
         destination=domain.lower(),
         routes=all_routes,
         tried_now=frozenset({via, *tried}),
         suspended=frozenset(suspended),
+        provider=provider_key(provider) if provider else None,
     )
     decision = decide(reply, (), view, now, policy, arrival_at=now, rng=random.Random(seed))
 
@@ -142,6 +150,7 @@ def explain(
         f"reply:     {reply.render()}",
         f"           phase {smtp_phase.value}, route {via}, domain {view.destination}"
         + (", synthetic (network failure)" if synthetic else ""),
+        f"provider:  {_provider_line(provider, mx)}",
         f"category:  {decision.category} ({CATEGORY_MEANING[Category(decision.category)]})",
         f"scope:     {decision.scope}",
         f"evidence:  {decision.evidence}",
@@ -154,6 +163,17 @@ def explain(
         lines.append(f"           {_BUILTIN_TEXT.get(decision.rule, '')}")
     lines.extend(_explain_decision(decision, now))
     return "\n".join(lines)
+
+
+def _provider_line(provider: str | None, mx: Sequence[str]) -> str:
+    if provider is not None:
+        return f"{provider} (MX {', '.join(mx)}): key {provider_key(provider)}"
+    if mx:
+        return f"none known for MX {', '.join(mx)}: the domain is its own key"
+    return (
+        "not given (the relay finds it from the domain's MX; --mx HOST shows it): "
+        "the domain is its own key here"
+    )
 
 
 _BUILTIN_TEXT = {
@@ -237,16 +257,16 @@ def _explain_decision(decision: Decision, now: float) -> list[str]:
         lines.append(f"bounce:    NDR with {decision.reply.render()}")
     if decision.suspend is not None:
         s = decision.suspend
-        where = "every destination" if s.destination == "*" else s.destination
         lines.append(
-            f"suspend:   route {s.route} for {where} until {s.until:.0f} "
+            f"suspend:   route {s.route} for {describe_key(s.destination)} until {s.until:.0f} "
             f"(for {human_duration(s.until - now)})"
             + (", provisionally, while the second opinion is out" if s.provisional else "")
         )
     if decision.throttle is not None:
         t = decision.throttle
         lines.append(
-            f"throttle:  route {t.route} for {t.destination} to {t.max_connections} "
+            f"throttle:  route {t.route} for {describe_key(t.destination)} to "
+            f"{t.max_connections} "
             f"connections until {t.until:.0f} (for {human_duration(t.until - now)})"
         )
     lines.append(f"reason:    {decision.reason}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -303,6 +303,10 @@ class QueueManager:
         if done.message.state is MessageState.ACTIVE:
             self.due.schedule(done.message.seq, done.message.next_attempt_at)
             self._wake.set()
+
+    async def provider_keys(self, domains: Iterable[str]) -> dict[str, str]:
+        """The provider key of each of `domains` that has one (for `queue shape`)."""
+        return await self.providers.keys(domains) if self.providers else {}
 
     async def _provider_keys(self, message: QueuedMessage) -> dict[str, str]:
         """The provider keys of the message's domains; none (each domain its own key)

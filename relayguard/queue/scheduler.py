@@ -123,9 +123,7 @@ class RouteTable:
         (`prefer`red first) when it has one free; that route's name when it is at its cap
         (wait: mail does not spill onto a fallback route for being busy); None when no
         route may take the destination now (every one suspended, or its probe out)."""
-        route = self.choose(
-            destination, now, exclude=exclude, prefer=prefer, provider=provider
-        )
+        route = self.choose(destination, now, exclude=exclude, prefer=prefer, provider=provider)
         if route is None:
             return None
         cap = self.max_connections.get(route)

@@ -40,6 +40,8 @@ def write_config(
         hostname = "relay.test"
         spool = "{tmp / "spool"}"
         {extra}
+        [dns]
+        provider_keys = false
 
         [[route]]
         name = "primary"

@@ -40,6 +40,8 @@ def _settings(tmp_path: Path, mail_port: int, back_port: int) -> object:
 listen = "127.0.0.1:0"
 hostname = "relay.test"
 spool = "{tmp_path / "spool"}"
+[dns]
+provider_keys = false
 
 [ndr]
 route = "back"

@@ -33,6 +33,8 @@ def _with_ndr(tmp_path: Path, mail_port: int, ndr_port: int, extra: str = "") ->
 listen = "127.0.0.1:0"
 hostname = "relay.test"
 spool = "{tmp_path / "spool"}"
+[dns]
+provider_keys = false
 
 [queue]
 {extra}

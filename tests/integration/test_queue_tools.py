@@ -44,6 +44,8 @@ def write_config(tmp_path: Path, *ports: int) -> Path:
         listen = "127.0.0.1:0"
         hostname = "relay.test"
         spool = "{tmp_path / "spool"}"
+        [dns]
+        provider_keys = false
     """)
         + routes
     )

@@ -32,6 +32,8 @@ def _config(tmp_path: Path, policy: Path) -> Path:
 [server]
 listen = "127.0.0.1:0"
 spool = "{tmp_path / "spool"}"
+[dns]
+provider_keys = false
 
 [policy]
 files = ["{policy}"]

@@ -108,6 +108,8 @@ async def test_relayguard_serve_test_mode_process(tmp_path):
         listen = "127.0.0.1:{port}"
         hostname = "relay.test"
         spool = "{tmp_path / "spool"}"
+        [dns]
+        provider_keys = false
         [[route]]
         name = "primary"
         host = "127.0.0.1"

@@ -655,3 +655,49 @@ def test_parse_hostport_rejects_junk_after_bracket():
     # '[::1]x25' is neither '[::1]' nor '[::1]:25'; the junk must not be dropped silently.
     with pytest.raises(ValueError):
         parse_hostport("[::1]x25", 25)
+
+
+# -- [dns] -----------------------------------------------------------------------
+
+
+def test_dns_settings():
+    s = load_settings_text(
+        '[dns]\nnameservers = ["192.0.2.53", "127.0.0.1:5353", "::1", "[::1]:5354"]\n'
+        'timeout = "1500ms"\ncache_size = 500\n'
+        '[dns.providers]\nacme = ["*.MX.acme-hosting.example.", "smtp-in.acme.example"]\n'
+        "google = []\n" + ROUTE
+    )
+    assert s.dns.nameservers == (
+        ("192.0.2.53", 53),
+        ("127.0.0.1", 5353),
+        ("::1", 53),
+        ("::1", 5354),
+    )
+    assert s.dns.timeout == 1.5
+    assert s.dns.cache_size == 500
+    assert s.dns.provider_keys
+    assert dict(s.dns.providers) == {
+        "acme": ("*.mx.acme-hosting.example", "smtp-in.acme.example"),
+        "google": (),
+    }
+    assert load_settings_text(ROUTE).dns.nameservers == ()  # the system's
+    assert not load_settings_text("[dns]\nprovider_keys = false\n" + ROUTE).dns.provider_keys
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('[dns]\nnameservers = ["ns.example"]\n', "dns.nameservers", "not 'ns.example'"),
+        ('[dns]\nnameservers = "192.0.2.53"\n', "dns.nameservers", "a list of addresses"),
+        ("[dns]\ntimeout = 0\n", "dns.timeout", "more than zero"),
+        ("[dns]\ncache_size = 0\n", "dns.cache_size", "from 1"),
+        ('[dns.providers]\nacme = ["*.example"]\n', "dns.providers.acme", "suffixes"),
+        ('[dns.providers]\nacme = "mx.acme.example"\n', "dns.providers.acme", "a list"),
+        ('[dns.providers]\n"a b" = []\n', "dns.providers.a b", "a provider name"),
+        ("[dns]\nresolvers = []\n", "dns.resolvers", "unknown key"),
+    ],
+)
+def test_bad_dns_settings_name_the_key(text, key, expected):
+    message = error(text + ROUTE)
+    assert f"{FILE}: {key}: " in message
+    assert expected in message

@@ -246,3 +246,50 @@ def test_cli_policy_check_prints_the_confusion_table(capsys):
     out = capsys.readouterr().out
     assert "reply corpus: label (rows) by classification (columns)" in out
     assert "(100.0%)" in out
+
+
+def test_explain_names_the_key_a_suspension_uses():
+    policy = load_policy([], ROUTES)
+    blocked = "5.7.1 Service unavailable; Client host [192.0.2.1] blocked"
+    text = explain(
+        policy,
+        code=554,
+        text=blocked,
+        domain="contoso.example",
+        routes=ROUTES,
+        mx=["contoso-example.mail.protection.outlook.com"],
+    )
+    assert "provider:  microsoft (MX contoso-example.mail.protection.outlook.com)" in text
+    assert (
+        "suspend:   route primary for provider:microsoft (every domain whose MX is at "
+        "microsoft)" in text
+    )
+    alone = explain(policy, code=554, text=blocked, domain="contoso.example", routes=ROUTES)
+    assert "provider:  not given" in alone
+    assert "suspend:   route primary for contoso.example until" in alone
+    own = explain(
+        policy, code=554, text=blocked, domain="own.example", routes=ROUTES, mx=["mx.own.example"]
+    )
+    assert "none known for MX mx.own.example: the domain is its own key" in own
+
+
+def test_explain_cli_takes_mx(capsys):
+    status = main(
+        [
+            "policy",
+            "explain",
+            "--code",
+            "451",
+            "--text",
+            "4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation",
+            "--domain",
+            "example.org",
+            "--mx",
+            "aspmx.l.google.com",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert (
+        "throttle:  route primary for provider:google (every domain whose MX is at google)" in out
+    )

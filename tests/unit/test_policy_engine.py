@@ -567,3 +567,73 @@ def test_only_this_destinations_attempts_count():
     mine = attempt(NOW - 50, r, "defer", "builtin:4xx")
     d = run(r, Policy(), history=[other, other, mine], arrival_at=NOW - 200)
     assert d.retry_at == pytest.approx(NOW + 600)  # one earlier deferral, not three
+
+
+# -- which destinations a suspension or throttle holds ------------------------------
+
+SCOPED = """
+[[rule]]
+id = "blocked"
+match = {{ category = "rbl_block" }}
+action = "suspend"
+suspend_for = "10m"
+{scope}
+
+[[rule]]
+id = "busy"
+match = {{ category = "throttle" }}
+action = "throttle"
+throttle = {{ max_connections = 2, for = "30m" {throttle_scope} }}
+"""
+
+
+def provider_view(provider: str | None = "provider:microsoft") -> RouteView:
+    return RouteView(
+        route="primary",
+        destination="contoso.example",
+        routes=ROUTES,
+        tried_now=frozenset({"primary"}),
+        provider=provider,
+    )
+
+
+def scoped_policy(scope: str = "", throttle_scope: str = "") -> Policy:
+    return policy_from(SCOPED.format(scope=scope, throttle_scope=throttle_scope))
+
+
+BLOCK = "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked"
+IP_THROTTLE = (
+    "451 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation"
+)
+BUSY = "451 4.7.500 Server busy. Please try again later"
+
+
+def test_an_egress_block_suspends_for_the_provider_by_default():
+    d = run(reply(BLOCK), scoped_policy(), rv=provider_view())
+    assert d.suspend is not None
+    assert (d.suspend.destination, d.suspend.category) == ("provider:microsoft", "rbl_block")
+    # Its provider not known: the domain is its own key.
+    d = run(reply(BLOCK), scoped_policy(), rv=provider_view(None))
+    assert d.suspend is not None
+    assert d.suspend.destination == "contoso.example"
+
+
+def test_a_rule_may_say_which_destinations_it_holds():
+    for scope, key in (("destination", "contoso.example"), ("route", "*")):
+        d = run(reply(BLOCK), scoped_policy(f'suspend_scope = "{scope}"'), rv=provider_view())
+        assert d.suspend is not None
+        assert d.suspend.destination == key
+
+
+def test_throttles_follow_the_scope_of_the_reply_unless_told():
+    # Rate limited for our address's reputation: about our egress, for the provider.
+    d = run(reply(IP_THROTTLE), scoped_policy(), rv=provider_view())
+    assert d.throttle is not None
+    assert d.throttle.destination == "provider:microsoft"
+    # A busy server is about the destination: that domain only.
+    d = run(reply(BUSY), scoped_policy(), rv=provider_view())
+    assert d.throttle is not None
+    assert d.throttle.destination == "contoso.example"
+    d = run(reply(BUSY), scoped_policy(throttle_scope=', scope = "provider"'), rv=provider_view())
+    assert d.throttle is not None
+    assert d.throttle.destination == "provider:microsoft"

@@ -407,3 +407,36 @@ def test_exact_messages(tmp_path, body, message):
 def test_a_rule_that_is_not_a_table(tmp_path):
     message = load_error(tmp_path, "rule = [1]\n")
     assert message.endswith(": rule[0]: expected a table"), message
+
+
+def test_suspend_and_throttle_scopes(tmp_path):
+    text = rule(
+        """
+        action = "throttle"
+        suspend_for = "5m"
+        suspend_scope = "provider"
+        throttle = { max_connections = 1, for = "10m", scope = "Destination" }
+        match = { category = "throttle" }
+        """
+    )
+    (r,) = [x for x in load_policy([write(tmp_path, text)], ROUTES).rules if x.id == "rbl-block"]
+    assert r.suspend_scope is SuspendScope.PROVIDER
+    assert r.throttle is not None
+    assert r.throttle.scope is SuspendScope.DESTINATION
+    # Unset: decided per reply (the provider when it is about our egress).
+    plain = rule(
+        'action = "suspend"\nsuspend_for = "5m"\nthrottle = { max_connections = 1, for = "1m" }'
+    )
+    (r,) = [x for x in load_policy([write(tmp_path, plain)], ROUTES).rules if x.id == "rbl-block"]
+    assert r.suspend_scope is None
+    assert r.throttle is not None
+    assert r.throttle.scope is None
+
+
+def test_a_bad_throttle_scope_names_the_key(tmp_path):
+    message = load_error(
+        tmp_path,
+        rule('action = "throttle"\nthrottle = { max_connections = 1, for = "1m", scope = "isp" }'),
+    )
+    assert "throttle.scope" in message
+    assert "unknown scope 'isp' (expected one of destination, provider, route)" in message

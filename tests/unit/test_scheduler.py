@@ -336,3 +336,65 @@ def test_end_without_begin_does_not_go_negative():
     t = table()
     t.end("primary", "d", probe=False, success=True)
     assert t.active == {}
+
+
+# -- provider keys -----------------------------------------------------------------
+
+MS = "provider:microsoft"
+
+
+def test_a_provider_suspension_holds_every_domain_of_that_provider():
+    t = table()
+    t.suspend(susp("primary", MS, 100.0))
+    for domain in ("contoso.example", "fabrikam.example"):
+        assert t.suspension("primary", domain, 0.0, provider=MS) is not None
+        assert t.choose(domain, 0.0, provider=MS) == "backup"
+        assert t.wait_until(domain, 0.0, provider=MS) == 100.0
+    # A domain of another provider, or one whose provider is not known, is free.
+    assert t.suspension("primary", "gmail.example", 0.0, provider="provider:google") is None
+    assert t.choose("contoso.example", 0.0) == "primary"
+    # The domain's own suspension is found first.
+    t.suspend(susp("primary", "contoso.example", 200.0, rule="own"))
+    own = t.suspension("primary", "contoso.example", 0.0, provider=MS)
+    assert own is not None
+    assert own.rule == "own"
+
+
+def test_after_a_provider_suspension_one_probe_for_all_its_domains():
+    t = table()
+    t.suspend(susp("primary", MS, 10.0))
+    g1 = t.grant("contoso.example", 10.0, provider=MS)
+    assert g1 is not None
+    assert not isinstance(g1, str)
+    assert (g1.route, g1.probe) == ("primary", True)
+    # While that probe is out, no other domain of the provider takes the route.
+    g2 = t.grant("fabrikam.example", 10.0, provider=MS)
+    assert g2 is not None
+    assert not isinstance(g2, str)
+    assert (g2.route, g2.probe) == ("backup", False)
+    t.release("primary", "contoso.example", probe=True, success=True, provider=MS)
+    g3 = t.grant("fabrikam.example", 10.0, provider=MS)
+    assert g3 is not None
+    assert not isinstance(g3, str)
+    assert (g3.route, g3.probe) == ("primary", False)
+
+
+def test_a_provider_throttle_counts_the_connections_to_all_its_domains():
+    t = table()
+    t.throttle(throttle(MS, 2, 100.0))
+    t.begin("primary", "contoso.example", provider=MS)
+    assert not t.at_cap("primary", "fabrikam.example", 1.0, provider=MS)
+    t.begin("primary", "fabrikam.example", provider=MS)
+    assert t.at_cap("primary", "fabrikam.example", 1.0, provider=MS)
+    assert t.at_cap("primary", "third.example", 1.0, provider=MS)
+    assert t.grant("third.example", 1.0, provider=MS) == "primary"  # wait for a connection
+    assert not t.at_cap("primary", "other.example", 1.0)  # another key, not counted
+    assert t.connection_cap("primary", "third.example", 1.0, provider=MS) == 2
+    t.end("primary", "contoso.example", probe=False, success=True, provider=MS)
+    assert not t.at_cap("primary", "fabrikam.example", 1.0, provider=MS)
+    # The domain's own throttle counts that domain's connections, and holds as well.
+    t.throttle(throttle("fabrikam.example", 1, 100.0))
+    assert t.at_cap("primary", "fabrikam.example", 1.0, provider=MS)
+    assert not t.at_cap("primary", "contoso.example", 1.0, provider=MS)
+    t.end("primary", "fabrikam.example", probe=False, success=True, provider=MS)
+    assert t.active == {}
