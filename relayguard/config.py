@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from relayguard.dns.providers import ProviderTableError, check_pattern
+from relayguard.dns.reputation import DEFAULT_ERRORS, DEFAULT_LISTED, AnswerRange, Zone
 from relayguard.durations import EXPECTED_RANGE, parse_duration_range
 
 # Re-exported (the alias is what makes it explicit to mypy): the policy engine and
@@ -99,6 +100,13 @@ class RouteSettings:
     command_timeout: float = 300.0
     messages_per_connection: int = 100
     ndr_only: bool = False  # carries only NDRs and reports (back to the originating MTA)
+    # The address receivers see when the route leaves through NAT: what the
+    # reputation checks look up (else source_address).
+    public_address: str | None = None
+
+    @property
+    def egress_address(self) -> str | None:
+        return self.public_address or self.source_address
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +150,14 @@ class DnsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ReputationSettings:
+    """DNSBLs to check our egress addresses in ([[reputation.zone]]), and how often."""
+
+    zones: tuple[Zone, ...] = ()
+    interval: float = 300.0  # jittered by up to a fifth either way
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings
     routes: tuple[RouteSettings, ...]
@@ -150,6 +166,7 @@ class Settings:
     ndr: NdrSettings = field(default_factory=NdrSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    reputation: ReputationSettings = field(default_factory=ReputationSettings)
     source: Path | None = None
 
     def route(self, name: str) -> RouteSettings:
@@ -385,6 +402,49 @@ def _read_dns(t: Table) -> DnsSettings:
     return replace(out, providers=tuple(providers))
 
 
+def _answer_ranges(v: object) -> tuple[AnswerRange, ...]:
+    if not isinstance(v, list) or not v:
+        raise TypeError
+    try:
+        return tuple(AnswerRange.parse(_str(x)) for x in v)
+    except ValueError:
+        raise ValueError(
+            "a list of IPv4 answers: '127.0.0.2', '127.0.0.2-127.0.0.11' or '127.0.0.0/24'"
+        ) from None
+
+
+def _zone_name(v: object) -> str:
+    name = _str(v).strip().rstrip(".").lower()
+    if not re.fullmatch(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z0-9-]+", name):
+        raise ValueError
+    return name
+
+
+def _avoid(v: object) -> bool:
+    if v not in ("all", "none"):
+        raise ValueError
+    return v == "all"
+
+
+def _read_reputation(t: Table) -> ReputationSettings:
+    d = ReputationSettings()
+    interval = t.get("interval", _positive_duration, d.interval, "a duration like '5m'")
+    zones: list[Zone] = []
+    for z in t.tables("zone", "[[reputation.zone]] tables"):
+        zone = Zone(
+            zone=z.require("zone", _zone_name, "a DNSBL zone name like 'zen.spamhaus.org'"),
+            listed=z.get("listed", _answer_ranges, DEFAULT_LISTED, "a list of answers"),
+            errors=z.get("errors", _answer_ranges, DEFAULT_ERRORS, "a list of answers"),
+            avoid=z.get("avoid", _avoid, True, "'all' (avoid a listed route) or 'none'"),
+        )
+        z.finish()
+        if zone.zone in {x.zone for x in zones}:
+            raise z.error("zone", f"expected each zone once, {zone.zone!r} is given twice")
+        zones.append(zone)
+    t.finish()
+    return ReputationSettings(tuple(zones), interval)
+
+
 def _positive_duration(v: object) -> float:
     value = parse_duration(v)
     if value <= 0:
@@ -453,6 +513,7 @@ def _read_route(s: Table) -> RouteSettings:
             "a number from 1",
         ),
         ndr_only=s.get("ndr_only", _bool, d.ndr_only, "true or false"),
+        public_address=s.get("public_address", _ip, d.public_address, "an IP address"),
     )
     s.finish()
     return out
@@ -519,6 +580,7 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
     metrics = MetricsSettings(listen=m.get("listen", _hostport(None), None, "host:port"))
     m.finish()
     dns = _read_dns(top.section("dns"))
+    reputation = _read_reputation(top.section("reputation"))
     top.finish()
 
     return Settings(
@@ -529,6 +591,7 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
         ndr=ndr,
         metrics=metrics,
         dns=dns,
+        reputation=reputation,
         source=Path(file) if file != "<config>" else None,
     )
 

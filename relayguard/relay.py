@@ -20,6 +20,7 @@ import structlog
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings, load_settings
 from relayguard.dns.mx import provider_keys_for
+from relayguard.dns.reputation import ReputationMonitor, ZoneCheck, monitor_for
 from relayguard.model import MessageState, QueuedMessage
 from relayguard.ndr.reports import make_report_builder
 from relayguard.ops import systemd
@@ -74,6 +75,8 @@ class Relay:
     control: ControlServer | None = None  # the queue tools' Unix socket
     metrics: MetricsServer | None = None  # /metrics and /healthz, when [metrics] listen is set
     _spool_lock: int | None = None
+    reputation: ReputationMonitor | None = None  # DNSBL checks of our egress addresses
+    _reputation_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -93,7 +96,11 @@ class Relay:
             build_reports=builder,
             providers=provider_keys_for(s.dns, self.clock.now),
         )
-        self.observer = Observer(self.clock, [r.name for r in s.routes])
+        self.observer = Observer(
+            self.clock,
+            [r.name for r in s.routes],
+            [(r.name, z.zone) for r in s.routes if r.egress_address for z in s.reputation.zones],
+        )
         self.manager.on_event = self.observer.on_event
         await self.manager.load()
         self.handler = RelayHandler(s.server, self.spool, self.clock, on_accepted=self._accepted)
@@ -118,8 +125,13 @@ class Relay:
                 sock=bind_listener(host, port),
             )
         self._run_task = asyncio.create_task(self.manager.run())
+        self.reputation = monitor_for(s, self.clock, self._egress_changed)
+        if self.reputation is not None:
+            self._reputation_task = asyncio.create_task(self.reputation.run(self._stopped))
         self.control = ControlServer(
-            Controller(s, self.spool, self.manager, self.clock, self.observer),
+            Controller(
+                s, self.spool, self.manager, self.clock, self.observer, reputation=self.reputation
+            ),
             socket_path(s.server.spool),
         )
         await self.control.start()
@@ -150,6 +162,11 @@ class Relay:
                 mark = max(mark, entry.seq)
                 if entry.state is MessageState.ACTIVE:
                     self.manager.enqueue_seq(entry.seq, entry.next_attempt_at)
+
+    def _egress_changed(self, what: str, check: ZoneCheck) -> None:
+        assert self.reputation is not None
+        still = bool(self.reputation.listed(check.route))
+        self.manager.egress_changed(what, check, still_listed=still)
 
     def _accepted(self, message: QueuedMessage) -> None:
         self.manager.enqueue(message)
@@ -199,10 +216,11 @@ class Relay:
     async def _release(self) -> None:
         if self._reserved is not None:
             self._reserved.close()
-        if self._run_task is not None:
-            self._run_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._run_task
+        for task in (self._run_task, self._reputation_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         close = getattr(self.sender, "close", None)
         if close is not None:
             await close()

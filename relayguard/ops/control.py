@@ -43,6 +43,7 @@ import structlog
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings
 from relayguard.dns.mx import ProviderKeys, provider_keys_for
+from relayguard.dns.reputation import ReputationMonitor, monitor_for
 from relayguard.model import MessageState, Phase, QueuedMessage, Reply
 from relayguard.ops.metrics import Observer
 from relayguard.ops.queue_tools import STATES, detail, matches, query_for, shape_of, summarize
@@ -173,6 +174,7 @@ class Controller:
         observer: Observer | None = None,
         *,
         running: bool = True,
+        reputation: ReputationMonitor | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -180,6 +182,7 @@ class Controller:
         self.clock = clock
         self.observer = observer
         self.running = running
+        self.reputation = reputation
         self._lock = asyncio.Lock()
 
     async def handle(self, request: object) -> Json:
@@ -193,6 +196,7 @@ class Controller:
             "show": self._show,
             "shape": self._shape,
             "routes": self._routes,
+            "reputation": self._reputation,
         }
         if op in reads:
             result: Json = await reads[op](request)
@@ -287,11 +291,18 @@ class Controller:
                     "suspensions": suspensions,
                     "throttles": throttles,
                     "probing": probing,
+                    "listed": [c.to_dict() for c in self.reputation.listed(r.name)]
+                    if self.reputation
+                    else [],
                     "counts": dict(obs.counts.get(r.name, {})) if obs else {},
                     "recent": list(obs.recent.get(r.name, ())) if obs else [],
                 }
             )
         return {"now": now, "running": self.running, "routes": routes}
+
+    async def _reputation(self, _req: Json) -> Json:
+        """Check every egress in every zone now (a running relay acts on what changed)."""
+        return await check_reputation(self.settings, self.clock, self.reputation)
 
     # -- changes ----------------------------------------------------------------------
 
@@ -522,6 +533,31 @@ def run(settings: Settings, request: Json) -> Json:
         return asyncio.run(_direct(settings, request))
     finally:
         os.close(fd)
+
+
+async def check_reputation(
+    settings: Settings, clock: Clock, monitor: ReputationMonitor | None = None
+) -> Json:
+    """The checks' results now: through the running relay's monitor (which acts on
+    what changed), or a monitor of its own (a stopped relay: nothing acts on them)."""
+    monitor = monitor or monitor_for(settings, clock)
+    checks = await monitor.check_now() if monitor is not None else []
+    unchecked = [r.name for r in settings.routes if not r.egress_address]
+    return {
+        "now": clock.now(),
+        "checks": [c.to_dict() for c in checks],
+        "zones": [z.zone for z in settings.reputation.zones],
+        "unchecked": unchecked,
+    }
+
+
+def reputation_now(settings: Settings) -> Json:
+    """What `relayguard reputation check` calls: the running relay if there is one,
+    else the checks from here (they need no spool)."""
+    try:
+        return call(socket_path(Path(settings.server.spool)), {"op": "reputation"})
+    except NotRunningError:
+        return asyncio.run(check_reputation(settings, SystemClock()))
 
 
 def request_for(op: str, **fields: object) -> Json:

@@ -35,7 +35,10 @@ OUTCOMES = ("delivered", "deferred", "rerouted", "bounced")
 class Observer:
     """Counts what the relay does; feeds /metrics and `relayguard routes`."""
 
-    def __init__(self, clock: Clock, routes: Iterable[str]) -> None:
+    def __init__(
+        self, clock: Clock, routes: Iterable[str], checked: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """`checked`: the (route, zone) pairs the reputation checks look at."""
         self.clock = clock
         self.registry = CollectorRegistry()
         r = self.registry
@@ -96,6 +99,14 @@ class Observer:
             ["route"],
             registry=r,
         )
+        self.egress_listed = Gauge(
+            "relayguard_egress_listed",
+            "1 while a DNSBL lists the route's egress address ([[reputation.zone]]), else 0",
+            ["route", "zone"],
+            registry=r,
+        )
+        for route, zone in checked:
+            self.egress_listed.labels(route, zone).set(0)
         self.routes = tuple(routes)
         for route in self.routes:
             self.delivered.labels(route)
@@ -112,7 +123,13 @@ class Observer:
         self.accepted.inc()
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
-        """The queue manager's hook: one call per outcome of a group of recipients."""
+        """The queue manager's hook: one call per outcome of a group of recipients,
+        and per change of an egress's standing in a DNSBL."""
+        if event in ("egress_listed", "egress_delisted"):
+            self.egress_listed.labels(fields["route"], fields["zone"]).set(
+                1 if event == "egress_listed" else 0
+            )
+            return
         if event not in OUTCOMES:
             return
         route = str(fields.get("route") or "")

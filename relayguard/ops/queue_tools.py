@@ -298,6 +298,12 @@ def format_routes(data: Mapping[str, Any]) -> str:
             f"connection(s) until {format_time(t['until'])} [rule {t['rule']}]"
             for t in r["throttles"]
         )
+        lines.extend(
+            f"  listed in {c['zone']} ({c['address']} -> {', '.join(c['answers'])})"
+            + (f": {c['reason']}" if c["reason"] else "")
+            + (" [avoided while another route is clean]" if c["avoid"] else " [not avoided]")
+            for c in r.get("listed", ())
+        )
         if r["probing"]:
             lines.append(f"  probing (one message at a time): {', '.join(r['probing'])}")
         if not r["suspensions"] and not r["throttles"] and data["running"]:
@@ -308,6 +314,31 @@ def format_routes(data: Mapping[str, Any]) -> str:
         for e in r["recent"]:
             rule = f" [rule {e['rule']}]" if e.get("rule") else ""
             lines.append(f"  {format_time(e['at'])} {e['event']} {e['reply']}{rule}")
+    return "\n".join(lines)
+
+
+def format_reputation(data: Mapping[str, Any]) -> str:
+    """`reputation check`: one line per route and zone."""
+    rows = [["Route", "Address", "Zone", "Result", "Answer", "Reason"]]
+    rows += [
+        [
+            c["route"],
+            c["address"],
+            c["zone"],
+            c["verdict"],
+            ", ".join(c["answers"]) or "-",
+            c["reason"] or "-",
+        ]
+        for c in data["checks"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        " ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + " " + row[-1]
+        for row in rows
+    ]
+    lines += [
+        f"{route}: not checked (no public_address or source_address)" for route in data["unchecked"]
+    ]
     return "\n".join(lines)
 
 

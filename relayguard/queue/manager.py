@@ -20,15 +20,17 @@ import structlog
 from relayguard.clock import Clock
 from relayguard.config import Settings
 from relayguard.dns.mx import ProviderKeys
+from relayguard.dns.reputation import ZoneCheck
 from relayguard.model import MessageState, Outcome, QueuedMessage, Recipient, Reply, Transaction
 from relayguard.policy import Policy
+from relayguard.policy.categories import Category
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Routes, Send, fail_pending
-from relayguard.queue.scheduler import DueQueue, RouteTable
+from relayguard.queue.scheduler import ALL_DESTINATIONS, DueQueue, RouteTable
 from relayguard.queue.spool import NewMessage, Spool
 
 log = structlog.get_logger("relayguard.queue")
 
-_WARNING_EVENTS = frozenset({"route_suspended", "route_throttled"})
+_WARNING_EVENTS = frozenset({"route_suspended", "route_throttled", "egress_listed"})
 
 
 class Sender(Protocol):
@@ -133,6 +135,9 @@ class QueueManager:
     delivering: set[int] = field(default_factory=set)  # seqs in a delivery round right now
     # MX lookups for provider keys (dns/mx.py); None: every domain is its own key.
     providers: ProviderKeys | None = None
+    # Messages waiting on suspensions, with the destination keys they wait on: lifting
+    # a suspension early (an operator, a delisted egress) makes them due at once.
+    _waiting: dict[int, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.routes = route_table(self.settings)
@@ -196,14 +201,64 @@ class QueueManager:
         return addresses
 
     def resume(self, route: str, destination: str | None = None) -> int:
-        """Lift a route's suspensions early (all, or for one destination); how many."""
+        """Lift a route's suspensions early (all, or for one destination); how many.
+        Mail held back by them is due at once."""
         lifted = self.routes.resume(route, destination)
         if lifted:
             log.info(
-                "route_resumed", route=route, destination=destination or "*", suspensions=lifted
+                "route_resumed",
+                route=route,
+                destination=destination or "*",
+                suspensions=len(lifted),
+                due_now=self.redrive(lifted),
             )
+        return len(lifted)
+
+    def egress_changed(self, what: str, check: ZoneCheck, *, still_listed: bool) -> None:
+        """A reputation check changed a route's standing in a zone (dns/reputation.py).
+        Listed (in a zone with avoid = "all"): mail avoids the route while another may
+        take it. Delisted, and listed nowhere else: its suspensions for blocklist
+        replies end now, and the mail they held back is due at once."""
+        route = check.route
+        zones = set(self.routes.avoided.get(route, ()))
+        fields: dict[str, Any] = {
+            "route": route,
+            "zone": check.zone,
+            "address": check.address,
+            "answers": list(check.answers),
+            "reason": check.reason,
+        }
+        if what == "listed":
+            if check.avoid:
+                zones.add(check.zone)
+            fields["avoid"] = "all" if check.avoid else "none"
+        else:
+            zones.discard(check.zone)
+            if not still_listed:
+                lifted = self.routes.resume(route, category=Category.RBL_BLOCK.value)
+                fields.update(suspensions_lifted=sorted(lifted), due_now=self.redrive(lifted))
+        if zones:
+            self.routes.avoided[route] = frozenset(zones)
+        else:
+            self.routes.avoided.pop(route, None)
+        emit([(f"egress_{what}", fields)], self.on_event)
+        self._wake.set()
+
+    def redrive(self, keys: Iterable[str]) -> int:
+        """Messages waiting on a suspension of these destination keys (held while every
+        route was suspended, or deferred after a block) are due now; how many."""
+        lifted = set(keys)
+        now = self.clock.now()
+        count = 0
+        for seq, waiting in list(self._waiting.items()):
+            if ALL_DESTINATIONS in lifted or waiting & lifted:
+                del self._waiting[seq]
+                if seq in self.due:
+                    self.due.schedule(seq, now)
+                    count += 1
+        if count:
             self._wake.set()
-        return lifted
+        return count
 
     # -- the loop -----------------------------------------------------------------
 
@@ -293,7 +348,7 @@ class QueueManager:
         finally:
             for future, send in sending.items():  # cut by a cancellation: connections back
                 future.cancel()
-                self.routes.release(send.route, send.domain, probe=send.probe, success=False)
+                rnd.unsend(send)
             if sending:
                 self._connection_given_back()
         now = self.clock.now()
@@ -303,6 +358,10 @@ class QueueManager:
         if done.message.state is MessageState.ACTIVE:
             self.due.schedule(done.message.seq, done.message.next_attempt_at)
             self._wake.set()
+        if done.waiting:
+            self._waiting[done.message.seq] = frozenset(done.waiting)
+        else:
+            self._waiting.pop(done.message.seq, None)
 
     async def provider_keys(self, domains: Iterable[str]) -> dict[str, str]:
         """The provider key of each of `domains` that has one (for `queue shape`)."""

@@ -37,7 +37,8 @@ from relayguard.model import (
     Transaction,
 )
 from relayguard.policy import Policy, RouteView, decide
-from relayguard.queue.scheduler import Grant, RouteTable
+from relayguard.policy.categories import Category
+from relayguard.queue.scheduler import Grant, RouteTable, destination_keys
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -114,6 +115,10 @@ class Done:
     failed: tuple[Recipient, ...]  # newly failed: an NDR
     delayed: tuple[Recipient, ...]  # past [queue] delay_warning: a delay report
     relayed: tuple[Recipient, ...]  # NOTIFY=SUCCESS through a peer without DSN
+    # Destination keys (domains, providers) the message waits on: held while every
+    # route was suspended, or deferred after a block; lifting such a suspension
+    # early makes it due at once.
+    waiting: tuple[str, ...] = ()
 
 
 Step = Send | Blocked | Done
@@ -160,6 +165,7 @@ class DeliveryRound:
         self.next_times: list[float] = []
         self.relayed_without_dsn: set[str] = set()
         self.events: list[Event] = []
+        self.waiting: set[str] = set()
         self._seed = f"{message.queue_id}/{len(message.attempts)}"
         self._rng: random.Random | None = None
         pinned = message.envelope.pinned_routes
@@ -276,6 +282,7 @@ class DeliveryRound:
                 },
             )
             return
+        self.waiting.update(destination_keys(dest.domain, dest.provider))
         wait = self.table.wait_until(dest.domain, now, provider=dest.provider)
         self.next_times.append(wait if wait is not None else now + PROBE_WAIT)
         if not dest.tried:
@@ -313,6 +320,8 @@ class DeliveryRound:
                     self.recipients[r.address] = replace(cur, last_reply=reply)
             if decision.action is Action.DEFER:
                 self.next_times.append(decision.retry_at or span[1] + self.backoff_start)
+                if decision.category == Category.RBL_BLOCK:
+                    self.waiting.update(destination_keys(dest.domain, dest.provider))
         return reroute, prefer
 
     def _delivered(
@@ -486,7 +495,8 @@ class DeliveryRound:
             message.next_attempt_at = min(self.next_times) if self.next_times else now
         else:
             message.state = MessageState.DONE
-        return Done(message, tuple(self.attempts), failed_now, delayed, relayed)
+        waiting = tuple(sorted(self.waiting)) if pending else ()
+        return Done(message, tuple(self.attempts), failed_now, delayed, relayed, waiting)
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -109,6 +109,9 @@ class RouteTable:
     # Each route's cap on connections to all destinations together, and how many it has.
     max_connections: dict[str, int] = field(default_factory=dict)
     in_use: dict[str, int] = field(default_factory=dict)
+    # Routes whose egress address a DNSBL lists (dns/reputation.py), with the zones:
+    # mail avoids them while another route may take it.
+    avoided: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def grant(
         self,
@@ -203,15 +206,20 @@ class RouteTable:
         prefer: Sequence[str] = (),
         provider: str | None = None,
     ) -> str | None:
-        """The first usable route, `prefer`red ones first; None if all are held back."""
+        """The first usable route, `prefer`red ones first, and one whose egress is not
+        listed before one that is; None if all are held back."""
         excluded = set(exclude)
         order = [*prefer, *(r for r in self.routes if r not in prefer)]
-        for route in order:
-            if route in excluded or route not in self.routes:
-                continue
-            if not self.unavailable(route, destination, now, provider=provider):
-                return route
-        return None
+        usable = [
+            r
+            for r in order
+            if r not in excluded
+            and r in self.routes
+            and not self.unavailable(r, destination, now, provider=provider)
+        ]
+        clean = [r for r in usable if r not in self.avoided]
+        chosen = clean or usable
+        return chosen[0] if chosen else None
 
     def wait_until(
         self, destination: str, now: float, *, provider: str | None = None
@@ -324,13 +332,21 @@ class RouteTable:
         ):
             self.throttles[key] = t
 
-    def resume(self, route: str, destination: str | None = None) -> int:
-        """Lift suspensions early (an operator's `routes resume`); returns how many."""
-        keys = [k for k in self.suspensions if k[0] == route and destination in (None, k[1])]
+    def resume(
+        self, route: str, destination: str | None = None, *, category: str | None = None
+    ) -> list[str]:
+        """Lift a route's suspensions early: for one destination key or all, of one
+        reply category or all (an operator's `routes resume`; a delisted egress lifts
+        its rbl_block ones). The destination keys lifted."""
+        keys = [
+            k
+            for k, s in self.suspensions.items()
+            if k[0] == route and destination in (None, k[1]) and category in (None, s.category)
+        ]
         for k in keys:
             del self.suspensions[k]
             self.probing.pop(k, None)
-        return len(keys)
+        return [k[1] for k in keys]
 
 
 def _replaces(new: Suspension, current: Suspension) -> bool:

@@ -320,15 +320,15 @@ def test_resume():
     t.suspend(susp("primary", "b", 100.0))
     t.suspend(susp("primary", "*", 100.0))
     t.suspend(susp("backup", "a", 100.0))
-    assert t.resume("primary", "a") == 1
+    assert t.resume("primary", "a") == ["a"]
     assert t.suspension("primary", "a", 0.0).destination == "*"  # route-wide one still holds
-    assert t.resume("primary") == 2
+    assert len(t.resume("primary")) == 2
     assert t.choose("a", 0.0) == "primary"
     assert t.begin("primary", "a") is False  # resumed by hand: no probe
-    assert t.resume("primary") == 0
-    assert t.resume("backup", "b") == 0
+    assert t.resume("primary") == []
+    assert t.resume("backup", "b") == []
     assert t.choose("a", 0.0, exclude=["primary"]) == "third"
-    assert t.resume("backup", None) == 1
+    assert len(t.resume("backup", None)) == 1
     assert t.choose("a", 0.0, exclude=["primary"]) == "backup"
 
 
