@@ -701,3 +701,69 @@ def test_bad_dns_settings_name_the_key(text, key, expected):
     message = error(text + ROUTE)
     assert f"{FILE}: {key}: " in message
     assert expected in message
+
+
+# -- [reputation] and public_address -------------------------------------------------
+
+
+def test_reputation_settings():
+    s = load_settings_text(
+        '[reputation]\ninterval = "90s"\n'
+        '[[reputation.zone]]\nzone = "ZEN.spamhaus.org."\nlisted = ["127.0.0.2-127.0.0.11"]\n'
+        'errors = ["127.255.255.0/24"]\navoid = "none"\n'
+        '[[reputation.zone]]\nzone = "bl.spamcop.net"\n'
+        '[[route]]\nname = "r"\nhost = "h"\nsource_address = "10.0.0.5"\n'
+        'public_address = "203.0.113.5"\n'
+    )
+    rep = s.reputation
+    assert rep.interval == 90.0
+    zen, spamcop = rep.zones
+    assert zen.zone == "zen.spamhaus.org"
+    assert "127.0.0.11" in zen.listed[0]
+    assert "127.0.0.12" not in zen.listed[0]
+    assert not zen.avoid
+    assert spamcop.avoid  # "all" by default
+    assert s.routes[0].egress_address == "203.0.113.5"  # NAT: what receivers see
+    plain = load_settings_text('[[route]]\nname = "r"\nhost = "h"\nsource_address = "10.0.0.5"\n')
+    assert plain.routes[0].egress_address == "10.0.0.5"
+    assert plain.reputation.zones == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('[[reputation.zone]]\nzone = "localhost"\n', "reputation.zone[0].zone", "a DNSBL zone"),
+        ("[[reputation.zone]]\nlisted = []\n", "reputation.zone[0].zone", "required key"),
+        (
+            '[[reputation.zone]]\nzone = "bl.example"\nlisted = ["127.0.0"]\n',
+            "reputation.zone[0].listed",
+            "IPv4 answers",
+        ),
+        (
+            '[[reputation.zone]]\nzone = "bl.example"\nerrors = []\n',
+            "reputation.zone[0].errors",
+            "a list of answers",
+        ),
+        (
+            '[[reputation.zone]]\nzone = "bl.example"\navoid = "some"\n',
+            "reputation.zone[0].avoid",
+            "'all'",
+        ),
+        (
+            '[[reputation.zone]]\nzone = "bl.example"\n[[reputation.zone]]\nzone = "BL.example"\n',
+            "reputation.zone[1].zone",
+            "given twice",
+        ),
+        ("[reputation]\ninterval = 0\n", "reputation.interval", "more than zero"),
+        ('[reputation]\nzones = "x"\n', "reputation.zones", "unknown key"),
+    ],
+)
+def test_bad_reputation_settings_name_the_key(text, key, expected):
+    message = error(text + ROUTE)
+    assert f"{FILE}: {key}: " in message
+    assert expected in message
+
+
+def test_public_address_must_be_an_address():
+    message = error('[[route]]\nname = "r"\nhost = "h"\npublic_address = "nat.example"\n')
+    assert "route[0].public_address: expected an IP address" in message

@@ -232,3 +232,38 @@ def test_the_operator_bounce_fails_only_pending_recipients():
     assert [r.address for r in failed] == ["b@example.com"]
     assert msg.state is MessageState.DONE
     assert msg.envelope.recipients[0].state is RecipientState.DELIVERED
+
+
+def test_provider_keys_hold_a_domain_and_the_round_says_what_it_waits_on():
+    t = table()
+    ms = "provider:microsoft"
+    msg = message("r@contoso.example", "s@own.example")
+    rnd = DeliveryRound(msg, b"body\r\n", POLICY, ROUTES, t, providers={"contoso.example": ms})
+    t.suspend(Suspension("A", ms, NOW + 600, "554 ...", "rbl-block", category="rbl_block"))
+    t.suspend(Suspension("B", ms, NOW + 300, "554 ...", "rbl-block", category="rbl_block"))
+    # contoso.example is held by its provider's suspensions; own.example goes out.
+    send = send_step(rnd)
+    assert (send.domain, send.route) == ("own.example", "A")
+    rnd.record(send, answer(send, OK), NOW, NOW + 0.1)
+    done = done_step(rnd, NOW + 0.1)
+    assert done.waiting == ("*", "contoso.example", ms)  # a route-wide lift counts too
+    assert done.message.next_attempt_at == NOW + 300  # the earliest suspension's end
+    assert t.active == {}
+
+
+def test_a_block_with_no_route_left_defers_and_waits_on_the_destination():
+    t = table()
+    rnd = new_round(message("r@example.com"), t)
+    first = send_step(rnd)
+    rnd.record(first, answer(first, RBL), NOW, NOW + 0.1)
+    second = send_step(rnd, NOW + 0.1)
+    assert second.route == "B"
+    rnd.record(second, answer(second, RBL), NOW + 0.1, NOW + 0.2)
+    done = done_step(rnd, NOW + 0.2)
+    assert done.message.state is MessageState.ACTIVE
+    assert done.waiting == ("*", "example.com")
+    # Delivered in the end: nothing to wait on.
+    rnd2 = new_round(message("q@example.com", seq=2), table())
+    only = send_step(rnd2)
+    rnd2.record(only, answer(only, OK), NOW, NOW + 0.1)
+    assert done_step(rnd2, NOW + 0.1).waiting == ()
