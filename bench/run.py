@@ -437,6 +437,17 @@ def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
             f"{cl['warm_per_s']:,}/s repeated, {cl['incident_stream_per_s']:,}/s with half "
             "the texts new"
         )
+    mx = results.get("mx")
+    if isinstance(mx, dict) and "skipped" in mx:
+        print(f"\n  mx: skipped ({mx['skipped']})")
+    elif isinstance(mx, dict):
+        print(
+            f"\n  provider keys ({mx['domains']:,} distinct domains, cold cache, "
+            f"{mx['concurrency']} rounds at once): {mx['cold_lookups_per_s']:,} lookups/s; "
+            f"added delay per round p50 {mx['cold_added_delay_p50_ms']} ms, "
+            f"p99 {mx['cold_added_delay_p99_ms']} ms cold, "
+            f"p99 {mx['warm_added_delay_p99_us']} µs cached"
+        )
     print("\n  goals:")
     for g in results["goals"]:  # type: ignore[attr-defined]
         mark = {True: "met ", False: "MISS", None: "n/a "}[g["met"]]
@@ -491,6 +502,22 @@ def classify_figures(args: argparse.Namespace) -> dict[str, object]:
     )
     if res.returncode != 0:
         raise BenchError(f"classify_speed.py failed: {res.stderr[-2000:]}")
+    return dict(json.loads(res.stdout))
+
+
+def mx_figures(args: argparse.Namespace) -> dict[str, object]:
+    """Provider-key lookups for 10,000 distinct domains, cold cache (bench/mx_speed.py)."""
+    domains = "2000" if args.quick else "10000"
+    log(f"mx: provider keys for {domains} distinct domains, cold cache, real dnsmasq")
+    res = subprocess.run(
+        [sys.executable, str(HERE / "mx_speed.py"), "--domains", domains],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise BenchError(f"mx_speed.py failed: {res.stderr[-2000:]}")
     return dict(json.loads(res.stdout))
 
 
@@ -563,7 +590,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        choices=["sink", "postfix", "relayguard", "scale", "classify"],
+        choices=["sink", "postfix", "relayguard", "scale", "classify", "mx"],
         action="append",
         help="run only these parts (repeatable); default all",
     )
@@ -649,7 +676,7 @@ def relayguard_revision() -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    only = set(args.only or ["sink", "postfix", "relayguard", "scale", "classify"])
+    only = set(args.only or ["sink", "postfix", "relayguard", "scale", "classify", "mx"])
     out_dir = Path(args.output)
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d-%H%M%S")
 
@@ -741,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
             results["scale"] = scale_figures(args)
         if "classify" in only:
             results["classify"] = classify_figures(args)
+        if "mx" in only:
+            results["mx"] = mx_figures(args)
         if args.profile:
             results["profile"] = profile_run(args, out_dir, stamp)
     except BenchError as exc:
