@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from relayguard.clock import VirtualClock
 from relayguard.config import Settings
+from relayguard.dns.providers import ProviderTable, provider_key
 from relayguard.model import Attempt, MessageState, QueuedMessage, Recipient
 from relayguard.ndr.reports import make_report_builder
 from relayguard.policy import Policy
@@ -174,6 +175,9 @@ class _Replay:
         self.table = route_table(self.settings)
         self.routes = routes_of(self.settings)
         self.max_in_flight = 2 * sum(r.max_connections for r in self.settings.routes)
+        self.scenario = scenario
+        self.provider_table = ProviderTable.build(dict(self.settings.dns.providers))
+        self.provider_keys: dict[str, str | None] = {}
         self.active: dict[int, _Active] = {}
         self.waiting: set[int] = set()  # rounds waiting for a connection
         self.heap: list[_Arrival] = []
@@ -223,9 +227,24 @@ class _Replay:
                 self.table,
                 delay_warning=q.delay_warning,
                 backoff_start=q.backoff_start,
+                providers=self._providers(message),
             )
             self.active[seq] = _Active(rnd, body)
             self._advance(seq, now)
+
+    def _providers(self, message: QueuedMessage) -> dict[str, str]:
+        """Provider keys as the live relay has them from DNS, from the scenario's [mx]."""
+        out: dict[str, str] = {}
+        for r in message.pending:
+            domain = r.domain.lower()
+            if domain not in self.provider_keys:
+                hosts = self.scenario.mx_of(domain)
+                provider = self.provider_table.provider_of(enumerate(hosts))
+                self.provider_keys[domain] = provider_key(provider) if provider else None
+            key = self.provider_keys[domain]
+            if key is not None:
+                out[domain] = key
+        return out
 
     def _advance(self, seq: int, now: float) -> None:
         """Let a round start what it can; file its sends' outcomes on the heap."""

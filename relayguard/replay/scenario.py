@@ -124,6 +124,13 @@ class Scenario:
     accept: str = "250 2.0.0 Ok: queued"
     peer_dsn: bool = True
     config_tables: dict[str, Any] = field(default_factory=dict)  # route / queue / ndr / server
+    # [mx]: recipient domain (glob) -> its MX hosts, in file order, the first match
+    # answering: the replay's stand-in for DNS, so provider keys work as live.
+    mx: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def mx_of(self, domain: str) -> tuple[str, ...]:
+        d = domain.lower()
+        return next((hosts for glob, hosts in self.mx if fnmatch.fnmatchcase(d, glob)), ())
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -289,6 +296,13 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
     peer_dsn = u.get("dsn", _bool, True, "true or false")
     u.finish()
 
+    m = top.section("mx")
+    mx = tuple(
+        (glob.lower(), m.require(glob, _strings, "an MX host name or a list of them"))
+        for glob in m.table
+    )
+    m.finish()
+
     window_tables = top.tables("window", "an array of tables [[window]]")
     windows = tuple(_window(t, i, total) for i, t in enumerate(window_tables))
     # Read even when absent, so that an unknown key's message lists them as known.
@@ -306,6 +320,7 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
         accept=accept,
         peer_dsn=peer_dsn,
         config_tables={k: v for k, v in config_raw.items() if v is not None},
+        mx=mx,
     )
 
 

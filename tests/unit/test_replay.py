@@ -198,8 +198,8 @@ def test_scenario_exact_messages(windows, extra, message):
         (
             "[colours]\nx = 1\n",
             (
-                "t.toml: colours: unknown key (known keys here: arrivals, ndr, queue, route, "
-                "scenario, server, upstream, window)"
+                "t.toml: colours: unknown key (known keys here: arrivals, mx, ndr, queue, "
+                "route, scenario, server, upstream, window)"
             ),
         ),
     ],
@@ -360,3 +360,75 @@ def test_cli_reports_bad_files_without_a_traceback(mbox, tmp_path, capsys):
         == 2
     )
     assert "no such file" in capsys.readouterr().err
+
+
+def test_scenario_mx_gives_the_replay_provider_keys():
+    scenario = parse_scenario(
+        tomllib.loads(
+            '[scenario]\nduration = "1h"\n'
+            '[mx]\n"*.contoso.example" = "contoso.mail.protection.outlook.com"\n'
+            '"fabrikam.example" = ["mx1.fabrikam.example", "mx2.fabrikam.example"]\n'
+        ),
+        "t.toml",
+    )
+    assert scenario.mx_of("EU.contoso.example") == ("contoso.mail.protection.outlook.com",)
+    assert scenario.mx_of("fabrikam.example") == ("mx1.fabrikam.example", "mx2.fabrikam.example")
+    assert scenario.mx_of("other.example") == ()
+    with pytest.raises(ScenarioError, match=r"t\.toml: mx\.x\.example: expected an MX host"):
+        parse_scenario(
+            tomllib.loads('[scenario]\nduration = "1h"\n[mx]\n"x.example" = 5\n'), "t.toml"
+        )
+
+
+PROVIDER_SCENARIO = """
+[scenario]
+duration = "2h"
+[arrivals]
+mode = "spread"
+over = "1h"
+[[route]]
+name = "A"
+host = "a.example.net"
+source_address = "192.0.2.10"
+[[route]]
+name = "B"
+host = "b.example.net"
+source_address = "198.51.100.7"
+[[window]]
+source = "192.0.2.10"
+domain = ["contoso.example", "fabrikam.example"]
+phase = "rcpt"
+reply = "554 5.7.1 Service unavailable; Client host [{source}] blocked"
+"""
+
+PROVIDER_MX = """
+[mx]
+"contoso.example" = "contoso-example.mail.protection.outlook.com"
+"fabrikam.example" = "fabrikam-example.mail.protection.outlook.com"
+"""
+
+
+def test_the_replay_keys_blocks_by_provider_from_its_mx_table(tmp_path):
+    mbox = tmp_path / "in.mbox"
+    mbox.write_text(
+        "".join(
+            f"From s@origin.example Thu Jan  1 00:00:00 2026\nFrom: s@origin.example\n"
+            f"To: u{i}@{('contoso', 'fabrikam')[i % 2]}.example\nMessage-ID: <m{i}@x>\n"
+            f"Subject: {i}\n\nhi\n\n"
+            for i in range(40)
+        )
+    )
+
+    def attempts_on_a(text: str) -> int:
+        path = tmp_path / "s.toml"
+        path.write_text(text)
+        [run] = runner.run_files(path, mbox)["runs"]
+        assert run["messages"]["delivered"] == 40
+        return int(run["routes"]["A"]["attempts"])
+
+    alone = attempts_on_a(PROVIDER_SCENARIO)
+    grouped = attempts_on_a(PROVIDER_SCENARIO + PROVIDER_MX)
+    # Each domain rediscovers the block on its own; grouped, one refusal holds A back
+    # from both Microsoft-hosted domains.
+    assert grouped < alone
+    assert grouped * 2 <= alone + 2
