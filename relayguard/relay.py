@@ -19,8 +19,8 @@ import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings, load_settings
-from relayguard.dns.mx import provider_keys_for
-from relayguard.dns.reputation import ReputationMonitor, ZoneCheck, monitor_for
+from relayguard.dns.reputation import ReputationMonitor, ZoneCheck
+from relayguard.dns.wiring import monitor_for, provider_keys_for
 from relayguard.model import MessageState, QueuedMessage
 from relayguard.ndr.reports import make_report_builder
 from relayguard.ops import systemd

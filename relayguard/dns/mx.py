@@ -16,7 +16,6 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import dns.asyncresolver
 import dns.exception
@@ -27,9 +26,6 @@ import dns.resolver
 import structlog
 
 from relayguard.dns.providers import ProviderTable, provider_key
-
-if TYPE_CHECKING:
-    from relayguard.config import DnsSettings
 
 log = structlog.get_logger("relayguard.dns")
 
@@ -207,24 +203,3 @@ class ProviderKeys:
             )
         self.cache.put(domain, key, self.now() + answer.ttl)
         return key
-
-
-def provider_keys_for(settings: DnsSettings, now: Callable[[], float]) -> ProviderKeys | None:
-    """The configured lookups, or None when they are off or DNS cannot be configured
-    (then every domain is its own key, and the log says why)."""
-    if not settings.provider_keys:
-        return None
-    try:
-        resolver = make_resolver(settings.nameservers, settings.timeout)
-    except dns.resolver.NoResolverConfiguration as exc:
-        log.warning(
-            "provider_keys_off",
-            error=str(exc),
-            reason="no nameservers in [dns] and none in the system's configuration: "
-            "every recipient domain is its own key",
-        )
-        return None
-    table = ProviderTable.build(dict(settings.providers))
-    return ProviderKeys(
-        resolver, table, now, cache_size=settings.cache_size, timeout=settings.timeout
-    )

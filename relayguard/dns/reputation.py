@@ -33,11 +33,8 @@ import dns.exception
 import dns.resolver
 import structlog
 
-from relayguard.dns.mx import make_resolver
-
 if TYPE_CHECKING:
     from relayguard.clock import Clock
-    from relayguard.config import Settings
 
 log = structlog.get_logger("relayguard.reputation")
 
@@ -297,25 +294,3 @@ def egresses_of(routes: Iterable[tuple[str, str | None]]) -> tuple[list[Egress],
         else:
             unchecked.append(route)
     return egresses, unchecked
-
-
-def monitor_for(
-    settings: Settings, clock: Clock, on_change: OnChange | None = None
-) -> ReputationMonitor | None:
-    """The configured checks, or None when no zone is configured. Routes without an
-    address to check are named in the log once."""
-    rep = settings.reputation
-    if not rep.zones:
-        return None
-    egresses, unchecked = egresses_of((r.name, r.egress_address) for r in settings.routes)
-    if unchecked:
-        log.warning(
-            "reputation_unchecked",
-            routes=unchecked,
-            reason="no public_address or source_address: the address receivers see is not known",
-        )
-    resolver = make_resolver(settings.dns.nameservers, settings.dns.timeout)
-    monitor = ReputationMonitor(egresses, rep.zones, resolver, clock, rep.interval)
-    if on_change is not None:
-        monitor.on_change = on_change
-    return monitor

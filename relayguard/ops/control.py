@@ -42,8 +42,9 @@ import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings
-from relayguard.dns.mx import ProviderKeys, provider_keys_for
-from relayguard.dns.reputation import ReputationMonitor, monitor_for
+from relayguard.dns.mx import ProviderKeys
+from relayguard.dns.reputation import ReputationMonitor
+from relayguard.dns.wiring import monitor_for, provider_keys_for
 from relayguard.model import MessageState, Phase, QueuedMessage, Reply
 from relayguard.ops.metrics import Observer
 from relayguard.ops.queue_tools import STATES, detail, matches, query_for, shape_of, summarize
