@@ -489,36 +489,32 @@ def scale_figures(args: argparse.Namespace) -> dict[str, object]:
     return {"scheduler": sched, "spool": built, "index_query_plan": plan, "restart": restart}
 
 
-def classify_figures(args: argparse.Namespace) -> dict[str, object]:
-    """Reply classification speed, in a process of its own (bench/classify_speed.py)."""
-    seconds = "1" if args.quick else "5"
-    log(f"classify: the reply corpus, {seconds} s per figure")
+def _figures_of(script: str, *args: str, timeout: float) -> dict[str, object]:
+    """Run a figure script of bench/ in a process of its own; its one JSON object."""
     res = subprocess.run(
-        [sys.executable, str(HERE / "classify_speed.py"), "--seconds", seconds],
+        [sys.executable, str(HERE / script), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     if res.returncode != 0:
-        raise BenchError(f"classify_speed.py failed: {res.stderr[-2000:]}")
+        raise BenchError(f"{script} failed: {res.stderr[-2000:]}")
     return dict(json.loads(res.stdout))
+
+
+def classify_figures(args: argparse.Namespace) -> dict[str, object]:
+    """Reply classification speed (bench/classify_speed.py)."""
+    seconds = "1" if args.quick else "5"
+    log(f"classify: the reply corpus, {seconds} s per figure")
+    return _figures_of("classify_speed.py", "--seconds", seconds, timeout=120)
 
 
 def mx_figures(args: argparse.Namespace) -> dict[str, object]:
     """Provider-key lookups for 10,000 distinct domains, cold cache (bench/mx_speed.py)."""
     domains = "2000" if args.quick else "10000"
     log(f"mx: provider keys for {domains} distinct domains, cold cache, real dnsmasq")
-    res = subprocess.run(
-        [sys.executable, str(HERE / "mx_speed.py"), "--domains", domains],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if res.returncode != 0:
-        raise BenchError(f"mx_speed.py failed: {res.stderr[-2000:]}")
-    return dict(json.loads(res.stdout))
+    return _figures_of("mx_speed.py", "--domains", domains, timeout=300)
 
 
 # -- profile ------------------------------------------------------------------------------
