@@ -220,5 +220,9 @@ def register(sub: Commands) -> None:
     rsub = Commands(r.add_subparsers(dest="routes_command"))
     c = rsub.add_parser("resume", help="lift a route's suspension early")
     c.add_argument("name", help="route name")
-    c.add_argument("--domain", help="only the suspension for this destination domain")
+    c.add_argument(
+        "--domain",
+        help="only the suspension for this destination: a domain, or a provider key "
+        "as `routes` shows it (provider:microsoft)",
+    )
     c.set_defaults(func=cmd_routes_resume)
