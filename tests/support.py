@@ -359,3 +359,13 @@ async def until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.02)
+
+
+def samples(exposition: str) -> dict[str, float]:
+    """Prometheus text exposition -> {'name{labels}': value}."""
+    out = {}
+    for line in exposition.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
