@@ -115,6 +115,10 @@ class QueueSettings:
     backoff_start: float = 300.0
     backoff_max: float = 4000.0  # Postfix's maximal_backoff_time
     delay_warning: float = 0.0  # off, like Postfix's default
+    # Keep the copy of a message that bounced because of our egress (RBL listings, our
+    # PTR or HELO refused) this long, for `queue resend`; 0: keep nothing, as Postfix.
+    keep_bounced: float = 0.0
+    keep_bounced_max_size: int = 1 << 30  # bytes of kept copies in all; oldest go first
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +348,27 @@ def _duration_range(v: object) -> tuple[float, float]:
     return low, high
 
 
+EXPECTED_SIZE = "a size like '1GiB', '512MiB' or a number of bytes, more than zero"
+_SIZE_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+def _size(v: object) -> int:
+    """Bytes, from a whole number or '1GiB', '1.5GiB', '512MiB', '64KiB'. Only binary
+    units: '1G' or '1GB' could mean 10**9 as well as 2**30, so they are refused."""
+    if isinstance(v, bool):
+        raise TypeError(EXPECTED_SIZE)
+    if isinstance(v, int):
+        size = v
+    elif isinstance(v, str) and (m := _SIZE.fullmatch(v)) and m.group(2) in _SIZE_UNITS:
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    else:
+        raise ValueError(EXPECTED_SIZE)
+    if size <= 0:
+        raise ValueError(EXPECTED_SIZE)
+    return size
+
+
 def _route_name(v: object) -> str:
     s = _str(v)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", s):
@@ -547,6 +572,10 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
         backoff_start=q.get("backoff_start", parse_duration, dq.backoff_start, "a duration"),
         backoff_max=q.get("backoff_max", parse_duration, dq.backoff_max, "a duration"),
         delay_warning=q.get("delay_warning", parse_duration, dq.delay_warning, "a duration"),
+        keep_bounced=q.get("keep_bounced", parse_duration, dq.keep_bounced, "a duration"),
+        keep_bounced_max_size=q.get(
+            "keep_bounced_max_size", _size, dq.keep_bounced_max_size, EXPECTED_SIZE
+        ),
     )
     q.finish()
 

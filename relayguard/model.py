@@ -397,6 +397,10 @@ class MessageState(StrEnum):
     ACTIVE = "active"  # queued, will be tried when due
     HELD = "held"  # operator hold: never tried until released
     DONE = "done"  # every recipient delivered or failed
+    # A copy of a done message some of whose recipients bounced because of our egress
+    # ([queue] keep_bounced): never delivered, dropped when its window ends, sent again
+    # only by `relayguard queue resend`.
+    KEPT = "kept"
 
 
 @dataclass(slots=True)

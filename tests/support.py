@@ -339,3 +339,37 @@ def strip_received(content: bytes) -> bytes:
         end = content.index(b"\r\n", end) + 2
         if content[end : end + 1] not in (b"\t", b" "):
             return content[end:]
+
+
+def _cli(argv: list[str]) -> int:
+    from relayguard.cli import main  # noqa: PLC0415 - only the CLI tests need it
+
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse refusing the command line
+        return int(exc.code or 0)
+
+
+async def run_cli(capsys: Any, config: Path, *argv: str) -> tuple[int, str, str]:
+    """Run the CLI as an operator would, in a thread (it may talk to a relay on this
+    event loop through its control socket); returns (exit status, stdout, stderr)."""
+    code = await asyncio.to_thread(_cli, ["--config", str(config), *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
+    """Poll observable state (real time) until it holds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+def samples(exposition: str) -> dict[str, float]:
+    """Prometheus text exposition -> {'name{labels}': value}."""
+    out = {}
+    for line in exposition.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

@@ -22,8 +22,10 @@ from relayguard.config import (
     ConfigError,
     Settings,
     load_settings,
+    parse_duration,
     parse_hostport,
 )
+from relayguard.policy.categories import Category
 
 if TYPE_CHECKING:
     from relayguard.cli.common import Commands
@@ -77,15 +79,23 @@ def _json(data: object) -> None:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
-    from relayguard.ops.queue_tools import format_list  # noqa: PLC0415
+    from relayguard.ops.queue_tools import format_kept, format_list  # noqa: PLC0415
 
-    result = _call(args, "list", state=args.state, domain=args.domain, route=args.route)
+    if args.kept and (args.state or args.domain or args.route):
+        return _fail(
+            "queue list: --kept lists the kept copies; --state, --domain and "
+            "--route are for queued messages"
+        )
+    result = _call(
+        args, "list", state=args.state, domain=args.domain, route=args.route, kept=args.kept
+    )
     if isinstance(result, int):
         return result
     if args.json:
         _json(result["messages"])
     else:
-        _out(format_list(result["messages"], result["now"]))
+        show = format_kept if args.kept else format_list
+        _out(show(result["messages"], result["now"]))
     return 0
 
 
@@ -130,6 +140,33 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
     else:
         _out(format_action(result))
     return 1 if result["missing"] or result["skipped"] else 0
+
+
+def cmd_queue_resend(args: argparse.Namespace) -> int:
+    from relayguard.ops.queue_tools import format_resend  # noqa: PLC0415
+
+    result = _call(
+        args,
+        "resend",
+        category=args.category,
+        since=args.since,
+        route=args.route,
+        dry_run=args.dry_run,
+    )
+    if isinstance(result, int):
+        return result
+    if args.json:
+        _json(result)
+    else:
+        _out(format_resend(result))
+    return 1 if result["skipped"] else 0
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"expected {exc}, got {text!r}") from None
 
 
 # ---------------------------------------------------------------- routes
@@ -177,7 +214,9 @@ def register(sub: Commands) -> None:
     p.add_argument("--maildir", default=None)
     p.set_defaults(func=cmd_sink)
 
-    q = sub.add_parser("queue", help="list, show, retry, hold, release, delete, bounce, shape")
+    q = sub.add_parser(
+        "queue", help="list, show, retry, hold, release, delete, bounce, shape, resend"
+    )
     qsub = Commands(q.add_subparsers(dest="queue_command", required=True))
     c = qsub.add_parser("list", help="queued messages, with their recipients' last replies")
     c.add_argument("--json", action="store_true", help="one JSON array, for scripts")
@@ -188,6 +227,11 @@ def register(sub: Commands) -> None:
     )
     c.add_argument("--domain", help="with a pending recipient in this domain")
     c.add_argument("--route", help="with a pending recipient last tried through this route")
+    c.add_argument(
+        "--kept",
+        action="store_true",
+        help="not the queue: the copies of bounced messages kept for `queue resend`",
+    )
     c.set_defaults(func=cmd_queue_list)
 
     c = qsub.add_parser("show", help="a message: envelope, headers, every attempt")
@@ -202,6 +246,27 @@ def register(sub: Commands) -> None:
         c.add_argument("--all", action="store_true", help="every queued message")
         c.add_argument("--json", action="store_true")
         c.set_defaults(func=cmd_queue_action, action=action)
+
+    c = qsub.add_parser(
+        "resend",
+        help="queue again, as new messages, the kept recipients that bounced because of "
+        "our egress ([queue] keep_bounced)",
+    )
+    c.add_argument(
+        "--category",
+        choices=[str(category) for category in Category],
+        help="only the recipients refused with this kind of reply (e.g. rbl_block)",
+    )
+    c.add_argument(
+        "--since",
+        type=_duration,
+        metavar="DURATION",
+        help="only the recipients that bounced within this long (e.g. 24h)",
+    )
+    c.add_argument("--route", help="send them through this route only")
+    c.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_queue_resend)
 
     c = qsub.add_parser("shape", help="messages by destination domain and age (like qshape)")
     c.add_argument("--state", choices=["deferred", "held", "active"])

@@ -22,6 +22,10 @@ Races with a delivery round that is under way:
 - delete / bounce: hold first, wait for the round to be recorded, then act, so
   a delivery and an operator's bounce never both happen, and a deleted message
   is not brought back (the spool records nothing for a message that is gone).
+
+`resend` queues kept copies (what bounced because of our egress) again as new
+messages; the spool marks their recipients resent in the same transaction, so
+none goes twice, and the running queue manager schedules them at once.
 """
 
 from __future__ import annotations
@@ -41,13 +45,24 @@ from typing import Any, Protocol
 import structlog
 
 from relayguard.clock import Clock, SystemClock
-from relayguard.config import Settings
+from relayguard.config import RouteSettings, Settings
 from relayguard.dns.mx import ProviderKeys
 from relayguard.dns.reputation import ReputationMonitor
 from relayguard.dns.wiring import monitor_for, provider_keys_for
 from relayguard.model import MessageState, Phase, QueuedMessage, Reply
 from relayguard.ops.metrics import Observer
-from relayguard.ops.queue_tools import STATES, detail, matches, query_for, shape_of, summarize
+from relayguard.ops.queue_tools import (
+    STATES,
+    detail,
+    matches,
+    query_for,
+    resend_result,
+    shape_of,
+    summarize,
+    summarize_kept,
+)
+from relayguard.policy.categories import Category
+from relayguard.queue.kept import plan_resend
 from relayguard.queue.manager import bounce_now, route_table
 from relayguard.queue.scheduler import RouteTable
 from relayguard.queue.spool import MessageQuery, Spool
@@ -120,6 +135,7 @@ class QueueView(Protocol):
     def routes(self) -> RouteTable: ...
     def hold(self, seq: int) -> None: ...
     def schedule_now(self, seq: int) -> bool: ...
+    def enqueue(self, message: QueuedMessage) -> None: ...
     def resume(self, route: str, destination: str | None = None) -> int: ...
     async def bounce(self, seq: int, reply: Reply, rule: str = "operator") -> list[str]: ...
     async def provider_keys(self, domains: Iterable[str]) -> dict[str, str]: ...
@@ -138,6 +154,7 @@ class StoppedQueue:
         self._spool = spool
         self._clock = clock
         self._build = make_report_builder(settings)
+        self._queue = settings.queue
         self._dns = settings.dns
         self._providers: ProviderKeys | None = None
 
@@ -153,12 +170,15 @@ class StoppedQueue:
     def schedule_now(self, seq: int) -> bool:  # noqa: ARG002 - QueueView's signature
         return True  # the spool's next-attempt time is all there is: due at the next start
 
+    def enqueue(self, message: QueuedMessage) -> None:  # noqa: ARG002 - QueueView's signature
+        return None  # queued in the spool: due at the next start
+
     def resume(self, route: str, destination: str | None = None) -> int:  # noqa: ARG002
         return 0  # suspensions live in the running relay's memory: none when stopped
 
     async def bounce(self, seq: int, reply: Reply, rule: str = "operator") -> list[str]:
         addresses, _ = await bounce_now(
-            self._spool, seq, reply, rule, self._build, self._clock.now()
+            self._spool, seq, reply, rule, self._build, self._clock.now(), queue=self._queue
         )
         return addresses
 
@@ -202,10 +222,12 @@ class Controller:
         if op in reads:
             result: Json = await reads[op](request)
             return result
-        if op in ACTIONS or op == "resume":
+        if op in ACTIONS or op in ("resume", "resend"):
             async with self._lock:
                 if op == "resume":
                     return self._resume(request)
+                if op == "resend":
+                    return await self._resend(request)
                 return await self._act(op, request)
         raise ControlError(f"unknown operation {op!r}")
 
@@ -223,6 +245,10 @@ class Controller:
 
     async def _list(self, req: Json) -> Json:
         now = self.clock.now()
+        if req.get("kept"):
+            # Not the queue: the copies kept for `queue resend`, while their window is open.
+            kept = [summarize_kept(k, now) for k in await self.spool.kept() if k.until > now]
+            return {"now": now, "messages": kept}
         messages = await self.spool.messages(self._query(req, now))
         route = req.get("route")
         # The route a recipient was last tried through is in the attempts: chosen here.
@@ -241,7 +267,9 @@ class Controller:
         message = (await self._find_all([queue_id])).get(queue_id)
         loaded = await self.spool.load(message.seq) if message else None
         if loaded is None:
-            raise ControlError(f"{queue_id}: not in the queue")
+            kept = queue_id.strip().upper() in {k.message.queue_id for k in await self.spool.kept()}
+            hint = " (a kept copy of a bounced message: see queue list --kept)" if kept else ""
+            raise ControlError(f"{queue_id}: not in the queue{hint}")
         now = self.clock.now()
         return {"now": now, "message": detail(loaded[0], loaded[1], now)}
 
@@ -307,11 +335,15 @@ class Controller:
 
     # -- changes ----------------------------------------------------------------------
 
+    def _route(self, name: str) -> RouteSettings:
+        for r in self.settings.routes:
+            if r.name == name:
+                return r
+        names = ", ".join(r.name for r in self.settings.routes)
+        raise ControlError(f"no route {name!r} (routes: {names})")
+
     def _resume(self, req: Json) -> Json:
-        route = str(req.get("route") or "")
-        if route not in {r.name for r in self.settings.routes}:
-            names = ", ".join(r.name for r in self.settings.routes)
-            raise ControlError(f"no route {route!r} (routes: {names})")
+        route = self._route(str(req.get("route") or "")).name
         if not self.running:
             raise ControlError(
                 "relayguard is not running: suspensions live in the server and ended with it"
@@ -319,6 +351,46 @@ class Controller:
         domain = req.get("domain")
         lifted = self.manager.resume(route, domain.lower() if domain else None)
         return {"route": route, "domain": domain, "lifted": lifted}
+
+    async def _resend(self, req: Json) -> Json:
+        """Queue kept copies again as new messages (or, dry, say which would go)."""
+        route = req.get("route")
+        if route is not None and self._route(str(route)).ndr_only:
+            raise ControlError(
+                f"route {route!r} carries only reports (ndr_only = true): name a mail route"
+            )
+        category = req.get("category")
+        if category is not None and category not in set(Category):
+            names = ", ".join(Category)
+            raise ControlError(f"category must be one of {names}, not {category!r}")
+        since = req.get("since")
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, int | float) or since < 0
+        ):
+            raise ControlError(f"since must be a number of seconds, not {since!r}")
+        now = self.clock.now()
+        # A recipient that bounced in the window was kept in it too: the spool narrows.
+        kept = await self.spool.kept(None if since is None else now - since)
+        choices = plan_resend(kept, now, category=category, since=since, route=route)
+        dry_run = bool(req.get("dry_run"))
+        queued = (
+            [None] * len(choices)
+            if dry_run
+            else await self.spool.resend_kept([c.resend for c in choices])
+        )
+        for choice, message in zip(choices, queued, strict=True):
+            if message is None:
+                continue
+            self.manager.enqueue(message)
+            log.info(
+                "resent",
+                queue_id=message.queue_id,
+                kept_queue_id=choice.kept.message.queue_id,
+                message_id=message.message_id,
+                recipients=list(choice.recipients),
+                route=route,
+            )
+        return resend_result(choices, queued, now, dry_run=dry_run, route=route)
 
     async def _select(self, req: Json) -> tuple[list[QueuedMessage], list[str]]:
         ids = [str(i) for i in req.get("ids") or []]

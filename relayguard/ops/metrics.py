@@ -93,6 +93,17 @@ class Observer:
         self.oldest = Gauge(
             "relayguard_oldest_message_age_seconds", "Age of the oldest queued message", registry=r
         )
+        # Beside the queue, not in it: what [queue] keep_bounced holds for `queue resend`.
+        self.kept = Gauge(
+            "relayguard_kept_messages",
+            "Copies of messages that bounced because of our egress, kept for queue resend",
+            registry=r,
+        )
+        self.kept_size = Gauge(
+            "relayguard_kept_bytes",
+            "Total size of the kept copies (capped by keep_bounced_max_size)",
+            registry=r,
+        )
         self.suspensions = Gauge(
             "relayguard_route_suspensions",
             "Active route suspensions, by route",
@@ -168,6 +179,8 @@ class Observer:
             self.queue.labels(state).set(stats[state])
         oldest = stats["oldest_arrival"]
         self.oldest.set(max(0.0, now - oldest) if oldest else 0.0)
+        self.kept.set(stats.get("kept", 0.0))
+        self.kept_size.set(stats.get("kept_size", 0.0))
 
     def set_suspensions(self, suspensions: Iterable[Suspension], now: float) -> None:
         counts = dict.fromkeys(self.routes, 0)

@@ -19,7 +19,8 @@ from typing import Any
 from relayguard.dns.providers import describe_key
 from relayguard.durations import format_span
 from relayguard.model import Attempt, MessageState, QueuedMessage, RecipientState, domain_of
-from relayguard.queue.spool import MessageQuery, ShapeEntry
+from relayguard.queue.kept import ResendChoice, bounced_at, egress_failures
+from relayguard.queue.spool import KeptMessage, MessageQuery, ShapeEntry
 
 # Display states, as an operator thinks of them (Postfix's words): held by an
 # operator; active = due now (or being delivered); deferred = waiting for a retry.
@@ -89,6 +90,67 @@ def summarize(message: QueuedMessage, now: float) -> Json:
         "message_id": message.message_id,
         "attempts": len(message.attempts),
         "recipients": recipients,
+    }
+
+
+def summarize_kept(kept: KeptMessage, now: float) -> Json:
+    """A kept copy as `queue list --kept` shows it: the message as it finished, when it
+    was kept and until when, and which recipients `queue resend` would queue again."""
+    out = summarize(kept.message, now)
+    failures = egress_failures(kept.message)
+    out.update(state="kept", kept_at=kept.kept_at, until=kept.until)
+    for r in out["recipients"]:
+        refusal = failures.get(r["address"])
+        r["category"] = refusal.category if refusal is not None else None
+        r["resent"] = r["address"] in kept.resent
+        r["resendable"] = refusal is not None and not r["resent"]
+    return out
+
+
+def resend_result(
+    choices: Sequence[ResendChoice],
+    queued: Sequence[QueuedMessage | None],
+    now: float,
+    *,
+    dry_run: bool,
+    route: str | None,
+) -> Json:
+    """What `queue resend` did (or, dry, would do): per kept copy, the new queue id and
+    the recipients with the refusal each bounced on."""
+    resent: list[Json] = []
+    skipped: list[Json] = []
+    for choice, message in zip(choices, queued, strict=True):
+        kept = choice.kept.message
+        if message is None and not dry_run:
+            skipped.append({"kept_id": kept.queue_id, "why": "resent or dropped meanwhile"})
+            continue
+        recipients = [
+            {
+                "address": r.address,
+                "category": a.category,
+                "reply": a.reply.render(),
+                "route": a.route,
+                "bounced_at": bounced_at(a),
+            }
+            for r, a in choice.refusals
+        ]
+        resent.append(
+            {
+                "kept_id": kept.queue_id,
+                "queue_id": message.queue_id if message is not None else None,
+                "sender": kept.envelope.sender,
+                "message_id": kept.message_id,
+                "recipients": recipients,
+            }
+        )
+    return {
+        "now": now,
+        "dry_run": dry_run,
+        "route": route,
+        "messages": len(resent),
+        "recipients": sum(len(m["recipients"]) for m in resent),
+        "resent": resent,
+        "skipped": skipped,
     }
 
 
@@ -223,6 +285,51 @@ def format_list(summaries: Sequence[Mapping[str, Any]], now: float) -> str:
         lines += [f"    {_recipient_line(r)}" for r in s["recipients"]]
     size = sum(int(s["size"]) for s in summaries)
     lines.append(f"-- {len(summaries)} message(s), {size} bytes")
+    return "\n".join(lines)
+
+
+def format_kept(summaries: Sequence[Mapping[str, Any]], now: float) -> str:
+    """`queue list --kept`: one line per kept copy, then its recipients, the ones that
+    bounced because of our egress marked with what `queue resend` would do."""
+    if not summaries:
+        return "No kept copies"
+    w = max(len("Queue ID"), *(len(s["queue_id"]) for s in summaries))
+    lines = [f"{'Queue ID':<{w}} {'Kept':<7} {'Kept for':<10} {'Size':>8}  Sender"]
+    for s in summaries:
+        lines.append(
+            f"{s['queue_id']:<{w}} {format_span(max(0.0, now - s['kept_at'])):<7} "
+            f"{format_when(s['until'], now):<10} {s['size']:>8}  <{s['sender']}>"
+        )
+        for r in s["recipients"]:
+            mark = ""
+            if r["category"]:
+                mark = f" -- {r['category']}: " + ("resent" if r["resent"] else "can be resent")
+            lines.append(f"    {_recipient_line(r)}{mark}")
+    size = sum(int(s["size"]) for s in summaries)
+    lines.append(f"-- {len(summaries)} kept copy(ies), {size} bytes")
+    return "\n".join(lines)
+
+
+def format_resend(result: Mapping[str, Any]) -> str:
+    """What `queue resend` did, or with --dry-run would do."""
+    now = float(result["now"])
+    counts = f"{result['messages']} message(s), {result['recipients']} recipient(s)"
+    via = f" through route {result['route']}" if result["route"] else ""
+    if result["dry_run"]:
+        lines = [f"resend: would queue {counts}{via} (dry run: nothing changed)"]
+    else:
+        lines = [f"resend: queued {counts}{via}"]
+    if not result["resent"] and not result["skipped"]:
+        lines[0] += "; no kept copy has a recipient left to resend that matches"
+    for m in result["resent"]:
+        new = f" as {m['queue_id']}" if m["queue_id"] else ""
+        lines.append(f"  {m['kept_id']}{new} <{m['sender']}>")
+        lines.extend(
+            f"    {r['address']}: {r['reply']} [{r['category']}, route {r['route']}, "
+            f"bounced {format_span(max(0.0, now - r['bounced_at']))} ago]"
+            for r in m["recipients"]
+        )
+    lines += [f"  skipped {s['kept_id']}: {s['why']}" for s in result["skipped"]]
     return "\n".join(lines)
 
 

@@ -18,19 +18,22 @@ from typing import Any, Protocol
 import structlog
 
 from relayguard.clock import Clock
-from relayguard.config import Settings
+from relayguard.config import QueueSettings, Settings
 from relayguard.dns.mx import ProviderKeys
 from relayguard.dns.reputation import ZoneCheck
 from relayguard.model import MessageState, Outcome, QueuedMessage, Recipient, Reply, Transaction
 from relayguard.policy import Policy
 from relayguard.policy.categories import Category
+from relayguard.queue.kept import egress_failures, keep_for
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Routes, Send, fail_pending
 from relayguard.queue.scheduler import ALL_DESTINATIONS, DueQueue, RouteTable
-from relayguard.queue.spool import NewMessage, Spool
+from relayguard.queue.spool import Keep, NewMessage, Spool
 
 log = structlog.get_logger("relayguard.queue")
 
 _WARNING_EVENTS = frozenset({"route_suspended", "route_throttled", "egress_listed"})
+# After a failed sweep of the kept copies (the spool refused), try again this much later.
+SWEEP_RETRY = 60.0
 
 
 class Sender(Protocol):
@@ -77,6 +80,19 @@ def reports_for(done: Done, body: bytes, build: ReportBuilder, now: float) -> li
     return reports
 
 
+def kept_event(message: QueuedMessage, keep: Keep) -> tuple[str, dict[str, Any]]:
+    """The log line for a copy kept for `queue resend`."""
+    return (
+        "bounced_copy_kept",
+        {
+            "queue_id": message.queue_id,
+            "message_id": message.message_id,
+            "recipients": sorted(egress_failures(message)),
+            "until": keep.until,
+        },
+    )
+
+
 async def bounce_now(
     spool: Spool,
     seq: int,
@@ -85,18 +101,21 @@ async def bounce_now(
     build: ReportBuilder,
     now: float,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    queue: QueueSettings | None = None,
 ) -> tuple[list[str], list[QueuedMessage]]:
     """An operator's bounce, on the spool: every pending recipient fails now with `reply`
     (the round's own finisher), the NDR is queued. The recipients failed and the reports
     queued; nothing if the message is gone. Used by the running relay and by the CLI on
-    a stopped one alike."""
+    a stopped one alike. The operator's reply is no refusal of our egress, but recipients
+    that failed on one in earlier rounds keep the copy (`queue`'s keep_bounced)."""
     loaded = await spool.load(seq)
     if loaded is None:
         return [], []
     message, body = loaded
     failed = fail_pending(message, reply, rule)
     reports = build(message, body, failed, "bounce", now) if failed else []
-    queued = await spool.finish_with_reports(message, [], reports)
+    keep = keep_for(message, queue, now) if queue is not None else None
+    queued = await spool.finish_with_reports(message, [], reports, keep)
     addresses = sorted(r.address for r in failed)
     event = {
         "queue_id": message.queue_id,
@@ -109,7 +128,7 @@ async def bounce_now(
         "text": reply.text,
         "reason": "bounced by the operator",
     }
-    emit([("bounced", event)], on_event)
+    emit([("bounced", event), *([kept_event(message, keep)] if keep else [])], on_event)
     return addresses, queued
 
 
@@ -132,6 +151,7 @@ class QueueManager:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
     _stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    _kept_changed: asyncio.Event = field(default_factory=asyncio.Event)  # wakes the sweep
     delivering: set[int] = field(default_factory=set)  # seqs in a delivery round right now
     # MX lookups for provider keys (dns/mx.py); None: every domain is its own key.
     providers: ProviderKeys | None = None
@@ -194,10 +214,18 @@ class QueueManager:
         Returns the recipients failed (empty if the message is gone)."""
         self.due.remove(seq)
         addresses, reports = await bounce_now(
-            self.spool, seq, reply, rule, self.build_reports, self.clock.now(), self.on_event
+            self.spool,
+            seq,
+            reply,
+            rule,
+            self.build_reports,
+            self.clock.now(),
+            self.on_event,
+            self.settings.queue,
         )
         for report in reports:
             self.enqueue(report)
+        self._kept_changed.set()
         return addresses
 
     def resume(self, route: str, destination: str | None = None) -> int:
@@ -262,7 +290,48 @@ class QueueManager:
 
     # -- the loop -----------------------------------------------------------------
 
+    async def sweep_kept(self) -> float | None:
+        """Drop the kept copies whose window has ended, and the oldest beyond the size
+        cap; when the next window ends (None: nothing kept)."""
+        sweep = await self.spool.drop_kept(
+            self.clock.now(), self.settings.queue.keep_bounced_max_size
+        )
+        if sweep.dropped:
+            log.info(
+                "kept_copies_dropped",
+                copies=sweep.dropped,
+                reason="keep_bounced window ended, or over keep_bounced_max_size",
+            )
+        return sweep.next_end
+
+    async def _sweep_kept_forever(self) -> None:
+        """Each kept copy is dropped when its window ends: the sweep sleeps until the
+        first end, or until a copy is kept (after a shorter window since a reload, that
+        one may end first)."""
+        while not self._stopping:
+            self._kept_changed.clear()  # before reading: a copy kept meanwhile wakes us
+            try:
+                next_end = await self.sweep_kept()
+            except Exception as exc:
+                # The copies stay (past their window, until a sweep succeeds): the
+                # spool's trouble is not the queue's.
+                log.warning("kept_sweep_failed", error=repr(exc), retry_in=SWEEP_RETRY)
+                next_end = self.clock.now() + SWEEP_RETRY
+            if next_end is None:
+                await self._kept_changed.wait()
+            else:
+                await self.clock.sleep_until(next_end, self._kept_changed)
+
     async def run(self) -> None:
+        sweeper = asyncio.create_task(self._sweep_kept_forever())
+        try:
+            await self._run()
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _run(self) -> None:
         while not self._stopping:
             now = self.clock.now()
             room = self.max_in_flight - len(self._tasks)
@@ -291,6 +360,7 @@ class QueueManager:
         self._stopping = True
         self._stop_event.set()
         self._wake.set()
+        self._kept_changed.set()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -353,8 +423,13 @@ class QueueManager:
                 self._connection_given_back()
         now = self.clock.now()
         reports = reports_for(done, body, self.build_reports, now)
-        for report in await self.spool.finish_with_reports(done.message, done.attempts, reports):
+        keep = keep_for(done.message, q, now)
+        queued = await self.spool.finish_with_reports(done.message, done.attempts, reports, keep)
+        for report in queued:
             self.enqueue(report)
+        if keep is not None:
+            emit([kept_event(done.message, keep)], self.on_event)
+            self._kept_changed.set()
         if done.message.state is MessageState.ACTIVE:
             self.due.schedule(done.message.seq, done.message.next_attempt_at)
             self._wake.set()

@@ -28,7 +28,7 @@ from relayguard.policy import Policy
 from relayguard.queue.manager import emit, reports_for, route_table, routes_of
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Send
 from relayguard.queue.scheduler import DueQueue
-from relayguard.queue.spool import NewMessage
+from relayguard.queue.spool import Keep, NewMessage
 from relayguard.queue.spool.memory import MemorySpool, seeded_queue_ids
 from relayguard.replay.inputs import InputMessage
 from relayguard.replay.scenario import DEFAULT_START, Scenario
@@ -119,8 +119,9 @@ class _RecordingSpool(MemorySpool):
         message: QueuedMessage,
         new_attempts: Sequence[Attempt],
         reports: Sequence[NewMessage],
+        keep: Keep | None = None,
     ) -> list[QueuedMessage]:
-        queued = await super().finish_with_reports(message, new_attempts, reports)
+        queued = await super().finish_with_reports(message, new_attempts, reports, keep)
         self.stats.round_finished(message, new_attempts, queued, self.clock.now())
         return queued
 

@@ -6,7 +6,15 @@ import asyncio
 from pathlib import Path
 
 import structlog
-from support import UpstreamHandler, make_message, relay_settings, running_relay, send, upstream
+from support import (
+    UpstreamHandler,
+    make_message,
+    relay_settings,
+    running_relay,
+    samples,
+    send,
+    upstream,
+)
 
 from relayguard.model import MessageState
 
@@ -21,15 +29,6 @@ async def http_get(address: tuple[str, int], path: str) -> tuple[int, dict[str, 
     status_line, *header_lines = head.split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
     return int(status_line.split()[1]), headers, body
-
-
-def samples(exposition: str) -> dict[str, float]:
-    out = {}
-    for line in exposition.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 async def until(predicate, timeout: float = 15.0) -> None:

@@ -13,14 +13,29 @@ from pathlib import Path
 
 import pytest
 import structlog
-from support import UpstreamHandler, make_message, running_relay, send, upstream
+from support import (
+    UpstreamHandler,
+    make_message,
+    run_cli,
+    running_relay,
+    send,
+    until,
+    upstream,
+)
 
-from relayguard.cli import main
 from relayguard.clock import VirtualClock, seeded_queue_ids
 from relayguard.config import load_settings
-from relayguard.model import Envelope, MessageState, Recipient
+from relayguard.model import (
+    Attempt,
+    Envelope,
+    MessageState,
+    Phase,
+    Recipient,
+    RecipientState,
+    Reply,
+)
 from relayguard.ops.control import ControlError, Controller, StoppedQueue
-from relayguard.queue.spool import NewMessage
+from relayguard.queue.spool import Keep, MessageQuery, NewMessage
 from relayguard.queue.spool.memory import MemorySpool
 
 
@@ -50,19 +65,6 @@ def write_config(tmp_path: Path, *ports: int) -> Path:
         + routes
     )
     return path
-
-
-async def rg(capsys, config: Path, *argv: str) -> tuple[int, str, str]:
-    """Run the CLI as an operator would; returns (exit status, stdout, stderr)."""
-    code = await asyncio.to_thread(main, ["--config", str(config), *argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-async def until(predicate, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 async def queued(relay) -> dict[str, object]:
@@ -102,7 +104,7 @@ async def test_list_show_retry_hold_release_delete(tmp_path: Path, capsys) -> No
             msgs = await settled(relay, 3)
             ids = {n: msgs[f"<msg-{n}@test.example>"].queue_id for n in (1, 2, 3)}
 
-            code, out, _ = await rg(capsys, config, "queue", "list")
+            code, out, _ = await run_cli(capsys, config, "queue", "list")
             assert code == 0
             for qid in ids.values():
                 assert qid in out
@@ -111,7 +113,7 @@ async def test_list_show_retry_hold_release_delete(tmp_path: Path, capsys) -> No
             assert "[rule greylisted, route primary]" in out
             assert "-- 3 message(s)" in out
 
-            code, out, _ = await rg(
+            code, out, _ = await run_cli(
                 capsys,
                 config,
                 "queue",
@@ -125,12 +127,14 @@ async def test_list_show_retry_hold_release_delete(tmp_path: Path, capsys) -> No
             listed = json.loads(out)
             assert sorted(m["queue_id"] for m in listed) == sorted(ids.values())
             assert {m["state"] for m in listed} == {"deferred"}
-            _, out, _ = await rg(capsys, config, "queue", "list", "--state", "held")
+            _, out, _ = await run_cli(capsys, config, "queue", "list", "--state", "held")
             assert out.strip() == "Queue is empty"
-            _, out, _ = await rg(capsys, config, "queue", "list", "--json", "--route", "backup")
+            _, out, _ = await run_cli(
+                capsys, config, "queue", "list", "--json", "--route", "backup"
+            )
             assert json.loads(out) == []
 
-            code, out, _ = await rg(capsys, config, "queue", "show", ids[1].lower())
+            code, out, _ = await run_cli(capsys, config, "queue", "show", ids[1].lower())
             assert code == 0
             assert f"Queue ID:    {ids[1]}" in out
             assert "Sender:      <s@example.org>" in out
@@ -140,41 +144,41 @@ async def test_list_show_retry_hold_release_delete(tmp_path: Path, capsys) -> No
             assert "route primary" in out
             assert "450 4.2.0 Greylisted, come back later -> defer by rule greylisted" in out
             assert "next attempt" in out
-            _, out, _ = await rg(capsys, config, "queue", "show", ids[1], "--json")
+            _, out, _ = await run_cli(capsys, config, "queue", "show", ids[1], "--json")
             shown = json.loads(out)
             assert shown["history"][0]["rule"] == "greylisted"
             assert shown["envelope"]["recipients"][0]["address"] == "r1@grey.example"
-            code, _, err = await rg(capsys, config, "queue", "show", "NOSUCHID")
+            code, _, err = await run_cli(capsys, config, "queue", "show", "NOSUCHID")
             assert code == 2
             assert "NOSUCHID: not in the queue" in err
 
             # The greylisting ends; retry one message now, ignoring its backoff.
             handler.on_rcpt = lambda peer, rcpt: None
-            code, out, _ = await rg(capsys, config, "queue", "retry", ids[1])
+            code, out, _ = await run_cli(capsys, config, "queue", "retry", ids[1])
             assert (code, out.strip()) == (0, f"retry: 1 message(s): {ids[1]}")
             await up.wait_for(2)
             await until(lambda: not relay.manager.delivering)
             assert set(await queued(relay)) == {"<msg-2@test.example>", "<msg-3@test.example>"}
 
             # Hold: out of the scheduler, not retried, until released.
-            code, out, _ = await rg(capsys, config, "queue", "hold", ids[2])
+            code, out, _ = await run_cli(capsys, config, "queue", "hold", ids[2])
             assert code == 0
             seq2 = (await queued(relay))["<msg-2@test.example>"].seq
             assert seq2 not in relay.manager.due
             assert (await queued(relay))["<msg-2@test.example>"].state is MessageState.HELD
-            code, out, _ = await rg(capsys, config, "queue", "retry", ids[2])
+            code, out, _ = await run_cli(capsys, config, "queue", "retry", ids[2])
             assert code == 1
             assert "held: release it instead" in out
-            _, out, _ = await rg(capsys, config, "queue", "list", "--state", "held", "--json")
+            _, out, _ = await run_cli(capsys, config, "queue", "list", "--state", "held", "--json")
             assert [m["queue_id"] for m in json.loads(out)] == [ids[2]]
             await asyncio.sleep(0.3)
             assert len(up.received) == 2
-            code, out, _ = await rg(capsys, config, "queue", "release", ids[2])
+            code, out, _ = await run_cli(capsys, config, "queue", "release", ids[2])
             assert code == 0
             await up.wait_for(3)
 
             # Delete: gone, never delivered, no report.
-            code, out, _ = await rg(capsys, config, "queue", "delete", ids[3], "NOSUCHID")
+            code, out, _ = await run_cli(capsys, config, "queue", "delete", ids[3], "NOSUCHID")
             assert code == 1
             assert f"delete: 1 message(s): {ids[3]}" in out
             assert "not in the queue: NOSUCHID" in out
@@ -208,7 +212,7 @@ async def test_shape_bounce_and_retry_all(tmp_path: Path, capsys) -> None:
             )
             msgs = await settled(relay, 3)
 
-            code, out, _ = await rg(capsys, config, "queue", "shape")
+            code, out, _ = await run_cli(capsys, config, "queue", "shape")
             assert code == 0
             lines = out.splitlines()
             assert lines[0].split() == [
@@ -240,12 +244,12 @@ async def test_shape_bounce_and_retry_all(tmp_path: Path, capsys) -> None:
             ]
             assert lines[2].split()[:3] == ["grey.example", "3", "3"]
             assert len(lines) == 3  # fine.example was delivered: nothing pending there
-            _, out, _ = await rg(capsys, config, "queue", "shape", "--json", "--state", "held")
+            _, out, _ = await run_cli(capsys, config, "queue", "shape", "--json", "--state", "held")
             assert json.loads(out)["rows"] == []
 
             # Bounce: the sender gets an NDR naming the operator, the message leaves.
             bounced = msgs["<msg-1@test.example>"].queue_id
-            code, out, _ = await rg(capsys, config, "queue", "bounce", bounced)
+            code, out, _ = await run_cli(capsys, config, "queue", "bounce", bounced)
             assert (code, out.strip()) == (0, f"bounce: 1 message(s): {bounced}")
             [ndr] = [r for r in await up.wait_for(2) if not r.mail_from]
             assert ndr.rcpt_tos == ["s@example.org"]
@@ -259,15 +263,17 @@ async def test_shape_bounce_and_retry_all(tmp_path: Path, capsys) -> None:
 
             # Everything else, now.
             handler.on_rcpt = lambda peer, rcpt: None
-            code, out, _ = await rg(capsys, config, "queue", "retry", "--domain", "grey.example")
+            code, out, _ = await run_cli(
+                capsys, config, "queue", "retry", "--domain", "grey.example"
+            )
             assert code == 0
             assert out.startswith("retry: 2 message(s)")
             await up.wait_for(4)
             await until(lambda: not relay.manager.delivering)
             assert await queued(relay) == {}
-            code, out, _ = await rg(capsys, config, "queue", "retry", "--all")
+            code, out, _ = await run_cli(capsys, config, "queue", "retry", "--all")
             assert (code, out.strip()) == (0, "retry: 0 message(s)")
-            code, _, err = await rg(capsys, config, "queue", "hold")
+            code, _, err = await run_cli(capsys, config, "queue", "hold")
             assert code == 2
             assert "name queue IDs, or --domain D, or --all" in err
 
@@ -285,7 +291,7 @@ async def test_routes_and_resume(tmp_path: Path, capsys) -> None:
             await backup.wait_for(1)
             await until(lambda: not relay.manager.delivering)
 
-            code, out, _ = await rg(capsys, config, "routes")
+            code, out, _ = await run_cli(capsys, config, "routes")
             assert code == 0
             primary_block, backup_block = out.split("\nbackup ")
             assert primary_block.startswith(f"primary  127.0.0.1:{primary.port}  connections 0/20")
@@ -294,7 +300,7 @@ async def test_routes_and_resume(tmp_path: Path, capsys) -> None:
             assert "rerouted 554 5.7.1" in primary_block
             assert "not suspended" in backup_block
             assert "delivered 250 2.0.0" in backup_block
-            _, out, _ = await rg(capsys, config, "routes", "--json")
+            _, out, _ = await run_cli(capsys, config, "routes", "--json")
             data = json.loads(out)
             [suspension] = data["routes"][0]["suspensions"]
             assert suspension["destination"] == "example.com"
@@ -302,18 +308,18 @@ async def test_routes_and_resume(tmp_path: Path, capsys) -> None:
             assert suspension["until"] > data["now"] + 250
             assert data["routes"][1]["counts"] == {"delivered": 1}
 
-            code, out, _ = await rg(
+            code, out, _ = await run_cli(
                 capsys, config, "routes", "resume", "primary", "--domain", "other.example"
             )
             assert (code, out.strip()) == (0, "primary: no suspension for other.example to lift")
-            code, out, _ = await rg(
+            code, out, _ = await run_cli(
                 capsys, config, "routes", "resume", "primary", "--domain", "example.com"
             )
             assert (code, out.strip()) == (0, "primary: lifted 1 suspension(s) for example.com")
             assert relay.manager.routes.suspensions == {}
-            _, out, _ = await rg(capsys, config, "routes")
+            _, out, _ = await run_cli(capsys, config, "routes")
             assert "suspended" not in out.split("\nbackup ")[0].replace("not suspended", "")
-            code, _, err = await rg(capsys, config, "routes", "resume", "nosuch")
+            code, _, err = await run_cli(capsys, config, "routes", "resume", "nosuch")
             assert code == 2
             assert "no route 'nosuch'" in err
 
@@ -337,7 +343,7 @@ async def test_operator_and_delivery_round_do_not_race(tmp_path: Path, capsys) -
             await send(relay.address, "s@example.org", ["r@example.com"], make_message(1))
             await until(lambda: bool(relay.manager.delivering))
             [msg] = (await queued(relay)).values()
-            code, _, _ = await rg(capsys, config, "queue", "hold", msg.queue_id)
+            code, _, _ = await run_cli(capsys, config, "queue", "hold", msg.queue_id)
             assert code == 0
             assert relay.manager.delivering  # the round was not cut short
             await until(lambda: not relay.manager.delivering)
@@ -345,9 +351,9 @@ async def test_operator_and_delivery_round_do_not_race(tmp_path: Path, capsys) -
             assert after.state is MessageState.HELD  # the round's record kept the hold
             assert [a.action for a in after.attempts] == ["defer"]
 
-            await rg(capsys, config, "queue", "release", msg.queue_id)
+            await run_cli(capsys, config, "queue", "release", msg.queue_id)
             await until(lambda: bool(relay.manager.delivering))
-            code, out, _ = await rg(capsys, config, "queue", "bounce", msg.queue_id)
+            code, out, _ = await run_cli(capsys, config, "queue", "bounce", msg.queue_id)
             assert code == 0, out
             # The bounce waited for the second round to be recorded, then failed it.
             ndrs = [r for r in await up.wait_for(1, timeout=10) if not r.mail_from]
@@ -370,7 +376,7 @@ async def test_without_a_running_relay(tmp_path: Path, capsys) -> None:
             assert sock.exists()
             # A relay that runs but cannot be reached: the CLI must not touch the spool.
             sock.rename(sock.with_name("moved.sock"))
-            code, _, err = await rg(capsys, config, "queue", "list")
+            code, _, err = await run_cli(capsys, config, "queue", "list")
             assert code == 2
             assert "is running" in err
             assert "does not answer" in err
@@ -379,17 +385,17 @@ async def test_without_a_running_relay(tmp_path: Path, capsys) -> None:
         ids = [msgs[f"<msg-{n}@test.example>"].queue_id for n in (1, 2)]
 
         # Stopped: the tools work on the spool itself.
-        code, out, _ = await rg(capsys, config, "queue", "list")
+        code, out, _ = await run_cli(capsys, config, "queue", "list")
         assert code == 0
         assert ids[0] in out
         assert ids[1] in out
-        code, out, _ = await rg(capsys, config, "queue", "hold", ids[0])
+        code, out, _ = await run_cli(capsys, config, "queue", "hold", ids[0])
         assert code == 0
-        code, out, _ = await rg(capsys, config, "queue", "bounce", ids[1])
+        code, out, _ = await run_cli(capsys, config, "queue", "bounce", ids[1])
         assert code == 0
-        code, out, _ = await rg(capsys, config, "routes")
+        code, out, _ = await run_cli(capsys, config, "routes")
         assert "relayguard is not running" in out
-        code, _, err = await rg(capsys, config, "routes", "resume", "primary")
+        code, _, err = await run_cli(capsys, config, "routes", "resume", "primary")
         assert code == 2
         assert "not running" in err
 
@@ -399,7 +405,7 @@ async def test_without_a_running_relay(tmp_path: Path, capsys) -> None:
             assert ndr.mail_from == ""
             assert "message bounced by the operator" in ndr.content.decode()
             await until(lambda: not relay.manager.delivering)
-            _, out, _ = await rg(capsys, config, "queue", "list", "--json")
+            _, out, _ = await run_cli(capsys, config, "queue", "list", "--json")
             [held] = json.loads(out)
             assert (held["queue_id"], held["state"]) == (ids[0], "held")
 
@@ -488,6 +494,50 @@ async def test_the_controller_on_another_backend(tmp_path: Path) -> None:
         "deferred": 0.0,
         "held": 0.0,
         "oldest_arrival": grey.arrival_at,
+        "kept": 0.0,
+        "kept_size": 0.0,
     }
     with pytest.raises(ControlError, match="state must be one of"):
         await controller.handle({"op": "list", "state": "frozen"})
+
+    # A kept copy (what bounced because of our egress), resent on this backend too.
+    rbl = Reply(554, "5.7.1", "Service unavailable; Client host [192.0.2.1] blocked", Phase.RCPT)
+    bounced = await spool.accept(message(4, "r@example.com", at=clock.now()))
+    bounced.envelope = bounced.envelope.with_recipients(
+        (Recipient("r@example.com", RecipientState.FAILED, last_reply=rbl, failed_rule="x"),)
+    )
+    bounced.state = MessageState.DONE
+    refusal = Attempt(
+        clock.now(),
+        "primary",
+        ("r@example.com",),
+        rbl,
+        "bounce",
+        "x",
+        1.0,
+        "rbl_block",
+        scope="egress",
+    )
+    keep = Keep(clock.now(), clock.now() + 3600.0, 10**6)
+    await spool.finish_with_reports(bounced, [refusal], [], keep)
+    [listed] = (await controller.handle({"op": "list", "kept": True}))["messages"]
+    assert (listed["queue_id"], listed["state"]) == (bounced.queue_id, "kept")
+    for bad, why in (
+        ({"route": "nosuch"}, r"no route 'nosuch' \(routes: primary\)"),
+        ({"category": "spam"}, "category must be one of rbl_block, throttle"),
+        ({"since": "1h"}, "since must be a number of seconds"),
+    ):
+        with pytest.raises(ControlError, match=why):
+            await controller.handle({"op": "resend", **bad})
+    queued_before = await spool.messages()
+    dry = await controller.handle({"op": "resend", "dry_run": True})
+    assert (dry["messages"], dry["recipients"]) == (1, 1)
+    assert await spool.messages() == queued_before
+    done = await controller.handle({"op": "resend", "route": "primary", "since": 60.0})
+    assert (done["messages"], done["recipients"]) == (1, 1)
+    [again] = await spool.messages(
+        MessageQuery(queue_ids=frozenset({done["resent"][0]["queue_id"]}))
+    )
+    assert again.envelope.pinned_routes == ("primary",)
+    assert [r.address for r in again.pending] == ["r@example.com"]
+    assert (await controller.handle({"op": "resend"}))["messages"] == 0

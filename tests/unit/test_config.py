@@ -71,6 +71,8 @@ max_lifetime = "3d"
 backoff_start = "1m"
 backoff_max = "1h"
 delay_warning = "4h"
+keep_bounced = "72h"
+keep_bounced_max_size = "512MiB"
 
 [policy]
 files = ["policies/a.toml", "/etc/relayguard/b.toml"]
@@ -154,7 +156,12 @@ def test_full_config_parses_to_the_right_values():
         s.route("nope")
 
     assert s.queue == QueueSettings(
-        max_lifetime=3 * 86400.0, backoff_start=60.0, backoff_max=3600.0, delay_warning=4 * 3600.0
+        max_lifetime=3 * 86400.0,
+        backoff_start=60.0,
+        backoff_max=3600.0,
+        delay_warning=4 * 3600.0,
+        keep_bounced=72 * 3600.0,
+        keep_bounced_max_size=512 << 20,
     )
     assert s.policy.files == (Path("policies/a.toml"), Path("/etc/relayguard/b.toml"))
     assert s.ndr.route == "backup-2"
@@ -352,12 +359,51 @@ def test_workers_range():
         ("queue", "max_lifetime", '"5 days"'),
         ("queue", "backoff_max", '"1H"'),
         ("queue", "delay_warning", '""'),
+        ("queue", "keep_bounced", '"72 hours"'),
+        ("queue", "keep_bounced", "-1"),
+        ("queue", "keep_bounced", '"1h 30m junk"'),
     ],
 )
 def test_bad_durations(section, key, value):
     message = error(f"[{section}]\n{key} = {value}\n" + ROUTE)
     assert f"{FILE}: {section}.{key}: expected a duration" in message
     assert value.strip('"') in message  # the value given is quoted back
+
+
+def test_keeping_bounced_copies_is_off_unless_asked_for():
+    q = load_settings_text(ROUTE).queue
+    assert (q.keep_bounced, q.keep_bounced_max_size) == (0.0, 1 << 30)  # Postfix keeps none
+    q = load_settings_text('[queue]\nkeep_bounced = "0"\n' + ROUTE).queue
+    assert q.keep_bounced == 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("1073741824", 1 << 30),
+        ('"1GiB"', 1 << 30),
+        ('"1.5GiB"', 3 << 29),
+        ('"512 MiB"', 512 << 20),
+        ('"64KiB"', 64 << 10),
+        ('"2TiB"', 2 << 40),
+        ('"4096"', 4096),
+        ('"100B"', 100),
+    ],
+)
+def test_keep_bounced_max_size(value, size):
+    text = f"[queue]\nkeep_bounced_max_size = {value}\n" + ROUTE
+    assert load_settings_text(text).queue.keep_bounced_max_size == size
+
+
+@pytest.mark.parametrize(
+    "bad", ['"1G"', '"1GB"', '"1 gib"', '"lots"', '""', "0", "-5", "1.5", "true", '"-1MiB"']
+)
+def test_bad_keep_bounced_max_size(bad):
+    message = error(f"[queue]\nkeep_bounced_max_size = {bad}\n" + ROUTE)
+    assert (
+        f"{FILE}: queue.keep_bounced_max_size: expected a size like '1GiB', '512MiB' or a "
+        "number of bytes, more than zero, got " in message
+    )
 
 
 def test_bad_route_duration():

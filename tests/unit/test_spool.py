@@ -136,7 +136,14 @@ async def test_queue_stats_for_the_metrics_match_the_spool(spool):
     assert await spool.hold(held.seq)
     stats = queue_stats(spool.directory, 25.0)
     assert stats == (await spool.queue_stats(25.0)).as_dict()
-    assert stats == {"active": 1.0, "deferred": 1.0, "held": 1.0, "oldest_arrival": 10.0}
+    assert stats == {
+        "active": 1.0,
+        "deferred": 1.0,
+        "held": 1.0,
+        "oldest_arrival": 10.0,
+        "kept": 0.0,
+        "kept_size": 0.0,
+    }
 
 
 async def test_select_messages_for_readers_of_the_file(spool):

@@ -4,7 +4,8 @@ Two halves. A suite parametrized over the backends (the `open_spool` fixture)
 states what each operation promises, the two operator races with a delivery
 round included. A hypothesis state machine applies the same random operations
 (accepts, delivery rounds that start and finish later, operator actions between
-them, queries) to every backend at once and requires identical answers.
+them, queries, copies kept, dropped and resent) to every backend at once and
+requires identical answers.
 
 Adding a backend (PostgreSQL, say) is one entry in BACKENDS: `open` makes an
 empty spool of its own with the given queue-id factory (a fresh schema, or a
@@ -57,9 +58,13 @@ from relayguard.model import (
 )
 from relayguard.queue.spool import (
     IndexEntry,
+    Keep,
+    KeptMessage,
+    KeptSweep,
     MessageQuery,
     NewMessage,
     QueueStats,
+    Resend,
     ShapeEntry,
     Spool,
     SpoolError,
@@ -587,6 +592,8 @@ async def test_queue_stats(open_spool):
             "deferred": 4.0,
             "held": 1.0,
             "oldest_arrival": 10.0,
+            "kept": 0.0,
+            "kept_size": 0.0,
         }
         assert await spool.delete(by_id["Q1"].seq)
         assert (await spool.queue_stats(0.0)).oldest_arrival == 20.0
@@ -596,6 +603,190 @@ async def test_queue_stats(open_spool):
             await spool.delete(m.seq)
         await spool.accept_many([new(6, at=500.0), new(7, at=400.0)])
         assert (await spool.queue_stats(0.0)).oldest_arrival == 500.0
+
+
+# ---------------------------------------------------------------- kept copies (queue resend)
+
+RBL = Reply(554, "5.7.1", "Service unavailable; Client host [192.0.2.1] blocked", Phase.RCPT)
+
+
+def refused(at: float, rcpts=("a@one.example",)) -> Attempt:
+    return Attempt(
+        at, "A", tuple(rcpts), RBL, "bounce", "rbl-block", 0.5, category="rbl_block", scope="egress"
+    )
+
+
+async def bounced(spool: Spool, n: int, keep: Keep, *, body: bytes | None = None) -> QueuedMessage:
+    """A message whose first recipient bounced on our egress and whose second was
+    delivered, finished with `keep`: the message as it was finished."""
+    queued = await spool.accept(new(n, body=body))
+    msg, _ = await spool.load(queued.seq)
+    a, b = msg.envelope.recipients
+    fail = dataclasses.replace(a, state=RecipientState.FAILED, last_reply=RBL, failed_rule="x")
+    msg.envelope = msg.envelope.with_recipients((fail, delivered(b)))
+    msg.state = MessageState.DONE
+    await spool.finish_with_reports(msg, [refused(keep.at - 1.0)], [], keep)
+    return msg
+
+
+def as_kept(msg: QueuedMessage, at: float, until: float, resent=frozenset()) -> KeptMessage:
+    return KeptMessage(dataclasses.replace(msg, state=MessageState.KEPT), at, until, resent)
+
+
+async def test_keep_turns_a_done_message_into_a_kept_copy(open_spool):
+    async with open_spool() as spool:
+        original = await spool.accept(new(1, qid="ORIG"))
+        await spool.update(original, [attempt(1001.0)])  # an earlier round's attempt
+        msg, _ = await spool.load(original.seq)
+        msg.envelope = msg.envelope.with_recipients(tuple(map(failed, msg.envelope.recipients)))
+        msg.state = MessageState.DONE
+        msg.next_attempt_at = 1900.0
+        # The report may take the id: the copy is out of the queue, as a removed message.
+        [report] = await spool.finish_with_reports(
+            msg, [refused(1999.0)], [ndr(1, qid="ORIG")], Keep(2000.0, 5000.0, 10**6)
+        )
+        assert await spool.load(original.seq) is None
+        assert [m.seq for m in await spool.messages()] == [report.seq]
+        assert [e.seq for e in await spool.index()] == [report.seq]
+        assert await spool.shape() == [ShapeEntry(report.seq, 2000.0, ("example.org",))]
+        [kept] = await spool.kept()
+        expected = dataclasses.replace(msg, attempts=[attempt(1001.0), refused(1999.0)])
+        assert kept == as_kept(expected, 2000.0, 5000.0)
+        assert kept.message.size == len(new(1).body)
+        stats = await spool.queue_stats(2000.0)
+        assert (stats.active, stats.kept, stats.kept_size) == (1, 1, kept.message.size)
+        assert stats.oldest_arrival == 2000.0  # the report's: a kept copy is not queued
+        # The copy's own seq is not the queue's: nothing there touches it.
+        assert not await spool.hold(kept.message.seq)
+        assert not await spool.delete(kept.message.seq)
+        assert await spool.kept() == [kept]
+
+
+async def test_keep_means_nothing_unless_the_message_is_done_and_still_there(open_spool):
+    async with open_spool() as spool:
+        keep = Keep(2000.0, 5000.0, 10**6)
+        active = await spool.accept(new(1))
+        active.next_attempt_at = 3000.0
+        await spool.finish_with_reports(active, [refused(1999.0)], [], keep)
+        msg, _ = await spool.load(active.seq)
+        assert (msg.state, msg.next_attempt_at, msg.attempts) == (
+            MessageState.ACTIVE,
+            3000.0,
+            [refused(1999.0)],
+        )
+        gone = await spool.accept(new(2))
+        assert await spool.delete(gone.seq)
+        gone.state = MessageState.DONE
+        assert await spool.finish_with_reports(gone, [], [ndr(1)], keep) == []
+        await spool.update(msg, [])
+        assert await spool.kept() == []
+        assert (await spool.queue_stats(0.0)).kept == 0
+
+
+async def test_keep_is_all_or_nothing_with_the_round(open_spool):
+    async with open_spool() as spool:
+        queued = await spool.accept(new(1))
+        other = await spool.accept(new(2, qid="OTHER"))
+        queued.state = MessageState.DONE
+        with pytest.raises(SpoolError):
+            await spool.finish_with_reports(
+                queued, [refused(10.0)], [ndr(1, qid="OTHER")], Keep(20.0, 30.0, 10**6)
+            )
+        assert await spool.kept() == []
+        assert [m.seq for m in await spool.messages()] == [queued.seq, other.seq]
+        assert (await spool.load(queued.seq))[0].attempts == []
+
+
+async def test_drop_kept_ends_windows_then_drops_the_oldest_over_the_cap(open_spool):
+    async with open_spool() as spool:
+        ten = b"0123456789"
+        # Kept at 100, 300, 200 (the order kept, not of seq, is what counts), 10 bytes each.
+        a = await bounced(spool, 1, Keep(100.0, 1000.0, 10**6), body=ten)
+        b = await bounced(spool, 2, Keep(300.0, 900.0, 10**6), body=ten)
+        c = await bounced(spool, 3, Keep(200.0, 800.0, 10**6), body=ten)
+        assert [k.message.seq for k in await spool.kept()] == [a.seq, c.seq, b.seq]
+        assert [k.message.seq for k in await spool.kept(since=200.0)] == [c.seq, b.seq]
+        assert await spool.kept(since=300.5) == []
+        assert await spool.drop_kept(799.0, 30) == KeptSweep(0, 800.0)
+        assert await spool.drop_kept(800.0, 30) == KeptSweep(1, 900.0)  # c: until is inclusive
+        assert [k.message.seq for k in await spool.kept()] == [a.seq, b.seq]
+        assert await spool.drop_kept(800.0, 10) == KeptSweep(1, 900.0)  # a: kept first
+        assert await spool.drop_kept(800.0, 10) == KeptSweep(0, 900.0)  # 10 bytes fit in 10
+        assert await spool.drop_kept(900.0, 10) == KeptSweep(1, None)
+        assert await spool.kept() == []
+        # Keeping drops what has ended by then, and the oldest over the cap, at once.
+        await bounced(spool, 4, Keep(1000.0, 2000.0, 10**6), body=ten)
+        await bounced(spool, 5, Keep(1100.0, 1500.0, 10**6), body=ten)
+        f = await bounced(spool, 6, Keep(1600.0, 2600.0, 15), body=ten)  # 5 ended, 4 oldest
+        assert [k.message.seq for k in await spool.kept()] == [f.seq]
+        assert (await spool.queue_stats(0.0)).kept_size == 10
+        # A copy larger than the cap is not kept at all.
+        await bounced(spool, 7, Keep(1700.0, 2700.0, 5), body=ten)
+        assert await spool.kept() == []
+
+
+async def test_resend_queues_a_new_message_once_per_recipient(open_spool):
+    async with open_spool() as spool:
+        body = "Subject: caf\u00e9\r\n\r\n\u00fcber\r\n".encode()
+        msg = await bounced(spool, 1, Keep(100.0, 1000.0, 10**6), body=body)
+        seq = msg.seq
+        a, b = (Recipient(r.address, orcpt=r.orcpt) for r in msg.envelope.recipients)
+        only_a = dataclasses.replace(msg.envelope, recipients=(a,), pinned_routes=("B",))
+        [queued] = await spool.resend_kept([Resend(seq, only_a, 500.0)])
+        assert queued is not None
+        assert (queued.queue_id, queued.envelope, queued.message_id) == (
+            seeded(2)[1],
+            only_a,
+            msg.message_id,
+        )
+        assert (queued.state, queued.arrival_at, queued.next_attempt_at) == (
+            MessageState.ACTIVE,
+            500.0,
+            500.0,
+        )
+        assert queued.seq > seq
+        assert await spool.load(queued.seq) == (queued, body)
+        assert [e.seq for e in await spool.index()] == [queued.seq]
+        [kept] = await spool.kept()
+        assert kept.resent == {a.address}
+        assert kept.message.envelope == msg.envelope  # the copy itself is as it was
+        # Never twice: a recipient resent already, even beside a new one, or twice in
+        # one call; nothing for a copy that is gone or a resend naming nobody.
+        both = dataclasses.replace(only_a, recipients=(a, b))
+        only_b = dataclasses.replace(only_a, recipients=(b,))
+        nobody = dataclasses.replace(only_a, recipients=())
+        answers = await spool.resend_kept(
+            [
+                Resend(seq, both, 600.0),
+                Resend(seq, nobody, 600.0),
+                Resend(seq, only_b, 600.0),
+                Resend(seq, only_b, 600.0),
+                Resend(MISSING, only_b, 600.0),
+            ]
+        )
+        assert [m is not None for m in answers] == [False, False, True, False, False]
+        assert answers[2].envelope == only_b
+        assert (await spool.kept())[0].resent == {a.address, b.address}
+        assert await spool.resend_kept([Resend(seq, only_a, 700.0)]) == [None]
+        # A dropped copy is not resent.
+        assert (await spool.drop_kept(1000.0, 10**6)).dropped == 1
+        assert await spool.resend_kept([Resend(seq, only_b, 1100.0)]) == [None]
+
+
+async def test_resend_is_all_or_nothing(open_spool):
+    ids = iter(["KEPT", "TAKEN", "NEW1", "TAKEN"])
+    async with open_spool(lambda: next(ids)) as spool:
+        first = await bounced(spool, 1, Keep(100.0, 1000.0, 10**6))
+        second = await bounced(spool, 2, Keep(100.0, 1000.0, 10**6), body=b"two")
+        assert [k.message.queue_id for k in await spool.kept()] == ["KEPT", "TAKEN"]
+        await spool.accept(new(3, qid="TAKEN"))
+        rcpt = (Recipient("a@one.example"),)
+        again = dataclasses.replace(first.envelope, recipients=rcpt)
+        # The second new message would be named TAKEN, which is queued: neither goes.
+        with pytest.raises(SpoolError):
+            await spool.resend_kept([Resend(first.seq, again, 1.0), Resend(second.seq, again, 1.0)])
+        assert [k.resent for k in await spool.kept()] == [frozenset(), frozenset()]
+        assert [m.queue_id for m in await spool.messages()] == ["TAKEN"]
 
 
 # ---------------------------------------------------------------- closing
@@ -620,6 +811,9 @@ async def test_a_closed_spool_refuses_work(open_spool):
             lambda: spool.delete(q.seq),
             lambda: spool.queue_stats(1.0),
             spool.shape,
+            spool.kept,
+            lambda: spool.drop_kept(1.0, 10),
+            lambda: spool.resend_kept([Resend(q.seq, q.envelope, 1.0)]),
         ]
         for call in calls:
             with pytest.raises(SpoolError, match="closed"):
@@ -720,6 +914,7 @@ class Outcome:
     next_attempt_at: float
     reports: tuple[NewMessage, ...]
     record: str  # finish_with_reports, or update (then no reports)
+    keep: Keep | None = None  # with finish_with_reports: kept if the round finishes it
 
     def apply(self, m: QueuedMessage) -> QueuedMessage:
         fate = {"keep": lambda r: r, "deliver": delivered, "fail": failed}
@@ -733,6 +928,12 @@ class Outcome:
         return m
 
 
+keeps = st.builds(
+    lambda at, window, cap: Keep(at, at + window, cap),
+    TIMES,
+    st.sampled_from([0.0, 5.0, 5.0, 100.0, 100.0]),  # 0: ended as soon as kept
+    st.sampled_from([0, 24, 48, 10**6, 10**6]),
+)
 outcomes = st.builds(
     Outcome,
     fates=st.lists(st.sampled_from(["keep", "deliver", "fail"]), max_size=3).map(tuple),
@@ -742,6 +943,7 @@ outcomes = st.builds(
         new_messages.map(lambda m: dataclasses.replace(m, envelope=ndr().envelope)), max_size=2
     ).map(tuple),
     record=st.sampled_from(["finish_with_reports", "finish_with_reports", "update"]),
+    keep=st.none() | keeps,
 )
 
 
@@ -750,6 +952,7 @@ class SpoolsAgree(RuleBasedStateMachine):
 
     created = Bundle("created")  # canonical seqs: the order messages were created in
     rounds = Bundle("rounds")  # delivery rounds under way
+    finished = Bundle("finished")  # canonical seqs of messages finished with a keep
 
     def __init__(self) -> None:
         super().__init__()
@@ -790,6 +993,8 @@ class SpoolsAgree(RuleBasedStateMachine):
         if isinstance(value, QueuedMessage | IndexEntry | ShapeEntry):
             seq = self.canonical[i].get(value.seq, f"unknown seq {value.seq}")
             return dataclasses.replace(value, seq=seq)
+        if isinstance(value, KeptMessage):
+            return dataclasses.replace(value, message=self._norm(i, value.message))
         if isinstance(value, list | tuple):
             return type(value)(self._norm(i, v) for v in value)
         return value
@@ -809,6 +1014,8 @@ class SpoolsAgree(RuleBasedStateMachine):
             return []  # the backends disagree: _agree says how
         new = []
         for position in range(len(results[0])):
+            if any(r[position] is None for r in results):
+                continue  # nothing made here (a resend refused): or _agree says they differ
             self.created_count += 1
             new.append(self.created_count)
             for i, r in enumerate(results):
@@ -858,7 +1065,9 @@ class SpoolsAgree(RuleBasedStateMachine):
             message = outcome.apply(copies[i])
             if outcome.record == "update":
                 return spool.update(message, outcome.attempts)
-            return spool.finish_with_reports(message, outcome.attempts, outcome.reports)
+            return spool.finish_with_reports(
+                message, outcome.attempts, outcome.reports, outcome.keep
+            )
 
         results = self._run_each(record)
         new = self._learn(results)
@@ -886,6 +1095,63 @@ class SpoolsAgree(RuleBasedStateMachine):
     def act_at(self, seq: int, action: str, at: float) -> None:
         self._agree(action, self._run_each(lambda i, s: getattr(s, action)(self._seq(i, seq), at)))
 
+    # -- kept copies ---------------------------------------------------------------
+
+    @rule(
+        target=finished,
+        seq=created,
+        keep=keeps,
+        tried=st.lists(attempts, max_size=2).map(tuple),
+        reports=st.lists(new_messages, max_size=1).map(tuple),
+    )
+    def finish_and_keep(
+        self, seq: int, keep: Keep, tried: tuple[Attempt, ...], reports: tuple[NewMessage, ...]
+    ) -> Any:
+        """A round that finishes a message and keeps its copy, in one step: of the
+        rounds started above, few finish, and fewer finish their message."""
+        loaded = self._run_each(lambda i, s: s.load(self._seq(i, seq)))
+        self._agree("load", loaded)
+        if loaded[0] is None:
+            return multiple()
+
+        def record(i: int, spool: Spool) -> Awaitable[Any]:
+            message, _ = loaded[i]
+            rcpts = message.envelope.recipients
+            message.envelope = message.envelope.with_recipients(
+                tuple(failed(r) if r.state is RecipientState.QUEUED else r for r in rcpts)
+            )
+            message.state = MessageState.DONE
+            return spool.finish_with_reports(message, tried, reports, keep)
+
+        results = self._run_each(record)
+        self._learn(results)  # the reports: known, not drawn again
+        self._agree("finish_with_reports and keep", results)
+        return seq
+
+    @rule(now=TIMES, max_size=st.sampled_from([0, 24, 10**6]))
+    def drop_kept(self, now: float, max_size: int) -> None:
+        self._agree("drop_kept", self._run_each(lambda _i, s: s.drop_kept(now, max_size)))
+
+    @rule(
+        target=created,
+        seq=finished | created | st.just(MISSING),
+        rcpts=st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True),
+        at=TIMES,
+        twice=st.booleans(),
+    )
+    def resend(self, seq: int, rcpts: list[str], at: float, twice: bool) -> Any:
+        envelope = Envelope("s@example.org", tuple(map(Recipient, rcpts)), pinned_routes=("b",))
+        results = self._run_each(
+            lambda i, s: s.resend_kept([Resend(self._seq(i, seq), envelope, at)] * (1 + twice))
+        )
+        new = self._learn(results)
+        self._agree("resend_kept", results)
+        return multiple(*new)
+
+    @rule(since=maybe_time)
+    def read_kept(self, since: float | None) -> None:
+        self._agree("kept", self._run_each(lambda _i, s: s.kept(since)))
+
     # -- reads -------------------------------------------------------------------
 
     @rule(query=queries)
@@ -909,6 +1175,7 @@ class SpoolsAgree(RuleBasedStateMachine):
     def same_queue(self) -> None:
         self._agree("messages()", self._run_each(lambda _i, s: s.messages()))
         self._agree("index()", self._run_each(lambda _i, s: s.index()))
+        self._agree("kept()", self._run_each(lambda _i, s: s.kept()))
 
 
 TestSpoolsAgree = SpoolsAgree.TestCase

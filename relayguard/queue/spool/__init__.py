@@ -4,6 +4,13 @@ The front end calls `accept` and answers 250 only when it returns; the queue
 manager reads the index at start, loads messages when they are due and
 records what happened to them; the operator's tools (ops/control.py) select,
 hold, release, reschedule and delete messages, and the metrics read counts.
+
+Beside the queue, a spool keeps copies of finished messages that bounced because
+of our egress ([queue] keep_bounced): `finish_with_reports` keeps one in the same
+transaction that records the round, `drop_kept` ends them, `resend_kept` queues
+them again. Kept copies are not in the queue: `load`, `index`, `messages`,
+`shape`, `hold`... never see them, so nothing that delivers or counts the queue
+can take one for a queued message.
 Every backend must make its writes durable (fsynced) before returning, and may
 group concurrent commits.
 
@@ -105,6 +112,9 @@ class QueueStats:
     # then a lookup in the primary key instead of a scan at every scrape.
     oldest_arrival: float = 0.0
 
+    kept: int = 0  # kept copies (not queued: beside the queue)
+    kept_size: int = 0  # their total size in bytes, what keep_bounced_max_size caps
+
     def as_dict(self) -> dict[str, float]:
         """The mapping `Observer.set_queue` reads."""
         return {
@@ -112,14 +122,60 @@ class QueueStats:
             "deferred": float(self.deferred),
             "held": float(self.held),
             "oldest_arrival": self.oldest_arrival,
+            "kept": float(self.kept),
+            "kept_size": float(self.kept_size),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """Keep the copy of a finished message instead of removing it (its recipients
+    bounced because of our egress): until `until`, at `at`. In the same transaction
+    the kept copies whose window has ended by `at` are dropped, then the oldest kept
+    while all of them together are larger than `max_size` bytes."""
+
+    at: float
+    until: float
+    max_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeptMessage:
+    """A kept copy: the message as it was when it finished (state KEPT, its envelope
+    and every attempt), when it was kept, until when, and which of its recipients
+    `queue resend` has queued again already."""
+
+    message: QueuedMessage
+    kept_at: float
+    until: float
+    resent: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """Queue kept copy `seq` again as a new message: its body and message id, with
+    this envelope (the recipients to try again, queued), arriving at `arrival_at`."""
+
+    seq: int
+    envelope: Envelope
+    arrival_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeptSweep:
+    """What `drop_kept` did: how many copies it dropped, and when the window of the
+    first copy left ends (None when none is left), so a sweeper knows when to return."""
+
+    dropped: int
+    next_end: float | None
 
 
 class Spool(Protocol):
     """Messages are numbered by `seq` (increasing, never reused) and named by
     `queue_id` (unique among the messages queued). A stored message is ACTIVE or
-    HELD: one that reaches DONE is removed with its attempts. A closed spool raises
-    SpoolError for everything but `close`."""
+    HELD: one that reaches DONE is removed with its attempts, or becomes a kept copy
+    (KEPT, keeping its seq). A closed spool raises SpoolError for everything but
+    `close`."""
 
     # -- the front end and the queue manager ---------------------------------------
 
@@ -147,12 +203,21 @@ class Spool(Protocol):
         ...
 
     async def finish_with_reports(
-        self, message: QueuedMessage, new_attempts: Sequence[Attempt], reports: Sequence[NewMessage]
+        self,
+        message: QueuedMessage,
+        new_attempts: Sequence[Attempt],
+        reports: Sequence[NewMessage],
+        keep: Keep | None = None,
     ) -> list[QueuedMessage]:
         """`update` and queue generated reports (NDRs) in one transaction, so a crash
         never loses the failure nor sends its report twice. If the message is gone
         (deleted meanwhile) nothing is stored and no report queued: []. The
-        operator's bounce is `load` then this, with the message DONE and no attempts."""
+        operator's bounce is `load` then this, with the message DONE and no attempts.
+
+        With `keep`, a DONE message becomes a kept copy (with every attempt, these
+        included) instead of being removed, in the same transaction: a crash never
+        loses the copy nor keeps it twice. Its queue id is free again, as when it is
+        removed. `keep` means nothing for a message that is not DONE."""
         ...
 
     async def index(self, after_seq: int = 0) -> list[IndexEntry]:
@@ -184,11 +249,33 @@ class Spool(Protocol):
         """Remove the message and its attempts, sending nothing. False if already gone."""
         ...
 
+    # -- kept copies (queue resend) --------------------------------------------------
+
+    async def kept(self, since: float | None = None) -> list[KeptMessage]:
+        """The kept copies (those kept at or after `since`), oldest kept first (by the
+        time kept, then seq), with their attempts, read in one snapshot. Copies whose
+        window has ended but that `drop_kept` has not dropped yet are listed too."""
+        ...
+
+    async def drop_kept(self, now: float, max_size: int) -> KeptSweep:
+        """Drop the kept copies whose window has ended (until <= now), then the oldest
+        kept while the rest are together larger than `max_size` bytes."""
+        ...
+
+    async def resend_kept(self, resends: Sequence[Resend]) -> list[QueuedMessage | None]:
+        """Queue kept copies again as new messages (new queue ids, made as for reports)
+        and mark their recipients resent, all in one transaction. One answer per
+        resend, in order: the new message, or None when its copy is gone or one of its
+        recipients was resent before (in an earlier call or earlier in this one): a
+        recipient is never resent twice from one copy."""
+        ...
+
     # -- the metrics and qshape ----------------------------------------------------
 
     async def queue_stats(self, now: float) -> QueueStats:
-        """Messages by state at `now` and the oldest arrival, for the metrics. (Not
-        called `stats`: the replay's spool keeps its statistics under that name.)"""
+        """Messages by state at `now`, the oldest arrival and the kept copies, for the
+        metrics. (Not called `stats`: the replay's spool keeps its statistics under
+        that name.)"""
         ...
 
     async def shape(self, query: MessageQuery | None = None) -> list[ShapeEntry]:

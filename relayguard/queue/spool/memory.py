@@ -4,8 +4,9 @@ It answers every operation exactly as `SqliteSpool` does (tests/unit/
 test_spool_contract.py runs the same suite and random sequences on both):
 increasing `seq`s never reused, unique queue ids, `load` returns a fresh copy,
 `update` keeps an operator's hold and does not bring back a deleted message,
-`finish_with_reports` is all-or-nothing and queues nothing for a deleted one, a
-closed spool refuses work. It is not durable, so it never backs a live server: a
+`finish_with_reports` is all-or-nothing and queues nothing for a deleted one, kept
+copies live beside the queue and are dropped and resent alike, a closed spool
+refuses work. It is not durable, so it never backs a live server: a
 crash loses everything in it.
 
 No method ever waits: the replay runs them without an event loop (driver.run_sync).
@@ -24,9 +25,13 @@ from relayguard.clock import QueueIdFactory, new_queue_id, seeded_queue_ids
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
 from relayguard.queue.spool import (
     IndexEntry,
+    Keep,
+    KeptMessage,
+    KeptSweep,
     MessageQuery,
     NewMessage,
     QueueStats,
+    Resend,
     ShapeEntry,
     SpoolError,
     queued_domains,
@@ -63,12 +68,26 @@ class _Stored:
         )
 
 
+@dataclass(slots=True)
+class _Kept:
+    stored: _Stored
+    kept_at: float
+    until: float
+    resent: set[str] = field(default_factory=set)
+
+    def view(self, seq: int) -> KeptMessage:
+        message = self.stored.view(seq)
+        message.state = MessageState.KEPT
+        return KeptMessage(message, self.kept_at, self.until, frozenset(self.resent))
+
+
 class MemorySpool:
     """The Spool protocol in a dict (in seq order: seqs only grow)."""
 
     def __init__(self, queue_ids: QueueIdFactory | None = None) -> None:
         self._new_id = queue_ids or new_queue_id
         self._messages: dict[int, _Stored] = {}
+        self._kept: dict[int, _Kept] = {}  # beside the queue, by the seq they had in it
         self._ids: set[str] = set()
         self._last_seq = 0
         self._closed = False
@@ -143,6 +162,30 @@ class MemorySpool:
         stored.next_attempt_at = m.next_attempt_at
         stored.envelope = m.envelope
 
+    def _keep(self, m: QueuedMessage, new_attempts: Sequence[Attempt], keep: Keep) -> None:
+        """A done message becomes a kept copy: out of the queue (its id free again), with
+        the envelope and attempts it finished with."""
+        stored = self._messages[m.seq]
+        self._remove(m.seq)
+        stored.attempts.extend(new_attempts)
+        stored.envelope = m.envelope
+        stored.next_attempt_at = m.next_attempt_at
+        self._kept[m.seq] = _Kept(stored, keep.at, keep.until)
+
+    def _drop_kept(self, now: float, max_size: int) -> KeptSweep:
+        ended = [seq for seq, k in self._kept.items() if k.until <= now]
+        for seq in ended:
+            del self._kept[seq]
+        total = sum(k.stored.size for k in self._kept.values())
+        dropped = len(ended)
+        for seq, k in sorted(self._kept.items(), key=lambda sk: (sk[1].kept_at, sk[0])):
+            if total <= max_size:
+                break
+            del self._kept[seq]
+            total -= k.stored.size
+            dropped += 1
+        return KeptSweep(dropped, min((k.until for k in self._kept.values()), default=None))
+
     def _set_state(
         self, seq: int, state: MessageState, only_from: MessageState, at: float | None = None
     ) -> bool:
@@ -181,7 +224,11 @@ class MemorySpool:
         self._update(message, new_attempts)
 
     async def finish_with_reports(
-        self, message: QueuedMessage, new_attempts: Sequence[Attempt], reports: Sequence[NewMessage]
+        self,
+        message: QueuedMessage,
+        new_attempts: Sequence[Attempt],
+        reports: Sequence[NewMessage],
+        keep: Keep | None = None,
     ) -> list[QueuedMessage]:
         self._check_open()
         stored = self._messages.get(message.seq)
@@ -193,8 +240,14 @@ class MemorySpool:
         # for them. May raise: then nothing has changed.
         done = message.state is MessageState.DONE
         chosen = self._prepare(reports, stored.queue_id if done else None)
-        self._update(message, new_attempts)
-        return [self._insert(qid, r) for qid, r in chosen]
+        if done and keep is not None:
+            self._keep(message, new_attempts, keep)
+        else:
+            self._update(message, new_attempts)
+        queued = [self._insert(qid, r) for qid, r in chosen]
+        if done and keep is not None:
+            self._drop_kept(keep.at, keep.max_size)
+        return queued
 
     async def index(self, after_seq: int = 0) -> list[IndexEntry]:
         self._check_open()
@@ -224,6 +277,40 @@ class MemorySpool:
         self._check_open()
         return self._remove(seq)
 
+    async def kept(self, since: float | None = None) -> list[KeptMessage]:
+        self._check_open()
+        return [
+            k.view(seq)
+            for seq, k in sorted(self._kept.items(), key=lambda sk: (sk[1].kept_at, sk[0]))
+            if since is None or k.kept_at >= since
+        ]
+
+    async def drop_kept(self, now: float, max_size: int) -> KeptSweep:
+        self._check_open()
+        return self._drop_kept(now, max_size)
+
+    async def resend_kept(self, resends: Sequence[Resend]) -> list[QueuedMessage | None]:
+        self._check_open()
+        # Every answer and every id first, then the changes: all or nothing, as SQLite's
+        # job is (its inserts make the ids in this same order).
+        marks: dict[int, set[str]] = {}
+        wanted: list[NewMessage | None] = []
+        for r in resends:
+            kept = self._kept.get(r.seq)
+            addresses = {rcpt.address for rcpt in r.envelope.recipients}
+            taken = marks.setdefault(r.seq, set())
+            if kept is None or not addresses or addresses & (kept.resent | taken):
+                wanted.append(None)
+                continue
+            taken |= addresses
+            stored = kept.stored
+            wanted.append(NewMessage(r.envelope, stored.body, r.arrival_at, stored.message_id))
+        chosen = iter(self._prepare([m for m in wanted if m is not None]))
+        for seq, addresses in marks.items():
+            if seq in self._kept:
+                self._kept[seq].resent |= addresses
+        return [None if m is None else self._insert(*next(chosen)) for m in wanted]
+
     async def queue_stats(self, now: float) -> QueueStats:
         self._check_open()
         active = deferred = held = 0
@@ -237,7 +324,8 @@ class MemorySpool:
                     deferred += 1
         first = next(iter(self._messages.values()), None)  # the lowest seq, as in SQLite
         oldest = first.arrival_at if first is not None else 0.0
-        return QueueStats(active, deferred, held, oldest)
+        kept_size = sum(k.stored.size for k in self._kept.values())
+        return QueueStats(active, deferred, held, oldest, len(self._kept), kept_size)
 
     async def shape(self, query: MessageQuery | None = None) -> list[ShapeEntry]:
         self._check_open()

@@ -29,9 +29,13 @@ from relayguard.clock import QueueIdFactory, new_queue_id
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
 from relayguard.queue.spool import (
     IndexEntry,
+    Keep,
+    KeptMessage,
+    KeptSweep,
     MessageQuery,
     NewMessage,
     QueueStats,
+    Resend,
     ShapeEntry,
     SpoolError,
     SpoolFullError,
@@ -60,6 +64,24 @@ CREATE TABLE IF NOT EXISTS attempts (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS attempts_seq ON attempts(seq);
+-- Copies of done messages that bounced because of our egress ([queue] keep_bounced),
+-- beside the queue so that nothing reading `messages` meets one. A copy keeps the seq
+-- it had there (never reused), and its attempts stay in `attempts` under that seq.
+CREATE TABLE IF NOT EXISTS kept (
+    seq INTEGER PRIMARY KEY,
+    queue_id TEXT NOT NULL,
+    kept_at REAL NOT NULL,
+    until REAL NOT NULL,
+    arrival_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    message_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    envelope TEXT NOT NULL,
+    resent TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kept_order ON kept(kept_at, seq);
+CREATE INDEX IF NOT EXISTS kept_until ON kept(until);
 """
 
 MAX_BATCH = 1024
@@ -236,14 +258,44 @@ class SqliteSpool:
         await self._run(lambda c: _update(c, message, new_attempts))
 
     async def finish_with_reports(
-        self, message: QueuedMessage, new_attempts: Sequence[Attempt], reports: Sequence[NewMessage]
+        self,
+        message: QueuedMessage,
+        new_attempts: Sequence[Attempt],
+        reports: Sequence[NewMessage],
+        keep: Keep | None = None,
     ) -> list[QueuedMessage]:
+        keeping = keep if message.state is MessageState.DONE else None
+
         def job(c: sqlite3.Connection) -> list[QueuedMessage]:
-            if not _update(c, message, new_attempts):
+            recorded = (
+                _keep(c, message, new_attempts, keeping)
+                if keeping is not None
+                else _update(c, message, new_attempts)
+            )
+            if not recorded:
                 return []  # deleted by an operator meanwhile: no reports for it either
-            return [_insert(c, r, self._new_id) for r in reports]
+            queued = [_insert(c, r, self._new_id) for r in reports]
+            if keeping is not None:
+                _drop_kept(c, keeping.at, keeping.max_size)
+            return queued
 
         return await self._run(job)
+
+    async def kept(self, since: float | None = None) -> list[KeptMessage]:
+        return await self.read(lambda c: _kept(c, since))
+
+    async def drop_kept(self, now: float, max_size: int) -> KeptSweep:
+        # Looked at by the reader first: most sweeps find nothing to drop, and then need
+        # neither the writer nor a place in a batch of accepts.
+        (next_end, total) = await self.read(
+            lambda c: c.execute("SELECT MIN(until), COALESCE(SUM(size), 0) FROM kept").fetchone()
+        )
+        if (next_end is None or next_end > now) and total <= max_size:
+            return KeptSweep(0, next_end)
+        return await self._run(lambda c: _drop_kept(c, now, max_size))
+
+    async def resend_kept(self, resends: Sequence[Resend]) -> list[QueuedMessage | None]:
+        return await self._run(lambda c: [_resend(c, r, self._new_id) for r in resends])
 
     async def index(self, after_seq: int = 0) -> list[IndexEntry]:
         return await self._run(lambda c: list(_index(c, after_seq)))
@@ -344,6 +396,11 @@ def _map_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _json(data: object) -> str:
+    """Envelopes and attempts as stored: compact JSON."""
+    return json.dumps(data, separators=(",", ":"))
+
+
 def _insert(conn: sqlite3.Connection, m: NewMessage, new_id: QueueIdFactory) -> QueuedMessage:
     qid = m.queue_id or new_id()
     cur = conn.execute(
@@ -357,7 +414,7 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, new_id: QueueIdFactory) -> 
             m.envelope.sender,
             m.message_id,
             len(m.body),
-            json.dumps(m.envelope.to_dict(), separators=(",", ":")),
+            _json(m.envelope.to_dict()),
             m.body,
         ),
     )
@@ -381,9 +438,7 @@ def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[A
     if m.state is MessageState.DONE:
         # Finished: its attempts would only be deleted with it, so they are not stored
         # (the log has them).
-        gone = conn.execute("DELETE FROM messages WHERE seq=?", (m.seq,)).rowcount
-        conn.execute("DELETE FROM attempts WHERE seq=?", (m.seq,))  # earlier rounds' ones
-        return bool(gone)
+        return _delete(conn, m.seq)  # with earlier rounds' attempts
     updated = conn.execute(
         "UPDATE messages SET state=CASE WHEN state=? THEN state ELSE ? END,"
         " next_attempt_at=?, envelope=? WHERE seq=?",
@@ -391,18 +446,92 @@ def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[A
             MessageState.HELD.value,
             m.state.value,
             m.next_attempt_at,
-            json.dumps(m.envelope.to_dict(), separators=(",", ":")),
+            _json(m.envelope.to_dict()),
             m.seq,
         ),
     ).rowcount
     if not updated:
         return False
-    if new_attempts:
+    _append_attempts(conn, m.seq, new_attempts)
+    return True
+
+
+def _append_attempts(conn: sqlite3.Connection, seq: int, attempts: Sequence[Attempt]) -> None:
+    if attempts:
         conn.executemany(
             "INSERT INTO attempts (seq, at, data) VALUES (?,?,?)",
-            [(m.seq, a.at, json.dumps(a.to_dict(), separators=(",", ":"))) for a in new_attempts],
+            [(seq, a.at, _json(a.to_dict())) for a in attempts],
         )
+
+
+def _keep(
+    conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[Attempt], keep: Keep
+) -> bool:
+    """A done message becomes a kept copy, moved within the file (the body never leaves
+    SQLite), with every attempt. False if the message is gone."""
+    moved = conn.execute(
+        "INSERT INTO kept (seq, queue_id, kept_at, until, arrival_at, next_attempt_at,"
+        " message_id, size, envelope, resent, body)"
+        " SELECT seq, queue_id, ?, ?, arrival_at, ?, message_id, size, ?, '[]', body"
+        " FROM messages WHERE seq=?",
+        (
+            keep.at,
+            keep.until,
+            m.next_attempt_at,
+            _json(m.envelope.to_dict()),
+            m.seq,
+        ),
+    ).rowcount
+    if not moved:
+        return False
+    conn.execute("DELETE FROM messages WHERE seq=?", (m.seq,))
+    _append_attempts(conn, m.seq, new_attempts)
     return True
+
+
+def _drop_kept(conn: sqlite3.Connection, now: float, max_size: int) -> KeptSweep:
+    ended = [seq for (seq,) in conn.execute("SELECT seq FROM kept WHERE until <= ?", (now,))]
+    (total,) = conn.execute(
+        "SELECT COALESCE(SUM(size), 0) FROM kept WHERE until > ?", (now,)
+    ).fetchone()
+    over = []
+    if total > max_size:
+        for seq, size in conn.execute(
+            "SELECT seq, size FROM kept WHERE until > ? ORDER BY kept_at, seq", (now,)
+        ).fetchall():
+            if total <= max_size:
+                break
+            over.append(seq)
+            total -= size
+    gone = [(seq,) for seq in ended + over]
+    conn.executemany("DELETE FROM kept WHERE seq=?", gone)
+    conn.executemany("DELETE FROM attempts WHERE seq=?", gone)
+    (next_end,) = conn.execute("SELECT MIN(until) FROM kept").fetchone()
+    return KeptSweep(len(gone), next_end)
+
+
+def _kept(conn: sqlite3.Connection, since: float | None) -> list[KeptMessage]:
+    rows = conn.execute(
+        "SELECT seq, queue_id, ?, arrival_at, next_attempt_at, message_id, size, envelope,"
+        " kept_at, until, resent FROM kept WHERE kept_at >= ? ORDER BY kept_at, seq",
+        (MessageState.KEPT.value, float("-inf") if since is None else since),
+    ).fetchall()
+    return [
+        KeptMessage(_row_to_message(conn, row[:8]), row[8], row[9], frozenset(json.loads(row[10])))
+        for row in rows
+    ]
+
+
+def _resend(conn: sqlite3.Connection, r: Resend, new_id: QueueIdFactory) -> QueuedMessage | None:
+    addresses = {rcpt.address for rcpt in r.envelope.recipients}
+    row = conn.execute("SELECT resent, message_id, body FROM kept WHERE seq=?", (r.seq,)).fetchone()
+    if row is None or not addresses:
+        return None
+    resent = set(json.loads(row[0]))
+    if addresses & resent:
+        return None  # never twice from one copy
+    conn.execute("UPDATE kept SET resent=? WHERE seq=?", (_json(sorted(resent | addresses)), r.seq))
+    return _insert(conn, NewMessage(r.envelope, bytes(row[2]), r.arrival_at, row[1]), new_id)
 
 
 def _set_state(
@@ -427,7 +556,8 @@ def _set_state(
 
 def _delete(conn: sqlite3.Connection, seq: int) -> bool:
     gone = conn.execute("DELETE FROM messages WHERE seq=?", (seq,)).rowcount > 0
-    conn.execute("DELETE FROM attempts WHERE seq=?", (seq,))
+    if gone:  # else the seq may be a kept copy's, whose attempts these are
+        conn.execute("DELETE FROM attempts WHERE seq=?", (seq,))
     return gone
 
 
@@ -525,7 +655,13 @@ def _stats(conn: sqlite3.Connection, now: float) -> QueueStats:
             counts["active" if due else "deferred"] += count
     # seq follows arrival, and this is a lookup in the primary key, not a scan.
     row = conn.execute("SELECT arrival_at FROM messages ORDER BY seq LIMIT 1").fetchone()
-    return QueueStats(**counts, oldest_arrival=float(row[0]) if row is not None else 0.0)
+    kept, kept_size = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM kept").fetchone()
+    return QueueStats(
+        **counts,
+        oldest_arrival=float(row[0]) if row is not None else 0.0,
+        kept=kept,
+        kept_size=kept_size,
+    )
 
 
 def _index(conn: sqlite3.Connection, after_seq: int) -> Iterator[IndexEntry]:
