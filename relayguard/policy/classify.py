@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from relayguard.model import Phase
 from relayguard.policy.categories import DEFAULT_SCOPE, Category, Classification, Scope
 from relayguard.policy.hints import retry_hint
+from relayguard.policy.phrase_index import Hits, PhraseIndex, Selection
+from relayguard.policy.regex_prefixes import UnsupportedRegexError, regex_prefixes
 from relayguard.policy.signals import BOILERPLATE, SIGNALS, TextSignal
 from relayguard.policy.status_codes import WEAK_CODES, lookup
 
@@ -29,18 +31,55 @@ if TYPE_CHECKING:
 
 __all__ = ["classify", "normalise"]
 
+# An IPv4 address ("192.0.2.1", "[192.0.2.1]") or a redacted one ("x.xx.xx.xx",
+# "a.b.c.d") that is not part of a longer dotted name or number; that is
+#   \[?(?<![\w.])(?:\d{1,3}(?:\.\d{1,3}){3}|x{1,3}(?:\.x{1,3}){3}|a\.b\.c\.d)(?![\w.])\]?
+# written to begin with the character an address (or its bracket) begins with, so that
+# re skips in C to the places where one may start instead of trying every position:
+# the lookbehinds, one character further on, see what the form above sees.
 _IPV4 = re.compile(
-    r"\[?(?<![\w.])(?:\d{1,3}(?:\.\d{1,3}){3}|x{1,3}(?:\.x{1,3}){3}|a\.b\.c\.d)(?![\w.])\]?"
+    r"[\[\dxa](?:(?<=\[)(?:\d{1,3}(?:\.\d{1,3}){3}|x{1,3}(?:\.x{1,3}){3}|a\.b\.c\.d)"
+    r"|(?<![\w.].)(?:(?<=\d)\d{0,2}(?:\.\d{1,3}){3}|(?<=x)x{0,2}(?:\.x{1,3}){3}|(?<=a)\.b\.c\.d))"
+    r"(?![\w.])\]?"
 )
+# The same for digits only, for texts where no redacted address can be ("x." and
+# "a.b.c.d" do not occur): "a" and "x" are then no place to start.
+_IPV4_DIGITS = re.compile(
+    r"[\[\d](?:(?<=\[)\d{1,3}(?:\.\d{1,3}){3}|(?<![\w.].)(?<=\d)\d{0,2}(?:\.\d{1,3}){3})"
+    r"(?![\w.])\]?"
+)
+# Each address has a dot between a digit, x or a and a digit, x or b: a cheap test
+# that most replies fail.
+_IPV4_DOT = re.compile(r"\.(?<=[\dxa]\.)[\dxb]")
 _IPV6 = re.compile(
     r"\[?(?<![\w:])(?:ipv6:)?(?:[0-9a-f]{1,4}:){2,7}:?[0-9a-f]{0,4}(?![\w:])\]?"
     r"|\[?(?<![\w:])[0-9a-f]{0,4}::[0-9a-f:]*(?![\w:])\]?"
 )
 _EMAIL = re.compile(r"<?[^\s<>@()\[\],;:\"]+@[a-z0-9][a-z0-9.-]*>?")
-_SPACE = re.compile(r"\s+")
-_TOKEN = re.compile(r"[^\W_]+")
-_INNER_ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+# An enhanced code inside the text, (?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.]), begun
+# with its first digit for the same reason as _IPV4.
+_INNER_ENHANCED = re.compile(r"([245](?<![\d.].)\.\d{1,3}\.\d{1,3})(?![\d.])")
 _BOILERPLATE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE))
+
+
+def _may_have_boilerplate(text: str) -> bool:
+    """False for a text that has none of the BOILERPLATE: each of those sentences
+    starts with these words (checked at import), most texts, spam replies among them,
+    have none of them."""
+    return "bulk" in text or "review" in text or "our users" in text or "amount of" in text
+
+
+def _check_boilerplate_test() -> None:
+    for source in BOILERPLATE:
+        for prefix in regex_prefixes(source):
+            if not _may_have_boilerplate(prefix):
+                raise ValueError(
+                    f"boilerplate {source!r} can start {prefix!r}, "
+                    "which _may_have_boilerplate does not look for"
+                )
+
+
+_check_boilerplate_test()
 
 
 def normalise(text: str) -> str:
@@ -49,12 +88,16 @@ def normalise(text: str) -> str:
     t = text.lower().replace("e-mail", "email").replace("_", " ")
     if "@" in t:
         t = _EMAIL.sub(" emailaddr ", t)
-    t = _IPV4.sub(" ipaddr ", t)
+    if _IPV4_DOT.search(t):
+        redacted = "x." in t or "a.b.c.d" in t
+        t = (_IPV4 if redacted else _IPV4_DIGITS).sub(" ipaddr ", t)
     if "::" in t or t.count(":") >= 4:
         t = _IPV6.sub(" ipaddr ", t)
-    t = _SPACE.sub(" ", t).strip()
-    if "spam" in t or "abuse" in t or "phishing" in t or "bulk" in t or "review" in t:
-        t = _SPACE.sub(" ", _BOILERPLATE.sub(" ", t)).strip()
+    # str.split() splits on exactly the characters re's \s matches: single spaces, no
+    # space at either end.
+    t = " ".join(t.split())
+    if _may_have_boilerplate(t):
+        t = " ".join(_BOILERPLATE.sub(" ", t).split())
     return t
 
 
@@ -142,66 +185,148 @@ def phrase_prefixes(source: str) -> frozenset[str]:
     return frozenset(p for p in out if len(p) >= 2) or phrase_literals(source)
 
 
+def phrase_starts(source: str) -> frozenset[str]:
+    """The literal texts a phrase's matches start with, for the index: worked out from
+    the whole regex where regex_prefixes reads it, else the leading literal text only
+    (phrase_prefixes). Raises ValueError where the two readings disagree."""
+    leading = phrase_prefixes(source)
+    try:
+        starts = regex_prefixes(source)
+    except UnsupportedRegexError:
+        return leading
+    # Two readings of the same source: each must extend, or be extended by, the other.
+    for mine, theirs in ((starts, leading), (leading, starts)):
+        for prefix in mine:
+            if not any(prefix.startswith(p) or p.startswith(prefix) for p in theirs):
+                raise ValueError(f"phrase {source!r}: prefix {prefix!r} fits none of {theirs}")
+    return starts
+
+
 def _compile(
     signals: Sequence[TextSignal],
 ) -> tuple[
     tuple[tuple[re.Pattern[str], ...], ...],
-    tuple[tuple[frozenset[str], ...], ...],
-    dict[str, frozenset[tuple[int, int]]],
+    list[tuple[re.Pattern[str], frozenset[str]]],
+    tuple[TextSignal, ...],
 ]:
-    """Each signal's phrases compiled, each phrase's leading literals, and the index: a key
-    (the first letters of a phrase's leading word) → the (signal rank, phrase order)
-    of the phrases that start with it."""
+    """Each signal's phrases compiled; all of them, with their prefixes, in the order
+    match_text tries them (specific signals before generic ones, each signal's phrases
+    in their order); and the signal of each of those."""
     patterns: list[tuple[re.Pattern[str], ...]] = []
-    all_keys: list[tuple[frozenset[str], ...]] = []
-    index: dict[str, set[tuple[int, int]]] = {}
+    ordered: list[tuple[bool, int, int, re.Pattern[str], frozenset[str]]] = []
     problems: list[str] = []
     for rank, signal in enumerate(signals):
         compiled: list[re.Pattern[str]] = []
-        keyed: list[frozenset[str]] = []
         for order, source in enumerate(signal.phrases):
             try:
-                compiled.append(re.compile(source))
-                literals = phrase_literals(source)
-                prefixes = phrase_prefixes(source)
+                pattern = re.compile(source)
+                phrase_literals(source)
+                prefixes = phrase_starts(source)
             except (ValueError, re.error) as exc:
                 problems.append(f"{signal.id}: {exc}")
                 continue
-            keyed.append(prefixes)
-            for literal in literals:
-                index.setdefault(literal[:4], set()).add((rank, order))
+            compiled.append(pattern)
+            ordered.append((signal.generic, rank, order, pattern, prefixes))
         patterns.append(tuple(compiled))
-        all_keys.append(tuple(keyed))
     if problems:
         raise ValueError("bad text signals: " + "; ".join(problems))
-    return tuple(patterns), tuple(all_keys), {k: frozenset(v) for k, v in index.items()}
+    ordered.sort(key=lambda phrase: phrase[:3])
+    phrases = [(pattern, prefixes) for *_, pattern, prefixes in ordered]
+    return tuple(patterns), phrases, tuple(signals[rank] for _, rank, *_ in ordered)
 
 
-_PATTERNS, _LITERALS, _INDEX = _compile(SIGNALS)
+_PATTERNS, _SIGNAL_PHRASES, _SIGNAL_OF = _compile(SIGNALS)
+
+# Whose problem a throttle or a policy refusal is, when the text says: a recipient
+# receiving too fast, a rule about this message, our address, or the receiver's own
+# limits. A cue is there when one of its words is, as a whole word (`\b...\b`).
+_RECIPIENT_WORDS = (
+    "to this (?:recipient|user|address)",
+    "the recipient",
+    "recipient (?:has|thread|is|address rejected: access denied)",
+    "the user",
+    "this user",
+    "user is",
+    "mailbox (?:is|delivery)",
+    "messages? to emailaddr",
+    "is receiving",
+    "receiving (?:mail|messages|email)",
+    "they can receive",
+    "recent messages",
+    "by (?:the )?recipients?",
+    "target address",
+    "emailaddr (?:is|has) (?:receiving|temporar|over)",
+    "recipient temporarily",
+    "user emailaddr",
+    "recipient(?:'s)? preferences?",
+)
+_MESSAGE_WORDS = (
+    "same message-id",
+    "per message",
+    "separate transaction",
+    "recipients per",
+    "too many recipients",
+    "message (?:not accepted|rejected) for policy",
+)
+_EGRESS_WORDS = (
+    "your ip",
+    "ip address",
+    "sending ip",
+    "ip not",
+    "ip name",
+    "from your",
+    "connections? from",
+    "your (?:server|host|network|system)",
+    "client host",
+    "helo",
+    "ehlo",
+    "authentication not allowed",
+    "identities failed",
+)
+# A throttle that quotes our address is about it; a policy reply often quotes it only
+# as information ("[192.0.2.1 13] Messages missing a valid From: header...").
+_OUR_ADDRESS_WORDS = ("ipaddr",)
+_DESTINATION_WORDS = (
+    "organi[sz]ation",
+    "resource forest",
+    "queue quota",
+    "server busy",
+    "system (?:is )?busy",
+)
+SCOPE_CUES = (
+    _RECIPIENT_WORDS,
+    _MESSAGE_WORDS,
+    _EGRESS_WORDS,
+    _OUR_ADDRESS_WORDS,
+    _DESTINATION_WORDS,
+)
 
 
-def _keys(text: str) -> set[str]:
-    """The 2-, 3- and 4-letter prefixes of the text's words."""
-    tokens = set(_TOKEN.findall(text))
-    return {t[:2] for t in tokens} | {t[:3] for t in tokens} | {t[:4] for t in tokens}
+def cue_phrase(words: str) -> str:
+    """The regex for a cue's words: the whole words."""
+    return rf"\b(?:{words})\b"
 
 
-def _match_anchored(
-    pattern: re.Pattern[str], literals: frozenset[str], text: str
-) -> re.Match[str] | None:
-    """The leftmost match of a phrase, tried only where one of its leading words starts
-    a word of the text: a substring search in C instead of a regex scan."""
-    best: re.Match[str] | None = None
-    for literal in literals:
-        pos = text.find(literal)
-        while pos >= 0 and (best is None or pos < best.start()):
-            if pos == 0 or not text[pos - 1].isalnum():
-                m = pattern.match(text, pos)
-                if m is not None:
-                    best = m
-                    break
-            pos = text.find(literal, pos + 1)
-    return best
+def _cue_phrases(
+    cues: Sequence[Sequence[str]], first: int
+) -> tuple[list[tuple[re.Pattern[str], frozenset[str]]], list[Selection]]:
+    """The cues' phrases for the index (numbered after `first` others), and which of
+    them each cue is."""
+    phrases: list[tuple[re.Pattern[str], frozenset[str]]] = []
+    selections: list[Selection] = []
+    for cue in cues:
+        start = first + len(phrases)
+        for words in cue:
+            source = cue_phrase(words)
+            phrases.append((re.compile(source), regex_prefixes(source)))
+        selections.append(Selection(start, first + len(phrases)))
+    return phrases, selections
+
+
+_CUE_PHRASES, _CUE_SELECTIONS = _cue_phrases(SCOPE_CUES, len(_SIGNAL_PHRASES))
+_RECIPIENT_CUE, _MESSAGE_CUE, _EGRESS_CUE, _OUR_ADDRESS, _DESTINATION_CUE = _CUE_SELECTIONS
+# One index for the signals and the cues: a reply's text is scanned once for both.
+_INDEX = PhraseIndex(_SIGNAL_PHRASES + _CUE_PHRASES)
 
 
 def _applies(sig: TextSignal, code: int, enhanced: str | None) -> bool:
@@ -210,27 +335,50 @@ def _applies(sig: TextSignal, code: int, enhanced: str | None) -> bool:
     return not sig.enhanced or (enhanced is not None and enhanced.startswith(sig.enhanced))
 
 
+# The signals whose phrases a reply's codes may rule out (see _applies); the others
+# apply to every reply.
+_CONDITIONAL = tuple(number for number, sig in enumerate(_SIGNAL_OF) if sig.codes or sig.enhanced)
+_ENHANCED_PREFIXES = tuple(sorted({sig.enhanced for sig in _SIGNAL_OF if sig.enhanced}))
+
+
+def _ruled_out(code: int, enhanced: str | None) -> frozenset[int]:
+    return frozenset(
+        number for number in _CONDITIONAL if not _applies(_SIGNAL_OF[number], code, enhanced)
+    )
+
+
+# For an enhanced code that no signal asks for (nearly every reply), the code class
+# alone decides: worked out once for each class.
+_BY_CLASS = {
+    klass: Selection(0, len(_SIGNAL_OF), _ruled_out(int(klass + "00"), None))
+    for klass in "0123456789"
+}
+
+
+def _selected(code: int, enhanced: str | None) -> Selection:
+    """The signal phrases that apply to a reply with these codes."""
+    if enhanced is None or not enhanced.startswith(_ENHANCED_PREFIXES):
+        selection = _BY_CLASS.get(str(code)[:1])
+        if selection is not None:
+            return selection
+    return Selection(0, len(_SIGNAL_OF), _ruled_out(code, enhanced))
+
+
 def match_text(text: str, code: int, enhanced: str | None = None) -> tuple[TextSignal, str] | None:
     """The best-ranked text signal whose phrase occurs in the normalised text, and the
     words it matched (its first phrase that matches, leftmost); specific signals first,
     then generic ones."""
-    keys = _keys(text)
-    candidates: set[tuple[int, int]] = set()
-    for key in keys & _INDEX.keys():
-        candidates |= _INDEX[key]
-    ordered = sorted(candidates)
-    for generic in (False, True):
-        for rank, phrase in ordered:
-            sig = SIGNALS[rank]
-            if sig.generic is not generic or not _applies(sig, code, enhanced):
-                continue
-            prefixes = _LITERALS[rank][phrase]
-            if not any(p in text for p in prefixes):
-                continue
-            m = _match_anchored(_PATTERNS[rank][phrase], prefixes, text)
-            if m is not None:
-                return sig, m.group(0)
-    return None
+    return _match_text(text, _INDEX.hits(text), code, enhanced)
+
+
+def _match_text(
+    text: str, hits: Hits, code: int, enhanced: str | None
+) -> tuple[TextSignal, str] | None:
+    found = _INDEX.first(text, hits, _selected(code, enhanced))
+    if found is None:
+        return None
+    bit, m = found
+    return _SIGNAL_OF[bit], m.group(0)
 
 
 def match_text_unindexed(
@@ -280,7 +428,8 @@ def _read(reply: Reply) -> Classification:
         if inner is not None and inner.group(1)[0] == str(reply.code)[0]:
             enhanced = inner.group(1)
     text = normalise(reply.text)
-    found = match_text(text, reply.code, enhanced)
+    hits = _INDEX.hits(text)  # for the signals and the scope cues alike
+    found = _match_text(text, hits, reply.code, enhanced)
     code_entry = lookup(enhanced) if enhanced is not None else None
     strong_code = code_entry is not None and enhanced is not None and not _weak(enhanced)
     if found is not None and found[0].generic and found[0].category is Category.TEMPORARY_OTHER:
@@ -288,7 +437,7 @@ def _read(reply: Reply) -> Classification:
         strong_code = strong_code and reply.code >= 500
     if found is not None and not (found[0].generic and strong_code):
         sig, words = found
-        scope = refine_scope(sig.category, sig.scope, text)
+        scope = _refine_scope(sig.category, sig.scope, text, hits)
         return _about_sender(
             Classification(sig.category, scope, sig.id, f'text "{words}"', hint),
             reply.phase,
@@ -296,7 +445,7 @@ def _read(reply: Reply) -> Classification:
         )
     if code_entry is not None and enhanced is not None and (strong_code or found is None):
         category, scope, meaning = code_entry
-        scope = refine_scope(category, scope, text)
+        scope = _refine_scope(category, scope, text, hits)
         return _about_sender(
             Classification(
                 category, scope, f"code:{enhanced}", f"enhanced code {enhanced}: {meaning}", hint
@@ -307,43 +456,25 @@ def _read(reply: Reply) -> Classification:
     return _by_phase_or_class(reply, hint)
 
 
-# Whose problem a throttle or a policy refusal is, when the text says: a recipient
-# receiving too fast, a rule about this message, our address, or the receiver's own
-# limits. Checked in this order; the signal's own scope stands when none applies.
-_RECIPIENT_CUE = re.compile(
-    r"\b(?:to this (?:recipient|user|address)|the recipient|recipient (?:has|thread|is|"
-    r"address rejected: access denied)|the user|this user|user is|mailbox (?:is|delivery)|"
-    r"messages? to emailaddr|is receiving|receiving (?:mail|messages|email)|they can receive|"
-    r"recent messages|by (?:the )?recipients?|target address|emailaddr (?:is|has) (?:receiving|"
-    r"temporar|over)|recipient temporarily|user emailaddr|recipient(?:'s)? preferences?)\b"
-)
-_MESSAGE_CUE = re.compile(
-    r"\b(?:same message-id|per message|separate transaction|recipients per|too many recipients|"
-    r"message (?:not accepted|rejected) for policy)\b"
-)
-_EGRESS_CUE = re.compile(
-    r"\b(?:your ip|ip address|sending ip|ip not|ip name|from your|connections? from|"
-    r"your (?:server|host|network|system)|client host|helo|ehlo|authentication not allowed|"
-    r"identities failed)\b"
-)
-# A throttle that quotes our address is about it; a policy reply often quotes it only
-# as information ("[192.0.2.1 13] Messages missing a valid From: header...").
-_OUR_ADDRESS = re.compile(r"\bipaddr\b")
-_DESTINATION_CUE = re.compile(
-    r"\b(?:organi[sz]ation|resource forest|queue quota|server busy|system (?:is )?busy)\b"
-)
 _VARIABLE_SCOPE = frozenset({Category.THROTTLE, Category.POLICY})
 
 
 def refine_scope(category: Category, scope: Scope, text: str) -> Scope:
-    """The scope a throttle or policy reply's own words give it (see the cues above)."""
+    """The scope a throttle or policy reply's own words give it (see the cues above):
+    the recipient's, else for a throttle our address's, the message's or the
+    receiver's, for a policy refusal the message's or our address's, checked in that
+    order; the signal's own scope stands when no cue applies."""
+    return _refine_scope(category, scope, text, _INDEX.hits(text))
+
+
+def _refine_scope(category: Category, scope: Scope, text: str, hits: Hits) -> Scope:
     if category not in _VARIABLE_SCOPE and category is not Category.TEMPORARY_OTHER:
         return scope
-    if _RECIPIENT_CUE.search(text):
+    if _INDEX.matches_any(text, hits, _RECIPIENT_CUE):
         return Scope.RECIPIENT
     if category is Category.TEMPORARY_OTHER:
         return scope
-    cues: tuple[tuple[re.Pattern[str], Scope], ...]
+    cues: tuple[tuple[Selection, Scope], ...]
     if category is Category.THROTTLE:
         cues = (
             (_EGRESS_CUE, Scope.EGRESS),
@@ -353,7 +484,9 @@ def refine_scope(category: Category, scope: Scope, text: str) -> Scope:
         )
     else:
         cues = ((_MESSAGE_CUE, Scope.MESSAGE), (_EGRESS_CUE, Scope.EGRESS))
-    return next((cue_scope for cue, cue_scope in cues if cue.search(text)), scope)
+    return next(
+        (cue_scope for cue, cue_scope in cues if _INDEX.matches_any(text, hits, cue)), scope
+    )
 
 
 def _weak(enhanced: str) -> bool:

@@ -1,0 +1,126 @@
+"""An ordered list of phrases searched together: the first of them (in list order) that
+occurs in a text, and its leftmost match.
+
+Each phrase is a regex whose every match starts at a word start with one of a few
+literal prefixes (classify.phrase_starts works them out). An Aho-Corasick automaton
+(pyahocorasick) of all the prefixes finds every word start where one occurs, in one
+pass in C however many phrases there are. Each prefix carries a bit mask of the
+phrases that may start with it, so before any phrase regex runs it is known which
+phrases can match at all and where: they are then tried in order, each only where it
+can start, and the first that matches wins. A prefix found is only a place worth
+trying; the phrase's own regex always decides, so the answer is the regex's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import re
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+
+import ahocorasick
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+__all__ = ["Hits", "PhraseIndex", "Selection"]
+
+# Where each phrase may match: its number → the word starts where one of its prefixes
+# occurs, in ascending order; and those numbers, in order.
+Hits: TypeAlias = tuple[dict[int, list[int]], list[int]]
+
+
+class Selection(NamedTuple):
+    """The phrases a search may use: those numbered from start to before stop, but not
+    the excluded ones."""
+
+    start: int
+    stop: int
+    excluded: frozenset[int] = frozenset()
+
+
+_WORD_CHAR = re.compile(r"\w")
+_NON_WORD = re.compile(r"\W")
+# bytes.translate table: each ASCII non-word character to a space.
+_ASCII_SPACED = bytes(32 if _NON_WORD.match(chr(i)) else i for i in range(256))
+
+
+def spaced(text: str) -> str:
+    """The text after a space, each non-word character made a space (one for one, so
+    positions stay): a word start is then a space followed by a word character, which
+    an exact-string automaton can look for."""
+    if text.isascii():
+        # Far faster than str.translate or re.sub, and replies are nearly always ASCII.
+        return " " + text.encode("ascii").translate(_ASCII_SPACED).decode("ascii")
+    return " " + _NON_WORD.sub(" ", text)
+
+
+class PhraseIndex:
+    """The phrases (pattern, literal prefixes), in order, numbered from 0."""
+
+    __slots__ = ("_automaton", "_patterns")
+
+    def __init__(self, phrases: Sequence[tuple[re.Pattern[str], Iterable[str]]]) -> None:
+        # The key of a prefix is how it reads in a spaced() text at a word start; two
+        # prefixes may read alike ("access denied." and "access denied "): the key
+        # then stands for both, and each phrase's regex tells them apart.
+        keys: dict[str, set[int]] = {}
+        for number, (pattern, prefixes) in enumerate(phrases):
+            for prefix in prefixes:
+                if not _WORD_CHAR.match(prefix):
+                    raise ValueError(f"{pattern.pattern!r}: prefix {prefix!r} is not a word")
+                keys.setdefault(spaced(prefix), set()).add(number)
+        if not keys:
+            raise ValueError("a phrase index needs phrases")  # an empty automaton cannot search
+        self._patterns = tuple(pattern for pattern, _ in phrases)
+        self._automaton = ahocorasick.Automaton()
+        for key, numbers in keys.items():
+            # The automaton reports where a key ends; the word starts len(key) - 1
+            # characters before that in the text (one before in the spaced text).
+            self._automaton.add_word(key, (len(key) - 1, tuple(sorted(numbers))))
+        self._automaton.make_automaton()
+
+    def hits(self, text: str) -> Hits:
+        """Where in the text a phrase may match: each phrase that may, and the word
+        starts where it may."""
+        places: dict[int, list[int]] = {}
+        unordered = False
+        for end, (length, numbers) in self._automaton.iter(spaced(text)):
+            start = end - length
+            for number in numbers:
+                starts = places.get(number)
+                if starts is None:
+                    places[number] = [start]
+                else:
+                    # Keys are reported in the order they end: a shorter key ending
+                    # later may start earlier.
+                    unordered = unordered or start < starts[-1]
+                    starts.append(start)
+        if unordered:
+            for starts in places.values():
+                starts.sort()
+        return places, sorted(places)
+
+    def first(
+        self, text: str, hits: Hits, selection: Selection
+    ) -> tuple[int, re.Match[str]] | None:
+        """The first selected phrase that matches the text (its number and leftmost
+        match)."""
+        places, candidates = hits
+        start, stop, excluded = selection
+        patterns = self._patterns
+        for number in itertools.islice(candidates, bisect.bisect_left(candidates, start), None):
+            if number >= stop:
+                break
+            if number in excluded:
+                continue
+            match = patterns[number].match
+            for place in places[number]:  # from the left: the first match is the leftmost
+                m = match(text, place)
+                if m is not None:
+                    return number, m
+        return None
+
+    def matches_any(self, text: str, hits: Hits, selection: Selection) -> bool:
+        """Whether a selected phrase matches the text."""
+        return self.first(text, hits, selection) is not None
