@@ -191,8 +191,11 @@ class RelaySMTP(SMTP):
         # of our own keeps one session's EHLOs from loosening another's limits.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self._limits = limits
+        self._client_allowed = handler.client_allowed
         self._client = ""
         self._refusal: str | None = None
+        # Lines of a multi-line reply waiting for its last line (see push).
+        self._reply_lines: list[bytes] = []
         self._counted = False
         self._settings: ServerSettings = handler.settings
 
@@ -203,7 +206,16 @@ class RelaySMTP(SMTP):
         if first:
             peer = transport.get_extra_info("peername")
             self._client = str(peer[0]) if peer else ""
-            self._refusal = self._limits.admit(self._client)
+            if self._client_allowed(self._client):
+                refusal = self._limits.admit(self._client)
+                self._refusal = None if refusal is None else f"421 4.7.0 {self.hostname} {refusal}"
+            else:
+                # Refused before it is counted: clients that may not relay must not
+                # fill the caps that clients which may relay depend on. Postfix's
+                # smtpd_client_restrictions answer 554 5.7.1 the same way.
+                self._refusal = (
+                    f"554 5.7.1 {self.hostname} Access denied: {self._client} may not relay here"
+                )
             self._counted = self._refusal is None
         super().connection_made(transport)
 
@@ -215,8 +227,8 @@ class RelaySMTP(SMTP):
 
     async def _handle_client(self) -> None:
         if self._refusal is not None:
-            log.warning("connection_refused", client=self._client, reason=self._refusal)
-            await self.push(f"421 4.7.0 {self.hostname} {self._refusal}")
+            log.warning("connection_refused", client=self._client, reply=self._refusal)
+            await self.push(self._refusal)
             if self.transport is not None:
                 self.transport.close()
             return
@@ -231,7 +243,18 @@ class RelaySMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
             status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace")
-        await super().push(status if self._greeting_reply else with_enhanced_code(status))
+        if not self._greeting_reply:
+            status = with_enhanced_code(status)
+        # One write per reply, however many lines: a client that reads a reply per
+        # segment (nmap's smtp-open-relay does) would otherwise read every later
+        # reply one command late. It is also one send per reply on the hot path.
+        if status[3:4] == b"-":
+            self._reply_lines.append(status + b"\r\n")
+            return
+        if self._reply_lines:
+            status = b"".join(self._reply_lines) + status
+            self._reply_lines.clear()
+        await super().push(status)
 
     # RFC 2034: EHLO/HELO replies carry no enhanced codes (their lines are keywords).
     _greeting_reply = False

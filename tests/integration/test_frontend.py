@@ -94,11 +94,17 @@ async def test_address_validation(tmp_path: Path) -> None:
     ]
 
 
-async def test_relay_denied_outside_allowed_networks(tmp_path: Path) -> None:
+async def test_a_client_outside_allowed_networks_is_refused_at_connect(tmp_path: Path) -> None:
     settings = _settings(tmp_path, 'allowed_networks = ["192.0.2.0/24"]')
     async with running_relay(settings) as relay:
-        replies = await raw_session(relay.address, [EHLO, MAIL, RCPT])
-    assert replies[3].startswith("554 5.7.1 <r@example.com>: Relay access denied")
+        reader, writer = await asyncio.open_connection(*relay.address)
+        greeting = await asyncio.wait_for(reader.readline(), 5)
+        rest = await asyncio.wait_for(reader.read(), 5)  # b"": the relay closed
+        writer.close()
+        assert await relay.spool.index() == []
+    assert greeting.startswith(b"554 5.7.1 ")
+    assert b"127.0.0.1 may not relay here" in greeting
+    assert rest == b""
 
 
 async def test_too_many_recipients(tmp_path: Path) -> None:
