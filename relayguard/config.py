@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -30,6 +32,36 @@ D = TypeVar("D")
 
 DEFAULT_CONFIG_PATH = "/etc/relayguard/relayguard.toml"
 TLS_MODES = ("none", "opportunistic", "required")
+# What aiosmtplib can do with a password (its SMTP.AUTH_METHODS, less XOAUTH2, which
+# takes an OAuth token rather than a password).
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+
+
+class Secret:
+    """A smarthost password: read at load time, never shown.
+
+    repr and str say only that there is one, so a route printed into a log line, a
+    traceback or a report carries no password; `reveal()` is for the AUTH command.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
 
 class ConfigError(ValueError):
@@ -103,10 +135,22 @@ class RouteSettings:
     # The address receivers see when the route leaves through NAT: what the
     # reputation checks look up (else source_address).
     public_address: str | None = None
+    # SMTP AUTH to the smarthost, only once TLS is up unless auth_over_plaintext.
+    auth_username: str | None = None
+    auth_password: Secret | None = None
+    auth_password_source: str | None = None  # "password file /etc/..." or "credential x"
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    auth_over_plaintext: bool = False
 
     @property
     def egress_address(self) -> str | None:
         return self.public_address or self.source_address
+
+    def describe_auth(self) -> str | None:
+        """What `routes` shows: the user and where the password comes from, never it."""
+        if self.auth_username is None:
+            return None
+        return f"{self.auth_username} ({self.auth_password_source})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,8 +584,105 @@ def _read_route(s: Table) -> RouteSettings:
         ndr_only=s.get("ndr_only", _bool, d.ndr_only, "true or false"),
         public_address=s.get("public_address", _ip, d.public_address, "an IP address"),
     )
+    out = _read_route_auth(s, out)
     s.finish()
     return out
+
+
+def _auth_mechanisms(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v:
+        raise TypeError
+    names = tuple(_str(x).upper() for x in v)
+    if any(n not in AUTH_MECHANISMS for n in names):
+        raise ValueError
+    return names
+
+
+def _credential_name(v: object) -> str:
+    name = _str(v)
+    if "/" in name or name in (".", ".."):
+        raise ValueError
+    return name
+
+
+def _read_secret_file(s: Table, key: str, path: Path, what: str) -> Secret:
+    """The password on the first line of `path`, which only its owner may read: a
+    password file that others can read is already leaked, so it is refused."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise s.error(key, f"expected {what}, {path} is not a regular file")
+        if st.st_mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
+            raise s.error(
+                key,
+                f"expected {what} that only its owner can read, {path} has mode "
+                f"{stat.S_IMODE(st.st_mode):04o} (chmod 600 {path})",
+            )
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise s.error(key, f"expected {what}, cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise s.error(key, f"expected {what} in UTF-8, {path} is not") from None
+    lines = text.splitlines()
+    password = lines[0] if lines else ""
+    if not password:
+        raise s.error(key, f"expected {what}, {path} is empty (the password on its first line)")
+    return Secret(password)
+
+
+def _read_route_auth(s: Table, route: RouteSettings) -> RouteSettings:
+    """The route's AUTH keys. The password is read now, at load and on every reload, so
+    a missing or unreadable file is a config error the operator sees at once, not a
+    deferral hours later."""
+    username = s.get("auth_username", _str, None, "the user name the smarthost knows us by")
+    file = s.get("auth_password_file", _path, None, "a file path")
+    credential = s.get(
+        "auth_password_credential", _credential_name, None, "a systemd credential name"
+    )
+    mechanisms = s.get(
+        "auth_mechanisms",
+        _auth_mechanisms,
+        route.auth_mechanisms,
+        f"a non-empty list of {', '.join(AUTH_MECHANISMS)}",
+    )
+    plaintext = s.get("auth_over_plaintext", _bool, route.auth_over_plaintext, "true or false")
+    if username is None:
+        for key in ("auth_password_file", "auth_password_credential"):
+            if s.has(key):
+                raise s.error(key, "expected auth_username too: a password needs a user name")
+        return replace(route, auth_mechanisms=mechanisms, auth_over_plaintext=plaintext)
+    if (file is None) == (credential is None):
+        raise s.error(
+            "auth_username",
+            "expected exactly one of auth_password_file and auth_password_credential",
+        )
+    if file is not None:
+        secret = _read_secret_file(s, "auth_password_file", file, "a file with the password")
+        source = f"password file {file}"
+    else:
+        assert credential is not None
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise s.error(
+                "auth_password_credential",
+                f"expected a systemd credential {credential!r}, but $CREDENTIALS_DIRECTORY "
+                f"is not set (LoadCredential={credential}:/path in the unit)",
+            )
+        secret = _read_secret_file(
+            s,
+            "auth_password_credential",
+            Path(directory) / credential,
+            f"the systemd credential {credential!r}",
+        )
+        source = f"credential {credential}"
+    return replace(
+        route,
+        auth_username=username,
+        auth_password=secret,
+        auth_password_source=source,
+        auth_mechanisms=mechanisms,
+        auth_over_plaintext=plaintext,
+    )
 
 
 def load_settings_text(text: str, file: str = "<config>") -> Settings:

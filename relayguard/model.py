@@ -19,6 +19,7 @@ class Phase(StrEnum):
     GREETING = "greeting"
     HELO = "helo"
     STARTTLS = "starttls"
+    AUTH = "auth"  # SMTP AUTH to a smarthost (RFC 4954), after STARTTLS
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"

@@ -31,6 +31,7 @@ _IN_REPLY_TO = {
     Phase.GREETING: "in reply to the initial greeting",
     Phase.HELO: "in reply to EHLO command",
     Phase.STARTTLS: "in reply to STARTTLS command",
+    Phase.AUTH: "in reply to AUTH command",
     Phase.MAIL: "in reply to MAIL FROM command",
     Phase.RCPT: "in reply to RCPT TO command",
     Phase.DATA: "in reply to DATA command",

@@ -313,6 +313,9 @@ class Controller:
                     "name": r.name,
                     "host": r.host,
                     "port": r.port,
+                    # Who the route logs in as and where the password comes from; the
+                    # password itself never leaves the route's settings.
+                    "auth": r.describe_auth(),
                     "max_connections": r.max_connections,
                     "connections": sum(
                         n for (route, _), n in table.active.items() if route == r.name

@@ -395,6 +395,8 @@ def format_routes(data: Mapping[str, Any]) -> str:
             f"{r['name']}  {r['host']}:{r['port']}  "
             f"connections {r['connections']}/{r['max_connections']}"
         )
+        if r.get("auth"):
+            lines.append(f"  auth: {r['auth']}")
         lines.extend(
             f"  suspended for {describe_key(s['destination'])} until {format_time(s['until'])} "
             f"({format_when(s['until'], now)}): {s['reason']} [rule {s['rule']}]"

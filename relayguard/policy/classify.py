@@ -421,6 +421,23 @@ def classify(
 # names our egress address, not the message): its reading is kept. Pure, so safe.
 @functools.lru_cache(maxsize=4096)
 def _read(reply: Reply) -> Classification:
+    c = _read_reply(reply)
+    if reply.phase is not Phase.AUTH:
+        return c
+    # Whatever the words, a refusal of our AUTH (RFC 4954 section 6: 530, 534, 535,
+    # 538, 454) is about the account the route logs in with: the smarthost refuses us
+    # as a client, for every destination, and no recipient is at fault. Reading it as
+    # policy.smtp-auth sends it to the route-refuses-us rule (suspend, next route).
+    return Classification(
+        Category.POLICY,
+        Scope.EGRESS,
+        "policy.smtp-auth",
+        f"{c.evidence}, in reply to AUTH: the smarthost refuses our login",
+        c.retry_in,
+    )
+
+
+def _read_reply(reply: Reply) -> Classification:
     hint = retry_hint(reply.text)
     enhanced = reply.enhanced
     if enhanced is None:

@@ -28,6 +28,7 @@ _PHASES = {
     "helo": Phase.HELO,
     "ehlo": Phase.HELO,
     "starttls": Phase.STARTTLS,
+    "auth": Phase.AUTH,
 }
 
 

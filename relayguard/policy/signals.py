@@ -741,6 +741,20 @@ SIGNALS: tuple[TextSignal, ...] = (
         r"\bsmtp auth",
         r"\bclient was not authenticated",
         r"\banonymous (?:mail|relay|submission)",
+        # Smarthost AUTH refusals (RFC 4954 section 6 gives 530, 534, 535, 538, 454):
+        # Gmail "535-5.7.8 Username and Password not accepted" (PHPMailer/PHPMailer#546),
+        # Mailgun "535 5.7.0 Mailgun is not loving your login or password"
+        # (mailgun/documentation#132), Microsoft 365 "535 5.7.139 Authentication
+        # unsuccessful, the user credentials were incorrect" and "5.7.57 Client not
+        # authenticated to send mail" (docs.bookyourpto.com/features/smtp-troubleshoot),
+        # SendGrid "535 Authentication failed: Bad username / password".
+        r"\busername and password (?:not accepted|are incorrect|incorrect)",
+        r"\bnot loving your login or password",
+        r"\bbad username ?/ ?password",
+        r"\buser credentials were incorrect",
+        r"\bauthentication mechanism is too weak",
+        r"\bencryption required for requested authentication mechanism",
+        r"\bauthentication credentials invalid",
     ),
     _s(
         "policy.helo",

@@ -52,8 +52,8 @@ async def _nothing(conn: Conn) -> None:
 @dataclass
 class Script:
     """The upstream's behaviour per connection. `starttls` answers "ok", "refuse"
-    (454, the session goes on in plaintext) or "garbage" (220, then bytes that are
-    not a TLS handshake, then close)."""
+    (454, the session goes on in plaintext), "garbage" (220, then bytes that are
+    not a TLS handshake, then close) or "drop" (220, then close)."""
 
     starttls: Callable[[Conn], Awaitable[str]]
     before_greeting: Hook = _nothing
@@ -115,6 +115,9 @@ class TlsScriptedSMTP(SMTP):  # type: ignore[misc]
         elif action == "garbage":
             await self.push("220 2.0.0 Ready to start TLS")
             self._writer.write(b"this is not a TLS server hello\r\n")
+            self.transport.close()
+        elif action == "drop":
+            await self.push("220 2.0.0 Ready to start TLS")
             self.transport.close()
         else:
             await super().smtp_STARTTLS(arg)
@@ -223,11 +226,26 @@ async def _garbage(conn: Conn) -> str:
     return "garbage"
 
 
+async def _drop(conn: Conn) -> str:
+    return "drop"
+
+
 @pytest.mark.parametrize(
-    "failure", ["starttls-refused", "starttls-not-offered", "handshake-failure", "untrusted-cert"]
+    "failure",
+    [
+        "starttls-refused",
+        "starttls-not-offered",
+        "handshake-failure",
+        "untrusted-cert",
+        "dropped-after-220",
+    ],
 )
 async def test_required_tls_never_sends_the_envelope_in_clear(certs: Certs, failure: str) -> None:
-    starttls = {"starttls-refused": _refuse, "handshake-failure": _garbage}.get(failure, _ok)
+    starttls = {
+        "starttls-refused": _refuse,
+        "handshake-failure": _garbage,
+        "dropped-after-220": _drop,
+    }.get(failure, _ok)
     script = Script(starttls)
     server_ctx = None if failure == "starttls-not-offered" else certs.server
     ca_file = certs.other_ca_file if failure == "untrusted-cert" else certs.ca_file
@@ -291,3 +309,39 @@ async def test_opportunistic_refused_starttls_goes_on_in_plaintext(certs: Certs)
     [conn] = script.conns
     assert conn.verbs(encrypted=False)[:4] == ["EHLO", "STARTTLS", "MAIL", "RCPT"]
     assert conn.delivered_encrypted == [False]
+
+
+async def test_another_routes_fallback_never_downgrades_a_required_route(certs: Certs) -> None:
+    """Two routes at once: an opportunistic one whose smarthost breaks the handshake
+    (and falls back to plaintext there), and a required one to a good TLS smarthost.
+    The required route's messages still arrive over TLS, as the server's session sees."""
+    broken, good = Script(_garbage), Script(_ok)
+    async with (
+        tls_upstream(broken, certs.server) as bad_port,
+        tls_upstream(good, certs.server) as good_port,
+    ):
+        routes = [
+            RouteSettings("opp", "127.0.0.1", bad_port, tls="opportunistic"),
+            RouteSettings(
+                "req",
+                "127.0.0.1",
+                good_port,
+                tls="required",
+                tls_verify=True,
+                tls_ca_file=certs.ca_file,
+            ),
+        ]
+        d = Delivery(routes, "relay.test")
+        try:
+            async with asyncio.timeout(WAIT):
+                outcomes = await asyncio.gather(
+                    *(d.send("opp" if i % 2 else "req", _tx(i)) for i in range(6))
+                )
+        finally:
+            await d.close()
+    assert all(r.code == 250 for o in outcomes for r in o.replies.values())
+    assert [o.tls for o in outcomes] == [True, False] * 3
+    assert sorted(e for c in good.conns for e in c.delivered_encrypted) == [True] * 3
+    for conn in good.conns:
+        assert set(conn.verbs(encrypted=False)) <= BEFORE_TLS, conn.index
+    assert sorted(e for c in broken.conns for e in c.delivered_encrypted) == [False] * 3
