@@ -183,6 +183,19 @@ def make_instance(
     )
 
 
+def settled_log_counts(inst: RelayguardInstance, timeout: float = 10.0) -> dict[str, int]:
+    """The relay's event counts once the last delivery is logged: the sink counts a
+    message when it answers the dot, and the relay logs `delivered` only after it
+    has read that 250 and committed, so read at once, the count can be one short.
+    A message really lost still shows after the timeout."""
+    deadline = time.monotonic() + timeout
+    counts = inst.log_counts()
+    while counts.get("delivered", 0) < counts.get("accepted", 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        counts = inst.log_counts()
+    return counts
+
+
 def measure_relay(
     args: argparse.Namespace,
     system: str,
@@ -235,7 +248,7 @@ def measure_relay(
             "loadavg_1m_after": round(os.getloadavg()[0], 2),
         }
         if isinstance(inst, RelayguardInstance):
-            counts = inst.log_counts()
+            counts = settled_log_counts(inst)
             run["log_events"] = {
                 k: v
                 for k, v in counts.items()

@@ -33,7 +33,7 @@ from relayguard.queue.spool import Spool
 from relayguard.queue.spool.sqlite import SqliteSpool, spool_usable
 from relayguard.smtp.delivery import Delivery
 from relayguard.smtp.frontend import RelayHandler, make_protocol_factory
-from relayguard.smtp.workers import WorkerPool, bind_listener, per_worker_limits
+from relayguard.smtp.workers import LISTEN_BACKLOG, WorkerPool, bind_listener, per_worker_limits
 
 log = structlog.get_logger("relayguard.relay")
 
@@ -123,6 +123,7 @@ class Relay:
             self._server = await asyncio.get_running_loop().create_server(
                 make_protocol_factory(self.handler, per_worker_limits(s, 1)),
                 sock=bind_listener(host, port),
+                backlog=LISTEN_BACKLOG,
             )
         self._run_task = asyncio.create_task(self.manager.run())
         self.reputation = monitor_for(s, self.clock, self._egress_changed)

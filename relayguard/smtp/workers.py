@@ -43,6 +43,12 @@ PR_SET_PDEATHSIG = 1
 ORPHAN_CHECK_INTERVAL = 0.5
 
 
+# How many connections the kernel holds for us before we accept them. asyncio's
+# create_server calls listen() again with its own backlog (100 unless told): a burst
+# beyond that leaves clients connected at the TCP level but never greeted.
+LISTEN_BACKLOG = 1024
+
+
 def bind_listener(
     host: str, port: int, *, reuse_port: bool = False, listen: bool = True
 ) -> socket.socket:
@@ -53,7 +59,7 @@ def bind_listener(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     if listen:
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)  # noqa: FBT003 - socket API
     return sock
 
@@ -219,7 +225,7 @@ async def run_worker(
     limits = per_worker_limits(settings, workers)
     sock = bind_listener(host, port, reuse_port=True)
     server = await asyncio.get_running_loop().create_server(
-        make_protocol_factory(handler, limits), sock=sock
+        make_protocol_factory(handler, limits), sock=sock, backlog=LISTEN_BACKLOG
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
