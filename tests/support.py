@@ -223,6 +223,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def config_head(tmp: Path, listen: str = "127.0.0.1:0") -> str:
+    """The [server] table a test config file starts with (spool under `tmp`), and
+    [dns] with MX lookups off: only tests that start their own DNS server turn them on."""
+    return (
+        f'[server]\nlisten = "{listen}"\nhostname = "relay.test"\nspool = "{tmp / "spool"}"\n'
+        "[dns]\nprovider_keys = false\n"
+    )
+
+
 def relay_settings(tmp: Path, routes: list[dict[str, Any]], extra: str = "") -> Settings:
     route_text = ""
     for r in routes:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
-from support import UpstreamHandler, make_message, running_relay, send, upstream
+from support import UpstreamHandler, config_head, make_message, running_relay, send, upstream
 
 from relayguard.clock import VirtualClock
 from relayguard.config import load_settings_text
@@ -35,14 +35,9 @@ async def _until(predicate, timeout: float = 20.0) -> None:
 
 
 def _settings(tmp_path: Path, mail_port: int, back_port: int) -> object:
-    text = f"""
-[server]
-listen = "127.0.0.1:0"
-hostname = "relay.test"
-spool = "{tmp_path / "spool"}"
-[dns]
-provider_keys = false
-
+    text = (
+        config_head(tmp_path)
+        + f"""
 [ndr]
 route = "back"
 record_file = "{tmp_path / "bounces.jsonl"}"
@@ -66,6 +61,7 @@ name = "back"
 host = "127.0.0.1"
 port = {back_port}
 """
+    )
     return load_settings_text(text, "test.toml")
 
 

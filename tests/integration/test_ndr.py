@@ -10,6 +10,7 @@ from pathlib import Path
 
 from support import (
     UpstreamHandler,
+    config_head,
     make_message,
     relay_settings,
     running_relay,
@@ -28,14 +29,9 @@ async def _until(predicate, timeout: float = 15.0) -> None:
 
 
 def _with_ndr(tmp_path: Path, mail_port: int, ndr_port: int, extra: str = "") -> object:
-    text = f"""
-[server]
-listen = "127.0.0.1:0"
-hostname = "relay.test"
-spool = "{tmp_path / "spool"}"
-[dns]
-provider_keys = false
-
+    text = (
+        config_head(tmp_path)
+        + f"""
 [queue]
 {extra}
 
@@ -54,6 +50,7 @@ host = "127.0.0.1"
 port = {ndr_port}
 ndr_only = true
 """
+    )
     return load_settings_text(text, "test.toml")
 
 

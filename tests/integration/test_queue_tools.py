@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 import structlog
 from support import (
     UpstreamHandler,
+    config_head,
     make_message,
     run_cli,
     running_relay,
@@ -53,17 +53,7 @@ def write_config(tmp_path: Path, *ports: int) -> Path:
         for i, port in enumerate(ports)
     )
     path = tmp_path / "relayguard.toml"
-    path.write_text(
-        textwrap.dedent(f"""
-        [server]
-        listen = "127.0.0.1:0"
-        hostname = "relay.test"
-        spool = "{tmp_path / "spool"}"
-        [dns]
-        provider_keys = false
-    """)
-        + routes
-    )
+    path.write_text(config_head(tmp_path) + routes)
     return path
 
 

@@ -21,7 +21,7 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from structlog.testing import capture_logs
-from support import make_message, run_cli, running_relay, send, until
+from support import config_head, make_message, run_cli, running_relay, send, until
 
 from relayguard.config import RouteSettings, Secret, load_settings
 from relayguard.model import Phase, Transaction
@@ -240,15 +240,8 @@ def _config(tmp_path: Path, certs: Certs, a: int, b: int) -> Path:
     )
     path = tmp_path / "relayguard.toml"
     path.write_text(
-        textwrap.dedent(f"""
-        [server]
-        listen = "127.0.0.1:0"
-        hostname = "relay.test"
-        spool = "{tmp_path / "spool"}"
-
-        [dns]
-        provider_keys = false
-
+        config_head(tmp_path)
+        + textwrap.dedent(f"""
         [ndr]
         record_file = "{tmp_path / "bounces.jsonl"}"
         """)

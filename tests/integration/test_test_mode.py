@@ -10,7 +10,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-from support import free_port, make_message, relay_settings, running_relay, send, upstream
+from support import (
+    config_head,
+    free_port,
+    make_message,
+    relay_settings,
+    running_relay,
+    send,
+    upstream,
+)
 
 from relayguard.cli import build_parser
 from relayguard.cli.replay import capture_sender_for
@@ -103,13 +111,8 @@ async def test_relayguard_serve_test_mode_process(tmp_path):
     port, never = free_port(), free_port()
     config = tmp_path / "relayguard.toml"
     config.write_text(
-        textwrap.dedent(f"""
-        [server]
-        listen = "127.0.0.1:{port}"
-        hostname = "relay.test"
-        spool = "{tmp_path / "spool"}"
-        [dns]
-        provider_keys = false
+        config_head(tmp_path, f"127.0.0.1:{port}")
+        + textwrap.dedent(f"""
         [[route]]
         name = "primary"
         host = "127.0.0.1"
