@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import os
 import re
+import ssl
 import stat
 import tomllib
 from collections.abc import Callable, Iterable
@@ -115,6 +116,11 @@ class ServerSettings:
     # A message with more Received: headers than this is refused (554 5.4.6), as
     # Postfix's hopcount_limit: a misconfigured loop ends instead of circling.
     max_hops: int = 50
+    # STARTTLS on the listener (RFC 3207): offered when both files are set; the
+    # certificate is read again on SIGHUP, so a renewed one needs no restart.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    require_tls: bool = False  # MAIL before STARTTLS: 530 5.7.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,9 +559,32 @@ def _read_server(s: Table) -> ServerSettings:
         shutdown_grace=s.get("shutdown_grace", parse_duration, d.shutdown_grace, "a duration"),
         workers=s.get("workers", _int_range(0, 64), d.workers, "a process count from 0 to 64"),
         max_hops=s.get("max_hops", _int_range(1, 1000), d.max_hops, "a number from 1 to 1000"),
+        tls_cert_file=s.get("tls_cert_file", _path, None, "a PEM certificate file path"),
+        tls_key_file=s.get("tls_key_file", _path, None, "a PEM private key file path"),
+        require_tls=s.get("require_tls", _bool, d.require_tls, "true or false"),
     )
     s.finish()
+    _check_listener_tls(s, out)
     return out
+
+
+def _check_listener_tls(s: Table, server: ServerSettings) -> None:
+    """Both files or neither, and a pair that loads: a broken certificate is found
+    when the config is read, not at a client's STARTTLS."""
+    cert, key = server.tls_cert_file, server.tls_key_file
+    if (cert is None) != (key is None):
+        missing = "tls_key_file" if key is None else "tls_cert_file"
+        raise s.error(missing, "expected both tls_cert_file and tls_key_file, or neither")
+    if cert is None or key is None:
+        if server.require_tls:
+            raise s.error("require_tls", "expected tls_cert_file and tls_key_file to offer TLS")
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise s.error(
+            "tls_cert_file", f"expected a certificate and key that load ({cert}, {key}): {exc}"
+        ) from None
 
 
 def _read_route(s: Table) -> RouteSettings:

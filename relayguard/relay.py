@@ -276,6 +276,12 @@ class Relay:
                 sections=needs_restart,
                 reason="these sections are read at start; restart to apply them",
             )
+        # The listener's certificate is the one server setting a reload takes (a renewed
+        # certificate must not need a restart); the front-end processes read it too.
+        if self.handler is not None:
+            self.handler.reload_tls(settings.server)
+        if self._workers is not None:
+            self._workers.reload()
         log.info("reloaded", config=str(self.config_path), policy_rules=len(policy.rules))
 
     async def wait_stopped(self) -> None:

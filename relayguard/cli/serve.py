@@ -41,7 +41,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     rg_logging.configure(level=args.log_level)
     asyncio.run(
         run_worker(
-            settings, args.host, args.port, args.notify_fd, args.workers, args.index, args.parent
+            settings,
+            args.host,
+            args.port,
+            args.notify_fd,
+            args.workers,
+            args.index,
+            args.parent,
+            config_path=config_path(args),
         )
     )
     return 0

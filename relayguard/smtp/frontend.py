@@ -22,6 +22,7 @@ import collections
 import copy
 import ipaddress
 import re
+import ssl
 import traceback
 import types
 from collections.abc import Callable
@@ -448,6 +449,15 @@ class RelaySMTP(SMTP):
         return data[:-3], False
 
 
+def listener_tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The context STARTTLS uses, or None when no certificate is configured."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
 @dataclass(slots=True)
 class RelayHandler:
     """Decides what to accept; answers 250 only after the spool committed."""
@@ -459,9 +469,23 @@ class RelayHandler:
     accepting: bool = True
     accepted_count: int = 0
     _networks: tuple[Any, ...] = ()
+    tls_context: ssl.SSLContext | None = None  # from settings, in __post_init__
 
     def __post_init__(self) -> None:
         self._networks = self.settings.allowed_networks
+        self.tls_context = listener_tls_context(self.settings)
+
+    def reload_tls(self, settings: ServerSettings) -> None:
+        """SIGHUP: the certificate files again, into the same context, so that every
+        connection from now on (each clone shares the context) shows the new one."""
+        if self.tls_context is None or settings.tls_cert_file is None:
+            return  # offering TLS or not is decided at start
+        try:
+            self.tls_context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("tls_reload_failed", error=str(exc), kept="previous certificate")
+            return
+        log.info("tls_reloaded", cert=str(settings.tls_cert_file))
 
     def client_allowed(self, client: str) -> bool:
         try:
@@ -634,6 +658,8 @@ def new_protocol(
         enable_SMTPUTF8=enable_smtputf8,
         decode_data=False,
         timeout=s.idle_timeout,
+        tls_context=handler.tls_context,
+        require_starttls=s.require_tls,
     )
 
 

@@ -29,7 +29,7 @@ import structlog
 
 from relayguard import logging as rg_logging
 from relayguard.clock import SystemClock
-from relayguard.config import Settings
+from relayguard.config import Settings, load_settings
 from relayguard.model import QueuedMessage
 from relayguard.queue.spool.sqlite import SqliteSpool
 from relayguard.smtp.frontend import ConnectionLimits, RelayHandler, make_protocol_factory
@@ -154,6 +154,12 @@ class WorkerPool:
     def alive(self) -> bool:
         return all(proc.poll() is None for proc in self.processes)
 
+    def reload(self) -> None:
+        """SIGHUP to each front end: they read their certificate files again."""
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
     def terminate(self) -> None:
         for proc in self.processes:
             with contextlib.suppress(ProcessLookupError):
@@ -200,6 +206,16 @@ async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
+def _reload_tls(handler: RelayHandler, config_path: Path) -> None:
+    """A front end's SIGHUP: only the listener's certificate can change under it."""
+    try:
+        settings = load_settings(config_path)
+    except ValueError as exc:
+        log.error("reload_failed", error=str(exc), kept="previous certificate")
+        return
+    handler.reload_tls(settings.server)
+
+
 async def run_worker(
     settings: Settings,
     host: str,
@@ -208,6 +224,7 @@ async def run_worker(
     workers: int,
     index: int,
     parent: int,
+    config_path: Path | None = None,
 ) -> None:
     """A front end only: accept, commit, tell the main process; no delivery."""
     _die_with_parent()
@@ -231,6 +248,8 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, handler, config_path)
     log.info("worker_listening", index=index, pid=os.getpid(), port=port)
     with contextlib.suppress(OSError):
         notify.send(NOTICE.pack(READY))
