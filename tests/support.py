@@ -223,12 +223,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config_head(tmp: Path, listen: str = "127.0.0.1:0") -> str:
+def config_head(tmp: Path, listen: str = "127.0.0.1:0", dns: str = "provider_keys = false") -> str:
     """The [server] table a test config file starts with (spool under `tmp`), and
-    [dns] with MX lookups off: only tests that start their own DNS server turn them on."""
+    [dns]: MX lookups off unless a test that starts its own DNS server says otherwise."""
     return (
         f'[server]\nlisten = "{listen}"\nhostname = "relay.test"\nspool = "{tmp / "spool"}"\n'
-        "[dns]\nprovider_keys = false\n"
+        f"[dns]\n{dns}\n"
     )
 
 

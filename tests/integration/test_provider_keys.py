@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dnsserver import Records, dns_server, silent_nameserver
 from structlog.testing import capture_logs
-from support import UpstreamHandler, make_message, running_relay, send, upstream
+from support import UpstreamHandler, config_head, make_message, running_relay, send, upstream
 
 from relayguard.clock import VirtualClock
 from relayguard.config import load_settings_text
@@ -110,15 +110,8 @@ async def test_a_lookup_timeout_gives_the_domain_as_its_own_key_briefly() -> Non
 
 def _relay_settings(tmp_path: Path, mail_port: int, nameserver: str, timeout: str = "2s"):
     return load_settings_text(
-        f"""
-[server]
-listen = "127.0.0.1:0"
-hostname = "relay.test"
-spool = "{tmp_path / "spool"}"
-
-[dns]
-nameservers = ["{nameserver}"]
-timeout = "{timeout}"
+        config_head(tmp_path, dns=f'nameservers = ["{nameserver}"]\ntimeout = "{timeout}"')
+        + f"""
 
 [[route]]
 name = "A"

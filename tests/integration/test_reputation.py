@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dnsserver import Records, dns_server
 from structlog.testing import capture_logs
-from support import UpstreamHandler, make_message, running_relay, send, upstream
+from support import UpstreamHandler, config_head, make_message, running_relay, send, upstream
 
 from relayguard.clock import VirtualClock
 from relayguard.config import load_settings_text
@@ -42,15 +42,9 @@ def records(*, a_listed: bool) -> Records:
 
 
 def config_text(tmp_path: Path, mail_port: int, nameserver: str) -> str:
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-hostname = "relay.test"
-spool = "{tmp_path / "spool"}"
-
-[dns]
-nameservers = ["{nameserver}"]
-timeout = "1s"
+    return (
+        config_head(tmp_path, dns=f'nameservers = ["{nameserver}"]\ntimeout = "1s"')
+        + f"""
 
 [reputation]
 interval = "1m"
@@ -77,6 +71,7 @@ source_address = "{B}"
 public_address = "{B_PUBLIC}"
 messages_per_connection = 1        # a new connection (and greeting) for every message
 """
+    )
 
 
 class Upstream(UpstreamHandler):
