@@ -27,6 +27,7 @@ from relayguard.durations import EXPECTED_RANGE, parse_duration_range
 # the corpus take durations from here, as they did before durations.py.
 from relayguard.durations import format_duration as format_duration  # noqa: PLC0414
 from relayguard.durations import parse_duration as parse_duration  # noqa: PLC0414
+from relayguard.smtp.client_auth import PasswordHash, parse_users
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -121,6 +122,22 @@ class ServerSettings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     require_tls: bool = False  # MAIL before STARTTLS: 530 5.7.0
+    # A second listener speaking TLS from the first byte (RFC 8314 "implicit TLS", the
+    # submissions port 465), with the same certificate.
+    tls_listen: tuple[str, int] | None = None
+    # Client AUTH (RFC 4954), offered only over TLS: login:scrypt-hash lines, written by
+    # `relayguard passwd`, read at start and on SIGHUP. An authenticated client may
+    # relay from outside allowed_networks.
+    auth_users_file: Path | None = None
+    client_logins: tuple[tuple[str, PasswordHash], ...] = ()
+    # With AUTH, clients outside allowed_networks get a session (to log in), under a
+    # cap of their own, so that they cannot fill the one allowed networks rely on.
+    max_outside_connections: int = 100
+    # Failed AUTH from one address: this many within the window answer 421 4.7.0 and
+    # refuse its connections until the window has passed (Postfix's anvil does the same
+    # with smtpd_client_auth_rate_limit).
+    auth_failure_limit: int = 5
+    auth_failure_window: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,10 +579,41 @@ def _read_server(s: Table) -> ServerSettings:
         tls_cert_file=s.get("tls_cert_file", _path, None, "a PEM certificate file path"),
         tls_key_file=s.get("tls_key_file", _path, None, "a PEM private key file path"),
         require_tls=s.get("require_tls", _bool, d.require_tls, "true or false"),
+        tls_listen=s.get("tls_listen", _hostport(None), None, "host:port, e.g. '0.0.0.0:465'"),
+        auth_users_file=s.get("auth_users_file", _path, None, "a users file path"),
+        max_outside_connections=s.get(
+            "max_outside_connections",
+            _int_range(1, 100_000),
+            d.max_outside_connections,
+            "a number from 1",
+        ),
+        auth_failure_limit=s.get(
+            "auth_failure_limit", _int_range(1, 1000), d.auth_failure_limit, "a number from 1"
+        ),
+        auth_failure_window=s.get(
+            "auth_failure_window", _positive_duration, d.auth_failure_window, "a duration"
+        ),
     )
     s.finish()
     _check_listener_tls(s, out)
-    return out
+    return _read_client_logins(s, out)
+
+
+def _read_client_logins(s: Table, server: ServerSettings) -> ServerSettings:
+    """The users file, read and checked now (at start and on every reload): a typo in
+    a hash is found by the operator, not by a client that cannot log in."""
+    path = server.auth_users_file
+    if path is None:
+        return server
+    what = "a users file of login:hash lines"
+    text = _read_private_file(s, "auth_users_file", path, what)
+    try:
+        users = parse_users(text)
+    except ValueError as exc:
+        raise s.error("auth_users_file", f"expected {what}, {path} {exc}") from None
+    if not users:
+        raise s.error("auth_users_file", f"expected {what}, {path} lists none")
+    return replace(server, client_logins=tuple(users.items()))
 
 
 def _check_listener_tls(s: Table, server: ServerSettings) -> None:
@@ -576,8 +624,13 @@ def _check_listener_tls(s: Table, server: ServerSettings) -> None:
         missing = "tls_key_file" if key is None else "tls_cert_file"
         raise s.error(missing, "expected both tls_cert_file and tls_key_file, or neither")
     if cert is None or key is None:
-        if server.require_tls:
-            raise s.error("require_tls", "expected tls_cert_file and tls_key_file to offer TLS")
+        for needs_tls in ("require_tls", "tls_listen", "auth_users_file"):
+            if getattr(server, needs_tls):
+                raise s.error(
+                    needs_tls,
+                    "expected tls_cert_file and tls_key_file too"
+                    + (": AUTH is offered only over TLS" if needs_tls == "auth_users_file" else ""),
+                )
         return
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
@@ -634,9 +687,9 @@ def _credential_name(v: object) -> str:
     return name
 
 
-def _read_secret_file(s: Table, key: str, path: Path, what: str) -> Secret:
-    """The password on the first line of `path`, which only its owner may read: a
-    password file that others can read is already leaked, so it is refused."""
+def _read_private_file(s: Table, key: str, path: Path, what: str) -> str:
+    """The text of `path`, which only its owner may read: a password (or hash) file
+    that others can read is already leaked, so it is refused."""
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
@@ -647,12 +700,16 @@ def _read_secret_file(s: Table, key: str, path: Path, what: str) -> Secret:
                 f"expected {what} that only its owner can read, {path} has mode "
                 f"{stat.S_IMODE(st.st_mode):04o} (chmod 600 {path})",
             )
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise s.error(key, f"expected {what}, cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise s.error(key, f"expected {what} in UTF-8, {path} is not") from None
-    lines = text.splitlines()
+
+
+def _read_secret_file(s: Table, key: str, path: Path, what: str) -> Secret:
+    """The password on the first line of `path`."""
+    lines = _read_private_file(s, key, path, what).splitlines()
     password = lines[0] if lines else ""
     if not password:
         raise s.error(key, f"expected {what}, {path} is empty (the password on its first line)")

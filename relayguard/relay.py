@@ -32,8 +32,14 @@ from relayguard.queue.manager import QueueManager, ReportBuilder, Sender
 from relayguard.queue.spool import Spool
 from relayguard.queue.spool.sqlite import SqliteSpool, spool_usable
 from relayguard.smtp.delivery import Delivery
-from relayguard.smtp.frontend import RelayHandler, make_protocol_factory
-from relayguard.smtp.workers import LISTEN_BACKLOG, WorkerPool, bind_listener, per_worker_limits
+from relayguard.smtp.frontend import RelayHandler
+from relayguard.smtp.workers import (
+    WorkerPool,
+    bind_listener,
+    listeners_of,
+    per_worker_limits,
+    start_servers,
+)
 
 log = structlog.get_logger("relayguard.relay")
 
@@ -64,11 +70,12 @@ class Relay:
     spool: Spool = field(init=False)
     manager: QueueManager = field(init=False)
     handler: RelayHandler = field(init=False)
-    _server: asyncio.Server | None = None
+    _servers: list[asyncio.Server] = field(default_factory=list)
     _run_task: asyncio.Task[None] | None = None
     _poll_task: asyncio.Task[None] | None = None
     _workers: WorkerPool | None = None
-    _reserved: socket.socket | None = None  # the port, held while worker processes accept
+    # The ports (listen, tls_listen), held while worker processes accept on them.
+    _reserved: list[socket.socket] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     on_ready: Callable[[], None] = lambda: None
     observer: Observer = field(init=False)
@@ -105,26 +112,23 @@ class Relay:
         await self.manager.load()
         self.handler = RelayHandler(s.server, self.spool, self.clock, on_accepted=self._accepted)
         workers = s.server.workers if self.config_path is not None else 0
-        host, port = s.server.listen
+        listeners = listeners_of(s.server)
         if workers:
             # Front-end processes take the connections; this one only delivers. The
-            # bound (not listening) socket keeps the port ours and tells it to them.
-            self._reserved = bind_listener(host, port, reuse_port=True, listen=False)
+            # bound (not listening) sockets keep the ports ours and tell them to them.
+            self._reserved = [
+                bind_listener(x.host, x.port, reuse_port=True, listen=False) for x in listeners
+            ]
             assert self.config_path is not None
             self._workers = await WorkerPool.start(
                 self.config_path,
                 workers,
-                host,
-                self.address[1],
+                [sock.getsockname()[1] for sock in self._reserved],
                 self._worker_accepted,
             )
             self._poll_task = asyncio.create_task(self._poll_spool())
         else:
-            self._server = await asyncio.get_running_loop().create_server(
-                make_protocol_factory(self.handler, per_worker_limits(s, 1)),
-                sock=bind_listener(host, port),
-                backlog=LISTEN_BACKLOG,
-            )
+            self._servers = await start_servers(self.handler, per_worker_limits(s, 1), listeners)
         self._run_task = asyncio.create_task(self.manager.run())
         self.reputation = monitor_for(s, self.clock, self._egress_changed)
         if self.reputation is not None:
@@ -178,12 +182,24 @@ class Relay:
         self.manager.enqueue_seq(seq, self.clock.now())
         self.observer.message_accepted()
 
+    def _bound(self, index: int) -> tuple[str, int] | None:
+        socks = [srv.sockets[0] for srv in self._servers] or self._reserved
+        if index >= len(socks):
+            return None
+        name = socks[index].getsockname()
+        return str(name[0]), int(name[1])
+
     @property
     def address(self) -> tuple[str, int]:
-        sock = self._server.sockets[0] if self._server is not None else self._reserved
-        assert sock is not None
-        name = sock.getsockname()
-        return str(name[0]), int(name[1])
+        """Where the listener accepts (the bound port when configured as 0)."""
+        bound = self._bound(0)
+        assert bound is not None
+        return bound
+
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        """Where the implicit-TLS listener accepts, when tls_listen is set."""
+        return self._bound(1) if self.settings.server.tls_listen is not None else None
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -197,8 +213,8 @@ class Relay:
         self._stopped.set()
         grace = self.settings.server.shutdown_grace if grace is None else grace
         self.handler.accepting = False
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         if self._workers is not None:
             self._workers.terminate()  # they close their listeners at once
         log.info("stopping", grace=grace, accepting=False)
@@ -215,8 +231,8 @@ class Relay:
         log.info("stopped")
 
     async def _release(self) -> None:
-        if self._reserved is not None:
-            self._reserved.close()
+        for sock in self._reserved:
+            sock.close()
         for task in (self._run_task, self._reputation_task):
             if task is not None:
                 task.cancel()
@@ -238,7 +254,7 @@ class Relay:
         if self._workers is not None:
             listening = self._workers.alive()
         else:
-            listening = self._server is not None and self._server.is_serving()
+            listening = bool(self._servers) and all(srv.is_serving() for srv in self._servers)
         return listening and spool_usable(self.settings.server.spool)
 
     def reload(self) -> None:
@@ -257,7 +273,12 @@ class Relay:
         needs_restart = [
             name
             for name, before, after in (
-                ("server", old.server, settings.server),
+                # The logins are reloaded below, like the certificate.
+                (
+                    "server",
+                    replace(old.server, client_logins=()),
+                    replace(settings.server, client_logins=()),
+                ),
                 ("route", old.routes, settings.routes),
                 ("metrics", old.metrics, settings.metrics),
             )
@@ -279,7 +300,7 @@ class Relay:
         # The listener's certificate is the one server setting a reload takes (a renewed
         # certificate must not need a restart); the front-end processes read it too.
         if self.handler is not None:
-            self.handler.reload_tls(settings.server)
+            self.handler.reload(settings.server)
         if self._workers is not None:
             self._workers.reload()
         log.info("reloaded", config=str(self.config_path), policy_rules=len(policy.rules))

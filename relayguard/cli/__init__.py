@@ -1,4 +1,4 @@
-"""relayguard serve | check-config | policy … | queue … | routes | reputation … | replay …
+"""relayguard serve | check-config | policy … | queue … | routes | reputation … | replay … | passwd
 
 One module per command family; each registers its own subcommands.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from relayguard.cli import policy, queue, replay, reputation, serve
+from relayguard.cli import logins, policy, queue, replay, reputation, serve
 from relayguard.cli.common import CONFIG_HELP, Commands
 
 
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayguard", description=__doc__)
     parser.add_argument("--config", default=None, help=CONFIG_HELP)
     sub = Commands(parser.add_subparsers(dest="command", required=True))
-    for family in (serve, policy, queue, reputation, replay):
+    for family in (serve, policy, queue, reputation, replay, logins):
         family.register(sub)
     return parser
 

@@ -42,8 +42,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     asyncio.run(
         run_worker(
             settings,
-            args.host,
-            args.port,
+            [int(p) for p in args.ports.split(",")],
             args.notify_fd,
             args.workers,
             args.index,
@@ -81,8 +80,8 @@ def register(sub: Commands) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by `serve` when workers > 1
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, required=True)
+    # The ports the main process bound, one per listener (listen, then tls_listen).
+    p.add_argument("--ports", required=True)
     p.add_argument("--notify-fd", type=int, required=True)
     p.add_argument("--workers", type=int, required=True)
     p.add_argument("--index", type=int, required=True)

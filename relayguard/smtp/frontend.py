@@ -32,7 +32,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from relayguard import __version__
@@ -40,6 +40,7 @@ from relayguard.clock import Clock, new_queue_id
 from relayguard.config import ServerSettings
 from relayguard.model import Envelope, QueuedMessage, Recipient
 from relayguard.queue.spool import NewMessage, Spool, SpoolFullError
+from relayguard.smtp.client_auth import AuthFailures, ClientLogins
 from relayguard.smtp.esmtp import (
     MailParams,
     ParamError,
@@ -75,6 +76,7 @@ _DEFAULT_ENHANCED = {
     b"554": b"5.0.0",
     b"555": b"5.5.4",
 }
+INVALID_LOGIN = "535 5.7.8 Authentication credentials invalid"  # RFC 4954's wording
 _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(<[^>\r\n]{1,900}>)")
 DATA_CHUNK_LIMIT = 1 << 20  # the stream's buffer limit while reading DATA
@@ -98,25 +100,37 @@ def with_enhanced_code(reply: bytes) -> bytes:
 
 @dataclass(slots=True)
 class ConnectionLimits:
-    """Connection caps shared by all sessions of one listener."""
+    """Connection caps shared by all sessions of one listener. Clients outside the
+    allowed networks (who get a session only to log in) count against `outside`, of
+    their own: however many of them come, the networks that relay keep their cap."""
 
     total: int
     per_client: int
+    outside: int = 0
     active: int = 0
+    active_outside: int = 0
     by_client: dict[str, int] = field(default_factory=dict)
 
-    def admit(self, client: str) -> str | None:
+    def admit(self, client: str, *, outside: bool = False) -> str | None:
         """Count the connection in; return why it is refused, or None."""
-        if self.active >= self.total:
+        if outside and self.active_outside >= self.outside:
+            return "Too many connections from outside the relay's networks, try again later"
+        if not outside and self.active >= self.total:
             return "Too many connections, try again later"
         if self.by_client.get(client, 0) >= self.per_client:
             return f"Too many connections from {client}, try again later"
-        self.active += 1
+        if outside:
+            self.active_outside += 1
+        else:
+            self.active += 1
         self.by_client[client] = self.by_client.get(client, 0) + 1
         return None
 
-    def release(self, client: str) -> None:
-        self.active -= 1
+    def release(self, client: str, *, outside: bool = False) -> None:
+        if outside:
+            self.active_outside -= 1
+        else:
+            self.active -= 1
         left = self.by_client.get(client, 1) - 1
         if left <= 0:
             self.by_client.pop(client, None)
@@ -192,8 +206,10 @@ class RelaySMTP(SMTP):
         # of our own keeps one session's EHLOs from loosening another's limits.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self._limits = limits
-        self._client_allowed = handler.client_allowed
+        self._handler = handler
         self._client = ""
+        self._outside = False  # a client outside allowed_networks, admitted to log in
+        self._unchecked_login: LoginPassword | None = None  # see _authenticate
         self._refusal: str | None = None
         # Lines of a multi-line reply waiting for its last line (see push).
         self._reply_lines: list[bytes] = []
@@ -207,23 +223,51 @@ class RelaySMTP(SMTP):
         if first:
             peer = transport.get_extra_info("peername")
             self._client = str(peer[0]) if peer else ""
-            if self._client_allowed(self._client):
-                refusal = self._limits.admit(self._client)
-                self._refusal = None if refusal is None else f"421 4.7.0 {self.hostname} {refusal}"
-            else:
-                # Refused before it is counted: clients that may not relay must not
-                # fill the caps that clients which may relay depend on. Postfix's
-                # smtpd_client_restrictions answer 554 5.7.1 the same way.
-                self._refusal = (
-                    f"554 5.7.1 {self.hostname} Access denied: {self._client} may not relay here"
-                )
+            self._refusal = self._admit()
             self._counted = self._refusal is None
+            if transport.get_extra_info("sslcontext") is not None:
+                self._implicit_tls(transport)
         super().connection_made(transport)
+        if first and self._tls_session is not None:
+            assert self.session is not None
+            self.session.ssl = self._tls_session
+
+    def _admit(self) -> str | None:
+        """Why this connection is refused at once, or None once it is counted in."""
+        handler, client = self._handler, self._client
+        if handler.locked_out(client):
+            return (
+                f"421 4.7.0 {self.hostname} Too many failed logins from {client}, try again later"
+            )
+        self._outside = not handler.client_allowed(client)
+        if self._outside and handler.logins is None:
+            # Refused before it is counted: clients that may not relay must not fill
+            # the caps that clients which may relay depend on. Postfix's
+            # smtpd_client_restrictions answer 554 5.7.1 the same way.
+            return f"554 5.7.1 {self.hostname} Access denied: {client} may not relay here"
+        refusal = self._limits.admit(client, outside=self._outside)
+        return None if refusal is None else f"421 4.7.0 {self.hostname} {refusal}"
+
+    # What STARTTLS would have put in session.ssl, on connections to the implicit-TLS
+    # listener ([server] tls_listen).
+    _tls_session: dict[str, Any] | None = None
+
+    def _implicit_tls(self, transport: asyncio.BaseTransport) -> None:
+        """This connection spoke TLS from its first byte (RFC 8314): it is already what
+        STARTTLS would make it, so STARTTLS is not offered, and AUTH and MAIL need no
+        STARTTLS first. Set on this connection only (each has its own attributes)."""
+        self._tls_session = {
+            name: transport.get_extra_info(name)
+            for name in ("sslcontext", "ssl_object", "peercert", "cipher", "compression")
+        }
+        self.tls_context = None
+        self.require_starttls = False
+        self._auth_require_tls = False
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:
             self._counted = False
-            self._limits.release(self._client)
+            self._limits.release(self._client, outside=self._outside)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -256,6 +300,38 @@ class RelaySMTP(SMTP):
             status = b"".join(self._reply_lines) + status
             self._reply_lines.clear()
         await super().push(status)
+
+    # -- AUTH (RFC 4954) ---------------------------------------------------------
+    # aiosmtpd parses PLAIN and LOGIN, then calls _authenticate synchronously: a scrypt
+    # check (about 50 ms) there would stall every session of the process. So
+    # _authenticate only keeps what the client sent, and the check runs off the loop,
+    # in _check_login, once aiosmtpd's parsing has returned.
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        del mechanism
+        self._unchecked_login = auth_data if isinstance(auth_data, LoginPassword) else None
+        return AuthResult(success=False, handled=True)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802 - aiosmtpd's naming
+        return await self._check_login("PLAIN", await super().auth_PLAIN(server, args))
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802 - aiosmtpd's naming
+        return await self._check_login("LOGIN", await super().auth_LOGIN(server, args))
+
+    async def _check_login(self, mechanism: str, parsed: AuthResult) -> AuthResult:
+        login, self._unchecked_login = self._unchecked_login, None
+        if login is None:
+            return parsed  # a malformed exchange: aiosmtpd answers it (501 or 535)
+        result = await self._handler.check_login(self._client, mechanism, login)
+        if result is not None:
+            return result
+        # The address has failed too often: say so and hang up, as Postfix's anvil does.
+        await self.push(
+            f"421 4.7.0 {self.hostname} Too many failed logins from {self._client}, try again later"
+        )
+        if self.transport is not None:
+            self.transport.close()
+        return AuthResult(success=False, handled=True)
 
     # RFC 2034: EHLO/HELO replies carry no enhanced codes (their lines are keywords).
     _greeting_reply = False
@@ -458,6 +534,18 @@ def listener_tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
     return context
 
 
+@dataclass(frozen=True, slots=True)
+class ClientLogin:
+    """What a successful AUTH leaves in the session (aiosmtpd's `auth_data`): the login
+    only, never the password the client sent."""
+
+    login: str
+
+
+def client_logins(settings: ServerSettings) -> ClientLogins | None:
+    return ClientLogins(dict(settings.client_logins)) if settings.auth_users_file else None
+
+
 @dataclass(slots=True)
 class RelayHandler:
     """Decides what to accept; answers 250 only after the spool committed."""
@@ -470,14 +558,29 @@ class RelayHandler:
     accepted_count: int = 0
     _networks: tuple[Any, ...] = ()
     tls_context: ssl.SSLContext | None = None  # from settings, in __post_init__
+    logins: ClientLogins | None = None  # from settings: None when AUTH is not offered
+    # Not "auth_...": aiosmtpd takes every handler attribute so named for a mechanism.
+    failed_logins: AuthFailures = field(init=False)
 
     def __post_init__(self) -> None:
         self._networks = self.settings.allowed_networks
         self.tls_context = listener_tls_context(self.settings)
+        self.logins = client_logins(self.settings)
+        self.failed_logins = AuthFailures(
+            self.settings.auth_failure_limit, self.settings.auth_failure_window
+        )
 
-    def reload_tls(self, settings: ServerSettings) -> None:
-        """SIGHUP: the certificate files again, into the same context, so that every
-        connection from now on (each clone shares the context) shows the new one."""
+    def reload(self, settings: ServerSettings) -> None:
+        """SIGHUP: what the listener takes without a restart, the certificate and the
+        users file (a new login from `relayguard passwd`)."""
+        if self.logins is not None and settings.auth_users_file is not None:
+            self.logins = client_logins(settings)
+            log.info("logins_reloaded", users=len(settings.client_logins))
+        self._reload_tls(settings)
+
+    def _reload_tls(self, settings: ServerSettings) -> None:
+        """The certificate files again, into the same context, so that every connection
+        from now on (each clone shares the context) shows the new one."""
         if self.tls_context is None or settings.tls_cert_file is None:
             return  # offering TLS or not is decided at start
         try:
@@ -486,6 +589,35 @@ class RelayHandler:
             log.error("tls_reload_failed", error=str(exc), kept="previous certificate")
             return
         log.info("tls_reloaded", cert=str(settings.tls_cert_file))
+
+    def locked_out(self, client: str) -> bool:
+        return self.failed_logins.locked_out(client, self.clock.now())
+
+    async def check_login(
+        self, client: str, mechanism: str, login: LoginPassword
+    ) -> AuthResult | None:
+        """The answer to one AUTH; None when the client is now locked out. The password
+        goes to the check and nowhere else: not to a log, not into the session."""
+        name = login.login.decode("utf-8", "replace")
+        logins = self.logins
+        # scrypt releases the GIL: other sessions go on while it runs.
+        right = logins is not None and await asyncio.to_thread(logins.check, name, login.password)
+        if right:
+            log.info("auth_succeeded", client=client, login=name, mechanism=mechanism)
+            return AuthResult(success=True, auth_data=ClientLogin(name))
+        if self.client_allowed(client):
+            # Allowed networks are not locked out (Postfix exempts mynetworks from anvil
+            # the same way): the relay's own MTAs must not lose it to one bad password.
+            log.warning("auth_failed", client=client, mechanism=mechanism)
+            return AuthResult(success=False, handled=False, message=INVALID_LOGIN)
+        now = self.clock.now()
+        failures = self.failed_logins.failed(client, now)
+        log.warning("auth_failed", client=client, mechanism=mechanism, failures=failures)
+        until = self.failed_logins.locked_until(client, now)
+        if until is None:
+            return AuthResult(success=False, handled=False, message=INVALID_LOGIN)
+        log.warning("auth_locked_out", client=client, failures=failures, until=until)
+        return None
 
     def client_allowed(self, client: str) -> bool:
         try:
@@ -505,6 +637,9 @@ class RelayHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
+        if self.logins is None:
+            # aiosmtpd lists AUTH once TLS is up whether or not anyone could log in.
+            responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
         # RFC 3461 4: with DSN offered, MAIL lines may be 100 characters longer (RET,
         # ENVID) and RCPT lines 500 (NOTIFY, ORCPT).
         server.command_size_limits["MAIL"] += 100
@@ -523,7 +658,7 @@ class RelayHandler:
         params: RcptParams,
     ) -> str:
         client = session.peer[0] if session.peer else ""
-        if not self.client_allowed(str(client)):
+        if not session.authenticated and not self.client_allowed(str(client)):
             log.warning("relay_denied", client=client, recipient=address)
             return f"554 5.7.1 <{address}>: Relay access denied"
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
@@ -555,10 +690,13 @@ class RelayHandler:
         except Exception as exc:
             log.error("accept_failed", error=repr(exc), traceback=traceback.format_exc())
             return "451 4.3.0 Error: queue file write error"
-        self._accepted(queued, client_gone=False)
+        login = session.auth_data.login if isinstance(session.auth_data, ClientLogin) else None
+        self._accepted(queued, client_gone=False, login=login)
         return f"250 2.0.0 Ok: queued as {queued.queue_id}"
 
-    def _accepted(self, queued: QueuedMessage, *, client_gone: bool) -> None:
+    def _accepted(
+        self, queued: QueuedMessage, *, client_gone: bool, login: str | None = None
+    ) -> None:
         self.accepted_count += 1
         log.info(
             "accepted",
@@ -569,6 +707,7 @@ class RelayHandler:
             size=queued.size,
             client=queued.envelope.client_address,
             **({"client_gone": True} if client_gone else {}),
+            **({"login": login} if login else {}),
         )
         self.on_accepted(queued)
 
@@ -629,9 +768,13 @@ class RelayHandler:
         recipients: tuple[Recipient, ...],
         now: float,
     ) -> bytes:
-        proto = "ESMTPS" if server.session is not None and server.session.ssl else "ESMTP"
-        if server.session is not None and not server.session.extended_smtp:
-            proto = "SMTP"
+        session = server.session
+        # RFC 3848's names: ESMTP, S with TLS, A when the client logged in.
+        proto = "ESMTP"
+        if session is not None:
+            proto += ("S" if session.ssl else "") + ("A" if session.authenticated else "")
+            if not session.extended_smtp:
+                proto = "SMTP"
         for_clause = f"\r\n\tfor <{recipients[0].address}>" if len(recipients) == 1 else ""
         date = format_datetime(datetime.fromtimestamp(now, UTC))
         safe_helo = re.sub(r"[^\x21-\x7e]", "?", helo)[:255]

@@ -21,15 +21,16 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from relayguard import logging as rg_logging
 from relayguard.clock import SystemClock
-from relayguard.config import Settings, load_settings
+from relayguard.config import ServerSettings, Settings, load_settings
 from relayguard.model import QueuedMessage
 from relayguard.queue.spool.sqlite import SqliteSpool
 from relayguard.smtp.frontend import ConnectionLimits, RelayHandler, make_protocol_factory
@@ -64,6 +65,52 @@ def bind_listener(
     return sock
 
 
+# A TLS handshake on the implicit-TLS listener must finish within this: a client that
+# connects and says nothing holds a socket, uncounted, until then.
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One address the front end accepts on: `[server] listen`, or `tls_listen`, where
+    TLS starts with the first byte."""
+
+    host: str
+    port: int
+    implicit_tls: bool = False
+
+
+def listeners_of(server: ServerSettings, ports: Sequence[int] | None = None) -> list[Listener]:
+    """The configured addresses, in a fixed order (listen, then tls_listen); with
+    `ports`, on those ports instead: the ones the main process bound, for its workers."""
+    out = [Listener(*server.listen)]
+    if server.tls_listen is not None:
+        out.append(Listener(*server.tls_listen, implicit_tls=True))
+    if ports is not None:
+        out = [replace(listener, port=port) for listener, port in zip(out, ports, strict=True)]
+    return out
+
+
+async def start_servers(
+    handler: RelayHandler,
+    limits: ConnectionLimits,
+    listeners: Sequence[Listener],
+    *,
+    reuse_port: bool = False,
+) -> list[asyncio.Server]:
+    """Listen on every address, one protocol factory (so one set of caps) for all."""
+    loop = asyncio.get_running_loop()
+    factory = make_protocol_factory(handler, limits)
+    servers = []
+    for listener in listeners:
+        sock = bind_listener(listener.host, listener.port, reuse_port=reuse_port)
+        tls: dict[str, Any] = {}
+        if listener.implicit_tls:
+            tls = {"ssl": handler.tls_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
+        servers.append(await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG, **tls))
+    return servers
+
+
 def per_worker_limits(settings: Settings, workers: int) -> ConnectionLimits:
     """Each process enforces its share of the connection caps."""
     s = settings.server
@@ -71,7 +118,11 @@ def per_worker_limits(settings: Settings, workers: int) -> ConnectionLimits:
     def share(cap: int) -> int:
         return max(1, -(-cap // max(1, workers)))  # rounded up
 
-    return ConnectionLimits(share(s.max_connections), share(s.max_connections_per_client))
+    return ConnectionLimits(
+        share(s.max_connections),
+        share(s.max_connections_per_client),
+        outside=share(s.max_outside_connections),
+    )
 
 
 @dataclass
@@ -83,7 +134,11 @@ class WorkerPool:
 
     @classmethod
     async def start(
-        cls, config_path: Path, count: int, host: str, port: int, on_notice: Callable[[int], None]
+        cls,
+        config_path: Path,
+        count: int,
+        ports: Sequence[int],
+        on_notice: Callable[[int], None],
     ) -> WorkerPool:
         """Start the workers; return once every one of them listens."""
         pool = cls()
@@ -114,10 +169,8 @@ class WorkerPool:
                     "worker",
                     "--config",
                     str(config_path),
-                    "--port",
-                    str(port),
-                    "--host",
-                    host,
+                    "--ports",
+                    ",".join(str(p) for p in ports),
                     "--notify-fd",
                     str(theirs.fileno()),
                     "--workers",
@@ -206,20 +259,20 @@ async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def _reload_tls(handler: RelayHandler, config_path: Path) -> None:
-    """A front end's SIGHUP: only the listener's certificate can change under it."""
+def _reload(handler: RelayHandler, config_path: Path) -> None:
+    """A front end's SIGHUP: only the listener's certificate and logins can change
+    under it."""
     try:
         settings = load_settings(config_path)
     except ValueError as exc:
         log.error("reload_failed", error=str(exc), kept="previous certificate")
         return
-    handler.reload_tls(settings.server)
+    handler.reload(settings.server)
 
 
 async def run_worker(
     settings: Settings,
-    host: str,
-    port: int,
+    ports: Sequence[int],
     notify_fd: int,
     workers: int,
     index: int,
@@ -240,24 +293,24 @@ async def run_worker(
     spool = SqliteSpool(settings.server.spool)
     handler = RelayHandler(settings.server, spool, SystemClock(), on_accepted=tell)
     limits = per_worker_limits(settings, workers)
-    sock = bind_listener(host, port, reuse_port=True)
-    server = await asyncio.get_running_loop().create_server(
-        make_protocol_factory(handler, limits), sock=sock, backlog=LISTEN_BACKLOG
+    servers = await start_servers(
+        handler, limits, listeners_of(settings.server, ports), reuse_port=True
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_tls, handler, config_path)
-    log.info("worker_listening", index=index, pid=os.getpid(), port=port)
+        loop.add_signal_handler(signal.SIGHUP, _reload, handler, config_path)
+    log.info("worker_listening", index=index, pid=os.getpid(), ports=list(ports))
     with contextlib.suppress(OSError):
         notify.send(NOTICE.pack(READY))
     orphan_watch = asyncio.create_task(_stop_when_orphaned(parent, stop))
     await stop.wait()
     orphan_watch.cancel()
     handler.accepting = False
-    server.close()
+    for server in servers:
+        server.close()
     # Sessions already in DATA may still commit: give them the grace period.
     deadline = loop.time() + settings.server.shutdown_grace
     while limits.active and loop.time() < deadline:  # noqa: ASYNC110 - a count, not an event

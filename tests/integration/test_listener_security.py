@@ -10,7 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trustme
 from support import free_port, make_message, relay_settings, running_relay, send, upstream
+
+from relayguard.smtp.client_auth import hash_password
 
 EHLO = b"EHLO client.test\r\n"
 
@@ -63,13 +66,31 @@ async def test_clients_that_may_not_relay_do_not_fill_the_cap_of_those_that_may(
     assert len(arrived) == 1
 
 
-def test_nmap_finds_no_open_relay(tmp_path: Path) -> None:
+def _client_auth(tmp_path: Path) -> str:
+    """[server] keys that offer client AUTH (over STARTTLS), so that a client from
+    outside allowed_networks gets a session instead of a refusal at connect."""
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "relay.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "relay.key"))
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('not guessable by nmap', ln=4)}\n")
+    users.chmod(0o600)
+    return (
+        f'\ntls_cert_file = "{tmp_path / "relay.crt"}"\ntls_key_file = "{tmp_path / "relay.key"}"'
+        f'\nauth_users_file = "{users}"'
+    )
+
+
+@pytest.mark.parametrize("with_auth", [False, True], ids=["no-auth", "auth-offered"])
+def test_nmap_finds_no_open_relay(tmp_path: Path, with_auth: bool) -> None:
     nmap = shutil.which("nmap")
     if nmap is None:
         pytest.skip("nmap not installed (make system-deps installs it)")
 
     async def audit() -> tuple[str, list[object]]:
-        extra = 'allowed_networks = ["192.0.2.0/24"]'
+        extra = 'allowed_networks = ["192.0.2.0/24"]' + (
+            _client_auth(tmp_path) if with_auth else ""
+        )
         async with upstream() as up:
             async with running_relay(_settings(tmp_path, extra, up.port)) as relay:
                 proc = await asyncio.create_subprocess_exec(

@@ -61,10 +61,10 @@ CONFIG = {  # the same for every connection, and immutable or never changed
     "_enforce_call_limit",
     "_settings",
 }
-SHARED_BY_DESIGN = {  # the handler, the listener's caps, the handler's network check
+SHARED_BY_DESIGN = {  # the handler (twice: aiosmtpd's name and ours), the listener's caps
     "event_handler",
     "_limits",
-    "_client_allowed",
+    "_handler",
 }
 PER_CONNECTION = {  # set when the connection is made; before that, plain values
     "_timeout_handle",
@@ -78,6 +78,8 @@ PER_CONNECTION = {  # set when the connection is made; before that, plain values
     "_client",
     "_refusal",
     "_counted",
+    "_outside",
+    "_unchecked_login",  # an AUTH's credentials between aiosmtpd's parsing and our check
 }
 PER_CLONE = {  # containers: each clone needs its own
     "_smtp_methods",  # bound to the clone
