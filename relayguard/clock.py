@@ -103,15 +103,22 @@ class VirtualClock:
             if not fut.done():
                 fut.cancel()
 
-    async def run_to(self, when: float, settle: float = 0.02) -> None:
+    async def run_to(
+        self, when: float, settle: float = 0.02, busy: Callable[[], bool] | None = None
+    ) -> None:
         """Advance virtual time to `when`, stopping at each wake-up and letting the
         woken work (including real socket I/O) finish before jumping again.
 
         `settle` is real seconds of quiet the loop gets between jumps, enough
-        for loopback SMTP exchanges to complete.
+        for loopback SMTP exchanges to complete on an idle machine; `busy` says
+        when work is still under way (deliveries in flight), and time waits for
+        it: on a loaded machine an exchange can outlast any fixed settle, and
+        a jump past its retry would skip what the test means to see.
         """
         while True:
             await asyncio.sleep(settle)
+            while busy is not None and busy():
+                await asyncio.sleep(settle)
             nxt = self.next_wakeup()
             if nxt is None or nxt > when:
                 self.set(when)
