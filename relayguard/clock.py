@@ -117,7 +117,7 @@ class VirtualClock:
         """
         while True:
             await asyncio.sleep(settle)
-            while busy is not None and busy():
+            while busy is not None and busy():  # noqa: ASYNC110 - a predicate, not an event
                 await asyncio.sleep(settle)
             nxt = self.next_wakeup()
             if nxt is None or nxt > when:
