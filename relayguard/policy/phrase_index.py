@@ -14,7 +14,6 @@ trying; the phrase's own regex always decides, so the answer is the regex's.
 from __future__ import annotations
 
 import bisect
-import itertools
 import re
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
@@ -25,9 +24,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Hits", "PhraseIndex", "Selection"]
 
-# Where each phrase may match: its number → the word starts where one of its prefixes
-# occurs, in ascending order; and those numbers, in order.
-Hits: TypeAlias = tuple[dict[int, list[int]], list[int]]
+# Where each phrase may match, one int per (phrase, word start where one of its prefixes
+# occurs): number << _SHIFT | start, in ascending order, that is by phrase number, then
+# from the left. One sort of plain ints in C costs a fraction of building a dict of
+# lists in Python, and hits() was the largest part of a cold reading.
+Hits: TypeAlias = list[int]
+_SHIFT = 40  # starts are below 2**40: no str is that long
+_PLACE = (1 << _SHIFT) - 1
 
 
 class Selection(NamedTuple):
@@ -76,49 +79,41 @@ class PhraseIndex:
         self._automaton = ahocorasick.Automaton()
         for key, numbers in keys.items():
             # The automaton reports where a key ends; the word starts len(key) - 1
-            # characters before that in the text (one before in the spaced text).
-            self._automaton.add_word(key, (len(key) - 1, tuple(sorted(numbers))))
+            # characters before that in the text (one before in the spaced text). Each
+            # key carries number << _SHIFT minus that, so that adding the end gives
+            # the hit.
+            bases = tuple((number << _SHIFT) - (len(key) - 1) for number in sorted(numbers))
+            self._automaton.add_word(key, bases)
         self._automaton.make_automaton()
 
     def hits(self, text: str) -> Hits:
         """Where in the text a phrase may match: each phrase that may, and the word
         starts where it may."""
-        places: dict[int, list[int]] = {}
-        unordered = False
-        for end, (length, numbers) in self._automaton.iter(spaced(text)):
-            start = end - length
-            for number in numbers:
-                starts = places.get(number)
-                if starts is None:
-                    places[number] = [start]
-                else:
-                    # Keys are reported in the order they end: a shorter key ending
-                    # later may start earlier.
-                    unordered = unordered or start < starts[-1]
-                    starts.append(start)
-        if unordered:
-            for starts in places.values():
-                starts.sort()
-        return places, sorted(places)
+        # Keys are reported in the order they end, and a shorter key ending later may
+        # start earlier: the sort puts each phrase's starts in order too.
+        found = [base + end for end, bases in self._automaton.iter(spaced(text)) for base in bases]
+        found.sort()
+        return found
 
     def first(
         self, text: str, hits: Hits, selection: Selection
     ) -> tuple[int, re.Match[str]] | None:
         """The first selected phrase that matches the text (its number and leftmost
         match)."""
-        places, candidates = hits
         start, stop, excluded = selection
         patterns = self._patterns
-        for number in itertools.islice(candidates, bisect.bisect_left(candidates, start), None):
-            if number >= stop:
+        stop_hit = stop << _SHIFT
+        # By phrase number, each from the left: the first match is the leftmost.
+        for i in range(bisect.bisect_left(hits, start << _SHIFT), len(hits)):
+            hit = hits[i]
+            if hit >= stop_hit:
                 break
+            number = hit >> _SHIFT
             if number in excluded:
                 continue
-            match = patterns[number].match
-            for place in places[number]:  # from the left: the first match is the leftmost
-                m = match(text, place)
-                if m is not None:
-                    return number, m
+            m = patterns[number].match(text, hit & _PLACE)
+            if m is not None:
+                return number, m
         return None
 
     def matches_any(self, text: str, hits: Hits, selection: Selection) -> bool:
