@@ -30,7 +30,7 @@ from relayguard.policy import Policy, load_policy
 from relayguard.policy.rules import DurationRange
 from relayguard.queue.manager import QueueManager, ReportBuilder, Sender
 from relayguard.queue.spool import Spool
-from relayguard.queue.spool.factory import describe, open_spool, usable
+from relayguard.queue.spool.factory import describe, node_name, open_spool, usable
 from relayguard.smtp.delivery import Delivery
 from relayguard.smtp.frontend import RelayHandler, make_protocol_factory
 from relayguard.smtp.workers import LISTEN_BACKLOG, WorkerPool, bind_listener, per_worker_limits
@@ -84,7 +84,7 @@ class Relay:
         # relay holds it (relayguard/control.py).
         self._spool_lock = await lock_spool_shared(s.server.spool)
         try:
-            self.spool = await open_spool(s)
+            self.spool = await open_spool(s, node=node_name(s))
         except BaseException:
             os.close(self._spool_lock)
             self._spool_lock = None
@@ -123,7 +123,8 @@ class Relay:
                 self.address[1],
                 self._worker_accepted,
             )
-            self._poll_task = asyncio.create_task(self._poll_spool())
+            if self.manager.shared is None:  # a shared spool's claims poll it already
+                self._poll_task = asyncio.create_task(self._poll_spool())
         else:
             self._server = await asyncio.get_running_loop().create_server(
                 make_protocol_factory(self.handler, per_worker_limits(s, 1)),

@@ -27,13 +27,21 @@ from relayguard.policy.categories import Category
 from relayguard.queue.kept import egress_failures, keep_for
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Routes, Send, fail_pending
 from relayguard.queue.scheduler import ALL_DESTINATIONS, DueQueue, RouteTable
-from relayguard.queue.spool import Keep, NewMessage, Spool
+from relayguard.queue.spool import Keep, NewMessage, SharedSpool, Spool, SpoolError
 
 log = structlog.get_logger("relayguard.queue")
 
 _WARNING_EVENTS = frozenset({"route_suspended", "route_throttled", "egress_listed"})
 # After a failed sweep of the kept copies (the spool refused), try again this much later.
 SWEEP_RETRY = 60.0
+# On a shared spool: look for due mail at least this often, whatever the notices say (a
+# notice is lost while the listening connection is being made again).
+SHARED_POLL = 10.0
+# After a claim or a look for due mail fails (the database is away), try again later.
+CLAIM_RETRY = 2.0
+# Due mail that a claim skipped (another node is claiming it this very moment): look
+# again this much later rather than at once.
+CLAIM_BACKOFF = 0.05
 
 
 class Sender(Protocol):
@@ -158,8 +166,13 @@ class QueueManager:
     # Messages waiting on suspensions, with the destination keys they wait on: lifting
     # a suspension early (an operator, a delisted egress) makes them due at once.
     _waiting: dict[int, frozenset[str]] = field(default_factory=dict)
+    # A spool several nodes share (PostgreSQL): this node delivers what it claims from
+    # it, by lease, instead of scheduling the index it read at start; None otherwise.
+    shared: SharedSpool | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        if isinstance(self.spool, SharedSpool):
+            self.shared = self.spool
         self.routes = route_table(self.settings)
         self._routes = routes_of(self.settings)
         if not self.max_in_flight:
@@ -168,7 +181,15 @@ class QueueManager:
     # -- feeding the scheduler -----------------------------------------------------
 
     async def load(self) -> int:
-        """Read the spool's index: messages caught mid-delivery are simply due again."""
+        """Read the spool's index: messages caught mid-delivery are simply due again.
+        On a shared spool nothing is read: the queue is claimed as it comes due."""
+        if self.shared is not None:
+            log.info(
+                "queue_shared",
+                node=self.shared.node,
+                lease_time=self.settings.server.lease_time,
+            )
+            return 0
         count = 0
         for entry in await self.spool.index():
             if entry.state is MessageState.ACTIVE:
@@ -182,7 +203,11 @@ class QueueManager:
 
     def enqueue_seq(self, seq: int, at: float) -> None:
         """Schedule a message committed elsewhere (a worker process, a poll of the spool).
-        One already scheduled or being delivered is left alone: never two deliveries at once."""
+        One already scheduled or being delivered is left alone: never two deliveries at once.
+        On a shared spool it only wakes the loop: the message is claimed like any other."""
+        if self.shared is not None:
+            self._wake.set()
+            return
         if seq in self.delivering or seq in self.due:
             return
         self.due.schedule(seq, at)
@@ -204,7 +229,8 @@ class QueueManager:
         is under way: that round reschedules it itself, and a second must not start."""
         if seq in self.delivering:
             return False
-        self.due.schedule(seq, self.clock.now())
+        if self.shared is None:  # shared: the spool's next attempt, made now, is claimed
+            self.due.schedule(seq, self.clock.now())
         self._wake.set()
         return True
 
@@ -332,15 +358,15 @@ class QueueManager:
                 await sweeper
 
     async def _run(self) -> None:
+        if self.shared is not None:
+            await self._run_shared(self.shared)
+            return
         while not self._stopping:
             now = self.clock.now()
             room = self.max_in_flight - len(self._tasks)
             if room > 0:
                 for seq in self.due.pop_due(now, room):
-                    self.delivering.add(seq)  # from here on, until the round is recorded
-                    task = asyncio.create_task(self._deliver_guarded(seq))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._task_done)
+                    self._start(seq)
             nxt = self.due.next_due()
             room = self.max_in_flight - len(self._tasks)
             if nxt is not None and nxt <= now and room > 0:
@@ -349,6 +375,84 @@ class QueueManager:
             self._wake.clear()
             until = nxt if (nxt is not None and room > 0) else now + 3600.0
             await self.clock.sleep_until(until, self._wake)
+
+    def _start(self, seq: int) -> None:
+        self.delivering.add(seq)  # from here on, until the round is recorded
+        task = asyncio.create_task(self._deliver_guarded(seq))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _run_shared(self, spool: SharedSpool) -> None:
+        """The loop on a shared spool: claim what is due (leased to this node), deliver
+        it, sleep until the next due time or a notice that mail arrived on any node."""
+        helpers = [
+            asyncio.create_task(spool.listen(self._wake.set)),
+            asyncio.create_task(self._renew_forever(spool)),
+        ]
+        try:
+            while not self._stopping:
+                self._wake.clear()  # before the claim: a notice meanwhile wakes us again
+                until = await self._claim_round(spool)
+                if until is None:
+                    continue
+                await self.clock.sleep_until(until, self._wake)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _claim_round(self, spool: SharedSpool) -> float | None:
+        """Claim and start what there is room for; when to look again (None: now)."""
+        lease = self.settings.server.lease_time
+        now = self.clock.now()
+        room = self.max_in_flight - len(self._tasks)
+        try:
+            claims = await spool.claim_due(now, now + lease, room) if room > 0 else []
+            nxt = await spool.next_due()
+        except SpoolError as exc:
+            log.warning("claim_failed", error=str(exc), retry_in=CLAIM_RETRY)
+            return now + CLAIM_RETRY
+        for claim in claims:
+            if claim.taken_from:
+                log.warning(
+                    "lease_taken_over",
+                    seq=claim.seq,
+                    node=spool.node,
+                    previous_node=claim.taken_from,
+                    reason="its lease ran out: that node stopped renewing (it died or stalls)",
+                )
+            self._start(claim.seq)
+        if room > 0 and len(claims) == room:
+            return None  # full: there may be more, and room again after a round ends
+        poll = now + SHARED_POLL
+        if self.max_in_flight - len(self._tasks) <= 0 or nxt is None:
+            return poll  # a round ending wakes the loop
+        if nxt <= now:
+            return now + CLAIM_BACKOFF  # due but skipped: another node is claiming it
+        return min(nxt, poll)
+
+    async def _renew_forever(self, spool: SharedSpool) -> None:
+        """Renew the leases of the rounds under way, three times per lease."""
+        lease = self.settings.server.lease_time
+        while not self._stopping:
+            now = self.clock.now()
+            await self.clock.sleep_until(now + lease / 3, self._stop_event)
+            seqs = list(self.delivering)
+            if not seqs:
+                continue
+            try:
+                held = await spool.renew(seqs, self.clock.now() + lease)
+            except SpoolError as exc:
+                log.warning("lease_renew_failed", error=str(exc), leases=len(seqs))
+                continue
+            lost = (set(seqs) - held) & self.delivering  # those still under way
+            if lost:
+                log.warning(
+                    "lease_lost",
+                    seqs=sorted(lost),
+                    node=spool.node,
+                    reason="another node took them over; both may deliver (at least once)",
+                )
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -386,21 +490,29 @@ class QueueManager:
         try:
             await self.deliver(seq)
         except asyncio.CancelledError:
+            if self.shared is not None:  # cut at shutdown: another node may take it now
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.shared.end_leases([seq]))
             raise
         except Exception as exc:
             # A bug must not lose the message: it stays in the spool, due again later.
             log.exception("delivery_error", seq=seq, error=repr(exc))
-            self.due.schedule(seq, self.clock.now() + self.settings.queue.backoff_start)
+            retry_at = self.clock.now() + self.settings.queue.backoff_start
+            if self.shared is not None:
+                with contextlib.suppress(Exception):  # else its lease runs out: the same
+                    await self.shared.end_leases([seq], retry_at)
+            else:
+                self.due.schedule(seq, retry_at)
         finally:
             self.delivering.discard(seq)
 
     async def deliver(self, seq: int) -> None:
         loaded = await self.spool.load(seq)
-        if loaded is None:
+        if loaded is None or loaded[0].state is not MessageState.ACTIVE:
+            if self.shared is not None and loaded is not None:  # held meanwhile
+                await self.shared.end_leases([seq])
             return
         message, body = loaded
-        if message.state is not MessageState.ACTIVE:
-            return
         q = self.settings.queue
         rnd = DeliveryRound(
             message,
@@ -430,6 +542,11 @@ class QueueManager:
         if keep is not None:
             emit([kept_event(done.message, keep)], self.on_event)
             self._kept_changed.set()
+        if self.shared is not None:
+            # Recorded with its next attempt in the shared spool, lease ended: whichever
+            # node is free then claims it. Waiting on suspensions is this node's to know.
+            self._wake.set()
+            return
         if done.message.state is MessageState.ACTIVE:
             self.due.schedule(done.message.seq, done.message.next_attempt_at)
             self._wake.set()

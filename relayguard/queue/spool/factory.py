@@ -8,6 +8,9 @@ naming the file and the key, so the operator knows where to look.
 
 from __future__ import annotations
 
+import os
+import socket
+
 from relayguard.clock import QueueIdFactory, new_queue_id
 from relayguard.config import ConfigError, Settings
 from relayguard.queue.spool import Spool, SpoolError
@@ -18,7 +21,18 @@ def _where(settings: Settings) -> str:
     return str(settings.source) if settings.source is not None else "<config>"
 
 
-async def open_spool(settings: Settings, *, queue_ids: QueueIdFactory = new_queue_id) -> Spool:
+def node_name(settings: Settings) -> str:
+    """This node's name on a shared spool: [server] node_name, or the host name and
+    process id (unique among the nodes running; a restarted node is a new one, and the
+    old one's leases simply run out)."""
+    return settings.server.node_name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def open_spool(
+    settings: Settings, *, queue_ids: QueueIdFactory = new_queue_id, node: str = ""
+) -> Spool:
+    """The spool `[server] spool` names. `node`: whose leases a shared spool takes
+    (the delivering process gives node_name(settings); front ends and tools none)."""
     server = settings.server
     if server.spool_dsn is None:
         return SqliteSpool(server.spool, queue_ids=queue_ids)
@@ -30,7 +44,7 @@ async def open_spool(settings: Settings, *, queue_ids: QueueIdFactory = new_queu
             "pip install 'relayguard[postgres]'"
         ) from None
     try:
-        return await PgSpool.open(server.spool_dsn, queue_ids=queue_ids)
+        return await PgSpool.open(server.spool_dsn, queue_ids=queue_ids, node=node)
     except SpoolError as exc:
         raise ConfigError(f"{_where(settings)}: server.spool: {exc}") from None
 

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from relayguard.clock import QueueIdFactory, new_queue_id
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
 from relayguard.queue.spool import (
+    Claim,
     IndexEntry,
     Keep,
     KeptMessage,
@@ -42,6 +43,7 @@ from relayguard.queue.spool import (
     SpoolFullError,
     queued_domains,
 )
+from relayguard.queue.spool import postgres_leases as leases
 from relayguard.queue.spool.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -106,12 +108,16 @@ def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]
 class PgSpool:
     """The Spool protocol on PostgreSQL. Open it with `await PgSpool.open(dsn)`."""
 
-    shared = True  # several nodes may use this spool at once: deliver by leases
-
     def __init__(
-        self, dsn: str, writer: Conn, pool: AsyncConnectionPool[Any], ids: QueueIdFactory
+        self,
+        dsn: str,
+        writer: Conn,
+        pool: AsyncConnectionPool[Any],
+        ids: QueueIdFactory,
+        node: str = "",
     ) -> None:
         self.dsn = dsn
+        self.node = node  # whose leases this spool claims, renews and ends ('' for none)
         self._conn: Conn | None = writer
         self._pool = pool
         self._new_id = ids
@@ -122,7 +128,9 @@ class PgSpool:
         self._writer = asyncio.create_task(self._write_forever(), name="spool-writer")
 
     @classmethod
-    async def open(cls, dsn: str, *, queue_ids: QueueIdFactory = new_queue_id) -> PgSpool:
+    async def open(
+        cls, dsn: str, *, queue_ids: QueueIdFactory = new_queue_id, node: str = ""
+    ) -> PgSpool:
         """Connect, migrate, start the writer. SpoolError if the server cannot be
         reached or the schema cannot be brought up to date."""
         conn = await connect(dsn)
@@ -138,7 +146,7 @@ class PgSpool:
             dsn, min_size=1, max_size=READERS, open=False, timeout=CONNECT_TIMEOUT
         )
         await pool.open()
-        return cls(dsn, conn, pool, queue_ids)
+        return cls(dsn, conn, pool, queue_ids, node)
 
     # -- the writer ------------------------------------------------------------------
 
@@ -231,7 +239,7 @@ class PgSpool:
         return await self.read(lambda c: _load(c, seq))
 
     async def update(self, message: QueuedMessage, new_attempts: Sequence[Attempt]) -> None:
-        await self._run(lambda c: _update(c, message, new_attempts))
+        await self._run(lambda c: _update(c, message, new_attempts, self.node))
 
     async def finish_with_reports(
         self,
@@ -246,7 +254,7 @@ class PgSpool:
             recorded = (
                 await _keep(c, message, new_attempts, keeping)
                 if keeping is not None
-                else await _update(c, message, new_attempts)
+                else await _update(c, message, new_attempts, self.node)
             )
             if not recorded:
                 return []  # deleted by an operator meanwhile: no reports for it either
@@ -363,6 +371,40 @@ class PgSpool:
 
         return await self._run(job)
 
+    # -- leases (SharedSpool): several nodes on one queue --------------------------
+
+    async def _leases(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """A lease operation in a transaction of its own on a pooled connection: claims
+        and renewals must not wait behind a batch of accepts being committed."""
+        if self._closed:
+            raise SpoolError("spool is closed")
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                return await fn(conn)
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
+        except TimeoutError as exc:
+            raise SpoolError(f"no connection to PostgreSQL: {exc}") from exc
+
+    async def claim_due(self, now: float, lease_until: float, limit: int) -> list[Claim]:
+        return await self._leases(lambda c: leases.claim_due(c, self.node, now, lease_until, limit))
+
+    async def renew(self, seqs: Sequence[int], lease_until: float) -> set[int]:
+        return await self._leases(lambda c: leases.renew(c, self.node, seqs, lease_until))
+
+    async def end_leases(self, seqs: Sequence[int], next_attempt_at: float | None = None) -> None:
+        async def job(c: Conn) -> None:
+            await leases.release(c, self.node, seqs, next_attempt_at)
+            await _notify_queue(c)  # free again: another node may take it
+
+        await self._leases(job)
+
+    async def next_due(self) -> float | None:
+        return await self._leases(lambda c: leases.next_due(c, self.node))
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        await leases.listen_forever(self.dsn, QUEUE_CHANNEL, wake)
+
     def usable(self) -> bool:
         """For /healthz: the writer's connection is up (or will be made at the next
         batch after the server came back)."""
@@ -422,19 +464,24 @@ async def _insert(c: Conn, m: NewMessage, new_id: QueueIdFactory) -> QueuedMessa
     )
 
 
-async def _update(c: Conn, m: QueuedMessage, new_attempts: Sequence[Attempt]) -> bool:
+async def _update(c: Conn, m: QueuedMessage, new_attempts: Sequence[Attempt], node: str) -> bool:
     """As sqlite._update: a hold meanwhile stays, a delete meanwhile is not undone. The
-    round is over, so whoever held the lease lets it go."""
+    round is over, so this node's lease ends; one another node took over (this node
+    stalled past its lease) stays that node's."""
     if m.state is MessageState.DONE:
         return await _delete(c, m.seq)
     cur = await c.execute(
         "UPDATE messages SET state = CASE WHEN state = %s THEN state ELSE %s END,"
-        " next_attempt_at = %s, envelope = %s, node = NULL, lease_until = NULL WHERE seq = %s",
+        " next_attempt_at = %s, envelope = %s,"
+        " lease_until = CASE WHEN node = %s THEN NULL ELSE lease_until END,"
+        " node = CASE WHEN node = %s THEN NULL ELSE node END WHERE seq = %s",
         (
             MessageState.HELD.value,
             m.state.value,
             m.next_attempt_at,
             _json(m.envelope.to_dict()),
+            node,
+            node,
             m.seq,
         ),
     )
