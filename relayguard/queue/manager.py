@@ -24,6 +24,7 @@ from relayguard.dns.reputation import ZoneCheck
 from relayguard.model import MessageState, Outcome, QueuedMessage, Recipient, Reply, Transaction
 from relayguard.policy import Policy
 from relayguard.policy.categories import Category
+from relayguard.queue import shared_routes
 from relayguard.queue.kept import egress_failures, keep_for
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Routes, Send, fail_pending
 from relayguard.queue.scheduler import ALL_DESTINATIONS, DueQueue, RouteTable
@@ -169,6 +170,9 @@ class QueueManager:
     # A spool several nodes share (PostgreSQL): this node delivers what it claims from
     # it, by lease, instead of scheduling the index it read at start; None otherwise.
     shared: SharedSpool | None = field(init=False, default=None)
+    _route_mark: int = 0  # the last shared route record applied (a shared spool's id)
+    _routes_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _sharing: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if isinstance(self.spool, SharedSpool):
@@ -258,6 +262,16 @@ class QueueManager:
         """Lift a route's suspensions early (all, or for one destination); how many.
         Mail held back by them is due at once."""
         lifted = self.routes.resume(route, destination)
+        if lifted and self.shared is not None:  # every node's suspensions, not only ours
+            self._share(
+                [
+                    (
+                        shared_routes.RESUME,
+                        self.clock.now(),
+                        {"route": route, "destination": destination},
+                    )
+                ]
+            )
         if lifted:
             log.info(
                 "route_resumed",
@@ -385,9 +399,11 @@ class QueueManager:
     async def _run_shared(self, spool: SharedSpool) -> None:
         """The loop on a shared spool: claim what is due (leased to this node), deliver
         it, sleep until the next due time or a notice that mail arrived on any node."""
+        await self._follow_routes(spool)  # before the first claim: held back as the others
         helpers = [
-            asyncio.create_task(spool.listen(self._wake.set)),
+            asyncio.create_task(spool.listen(self._wake.set, self._routes_changed.set)),
             asyncio.create_task(self._renew_forever(spool)),
+            asyncio.create_task(self._follow_routes_forever(spool)),
         ]
         try:
             while not self._stopping:
@@ -430,6 +446,54 @@ class QueueManager:
         if nxt <= now:
             return now + CLAIM_BACKOFF  # due but skipped: another node is claiming it
         return min(nxt, poll)
+
+    def _share(self, records: Sequence[tuple[str, float, dict[str, Any]]]) -> None:
+        """Tell the other nodes (in the background: a round does not wait on it)."""
+        if self.shared is None:
+            return
+        for kind, until, data in records:
+            task = asyncio.create_task(self._share_one(self.shared, kind, until, data))
+            self._sharing.add(task)
+            task.add_done_callback(self._sharing.discard)
+
+    async def _share_one(
+        self, spool: SharedSpool, kind: str, until: float, data: dict[str, Any]
+    ) -> None:
+        try:
+            await spool.share_route_state(kind, until, data, self.clock.now())
+        except SpoolError as exc:  # the other nodes learn it themselves, later
+            log.warning(
+                "route_state_share_failed", kind=kind, route=data.get("route"), error=str(exc)
+            )
+
+    async def _follow_routes(self, spool: SharedSpool) -> None:
+        """Apply what the other nodes shared since the last look."""
+        try:
+            records = await spool.route_state(self._route_mark, self.clock.now())
+        except SpoolError as exc:
+            log.warning("route_state_unreadable", error=str(exc))
+            return
+        for record in records:
+            self._route_mark = max(self._route_mark, record.id)
+            if record.node == spool.node:
+                continue  # ours: applied when we found it
+            lifted = shared_routes.apply(self.routes, record)
+            log.info(
+                "route_state_followed",
+                kind=record.kind,
+                node=record.node,
+                route=record.data.get("route"),
+                destination=record.data.get("destination"),
+                until=record.data.get("until"),
+                lifted=sorted(lifted),
+            )
+        self._wake.set()  # a route lifted or held back: rounds waiting ask again
+
+    async def _follow_routes_forever(self, spool: SharedSpool) -> None:
+        while not self._stopping:
+            self._routes_changed.clear()  # before reading: a notice meanwhile wakes us
+            await self._follow_routes(spool)
+            await self.clock.sleep_until(self.clock.now() + SHARED_POLL, self._routes_changed)
 
     async def _renew_forever(self, spool: SharedSpool) -> None:
         """Renew the leases of the rounds under way, three times per lease."""
@@ -579,7 +643,7 @@ class QueueManager:
         while True:
             step = rnd.next_step(self.clock.now())
             if isinstance(step, Done):
-                emit(rnd.drain_events(), self.on_event)
+                self._round_events(rnd.drain_events())
                 return step
             if isinstance(step, Send):
                 if self._stopping:  # nothing new begins during shutdown
@@ -599,7 +663,7 @@ class QueueManager:
                 outcome, started, finished = future.result()
                 rnd.record(send, outcome, started, finished)
                 self._connection_given_back()
-            emit(rnd.drain_events(), self.on_event)
+            self._round_events(rnd.drain_events())
 
     async def _wait(
         self, step: Blocked, sending: dict[asyncio.Future[tuple[Outcome, float, float]], Send]
@@ -625,6 +689,11 @@ class QueueManager:
                 h.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await h
+
+    def _round_events(self, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        emit(events, self.on_event)
+        if self.shared is not None:
+            self._share(shared_routes.records_to_share(events))
 
     def _connection_given_back(self) -> None:
         waiters, self._connection_waiters = self._connection_waiters, set()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
 
@@ -294,6 +294,16 @@ class Claim:
     taken_from: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RouteRecord:
+    """One node's finding about a route, shared through the spool."""
+
+    id: int
+    node: str
+    kind: str  # suspension | throttle | resume
+    data: dict[str, Any]
+
+
 @runtime_checkable
 class SharedSpool(Protocol):
     """A spool several nodes deliver from at once (PostgreSQL). A node delivers only
@@ -328,7 +338,22 @@ class SharedSpool(Protocol):
         holds, or the earliest end of another node's lease (None: nothing queued)."""
         ...
 
-    async def listen(self, wake: Callable[[], None]) -> None:
-        """Call `wake` whenever mail arrives or becomes due on any node (runs until
-        cancelled; also once after every reconnection, for what it may have missed)."""
+    async def listen(
+        self, wake: Callable[[], None], routes_changed: Callable[[], None] | None = None
+    ) -> None:
+        """Call `wake` whenever mail arrives or becomes due on any node, and
+        `routes_changed` whenever a node shares route state (runs until cancelled;
+        both also once after every reconnection, for what may have been missed)."""
+        ...
+
+    async def share_route_state(
+        self, kind: str, until: float, data: dict[str, Any], now: float
+    ) -> None:
+        """Record what this node learned of a route (kind "suspension", "throttle") or
+        an operator did ("resume"), for every node; `until`: when it stops mattering."""
+        ...
+
+    async def route_state(self, after: int, now: float) -> list[RouteRecord]:
+        """The route records after record `after` (0: from the start), oldest first:
+        those still in force at `now`, and every resume."""
         ...

@@ -38,6 +38,7 @@ from relayguard.queue.spool import (
     NewMessage,
     QueueStats,
     Resend,
+    RouteRecord,
     ShapeEntry,
     SpoolError,
     SpoolFullError,
@@ -402,8 +403,21 @@ class PgSpool:
     async def next_due(self) -> float | None:
         return await self._leases(lambda c: leases.next_due(c, self.node))
 
-    async def listen(self, wake: Callable[[], None]) -> None:
-        await leases.listen_forever(self.dsn, QUEUE_CHANNEL, wake)
+    async def listen(
+        self, wake: Callable[[], None], routes_changed: Callable[[], None] | None = None
+    ) -> None:
+        channels = {QUEUE_CHANNEL: wake}
+        if routes_changed is not None:
+            channels[leases.ROUTES_CHANNEL] = routes_changed
+        await leases.listen_forever(self.dsn, channels)
+
+    async def share_route_state(
+        self, kind: str, until: float, data: dict[str, Any], now: float
+    ) -> None:
+        await self._leases(lambda c: leases.share_route_state(c, self.node, kind, until, data, now))
+
+    async def route_state(self, after: int, now: float) -> list[RouteRecord]:
+        return await self._leases(lambda c: leases.route_state(c, after, now))
 
     def usable(self) -> bool:
         """For /healthz: the writer's connection is up (or will be made at the next

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,13 +22,15 @@ import structlog
 from psycopg import sql
 
 from relayguard.model import MessageState
-from relayguard.queue.spool import Claim
+from relayguard.queue.spool import Claim, RouteRecord
 
 log = structlog.get_logger("relayguard.queue")
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 ACTIVE = MessageState.ACTIVE.value
 LISTEN_RETRY_MAX = 30.0
+ROUTES_CHANNEL = "relayguard_routes"
+STATE_KEPT = 86400.0
 
 
 async def claim_due(c: Conn, node: str, now: float, lease_until: float, limit: int) -> list[Claim]:
@@ -90,6 +93,31 @@ async def release(c: Conn, node: str, seqs: Sequence[int], next_attempt_at: floa
         )
 
 
+async def share_route_state(
+    c: Conn, node: str, kind: str, until: float, data: dict[str, Any], now: float
+) -> None:
+    await c.execute(
+        "INSERT INTO route_state (node, kind, until, data) VALUES (%s, %s, %s, %s)",
+        (node, kind, until, json.dumps(data, separators=(",", ":"))),
+    )
+    # Records long past: no node needs them (a resume older than a day lifts nothing
+    # that is still in force, suspensions being minutes to hours).
+    await c.execute("DELETE FROM route_state WHERE until < %s", (now - STATE_KEPT,))
+    await c.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(ROUTES_CHANNEL)))
+
+
+async def route_state(c: Conn, after: int, now: float) -> list[RouteRecord]:
+    cur = await c.execute(
+        "SELECT id, node, kind, data FROM route_state"
+        " WHERE id > %s AND (until > %s OR kind = 'resume') ORDER BY id",
+        (after, now),
+    )
+    return [
+        RouteRecord(int(i), node, kind, json.loads(data))
+        for i, node, kind, data in await cur.fetchall()
+    ]
+
+
 async def next_due(c: Conn, node: str) -> float | None:
     cur = await c.execute(
         "SELECT LEAST("
@@ -102,9 +130,10 @@ async def next_due(c: Conn, node: str) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-async def listen_forever(dsn: str, channel: str, wake: Callable[[], None]) -> None:
-    """LISTEN on its own connection; `wake` at each notice, and once after each
-    (re)connection. A lost connection is made again, waiting longer each time."""
+async def listen_forever(dsn: str, channels: dict[str, Callable[[], None]]) -> None:
+    """LISTEN on its own connection; each channel's callback at each of its notices,
+    and every callback once after each (re)connection. A lost connection is made
+    again, waiting longer each time."""
     delay = 1.0
     while True:
         try:
@@ -115,11 +144,15 @@ async def listen_forever(dsn: str, channel: str, wake: Callable[[], None]) -> No
             delay = min(delay * 2, LISTEN_RETRY_MAX)
             continue
         try:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            for channel in channels:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             delay = 1.0
-            wake()
-            async for _ in conn.notifies():
-                wake()
+            for callback in channels.values():
+                callback()
+            async for notice in conn.notifies():
+                follower = channels.get(notice.channel)
+                if follower is not None:
+                    follower()
         except psycopg.Error as exc:
             log.warning("spool_listen_lost", error=str(exc).strip(), retry_in=delay)
             await asyncio.sleep(delay)

@@ -59,6 +59,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX kept_order ON kept (kept_at, seq);
     CREATE INDEX kept_until ON kept (until);
     """,
+    # 2: route state several nodes share. A record of what one node learned
+    # (a suspension, a throttle) or an operator did (a resume), in the order it
+    # happened; every node applies the others' records to its own route table with
+    # the same rules as its own findings, so all of them hold back alike.
+    """
+    CREATE TABLE route_state (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        node text NOT NULL,
+        kind text NOT NULL,
+        until double precision NOT NULL,
+        data text NOT NULL
+    );
+    CREATE INDEX route_state_until ON route_state (until);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
