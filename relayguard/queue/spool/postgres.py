@@ -124,6 +124,9 @@ class PgSpool:
         self._new_id = ids
         self._jobs: asyncio.Queue[tuple[JobFn, asyncio.Future[Any]] | None] = asyncio.Queue()
         self._closed = False
+        # Set by a job whose mail is new or due again: one NOTIFY for the whole batch
+        # (PostgreSQL would fold them anyway, but each would cost a round trip).
+        self._notify = False
         self.batches = 0  # for the benchmark: how well group commit groups
         self.batched_jobs = 0
         self._writer = asyncio.create_task(self._write_forever(), name="spool-writer")
@@ -177,15 +180,15 @@ class PgSpool:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn = await self._writer_conn()
+            self._notify = False
             async with conn.transaction():
-                for fn, waiter in batch:
-                    try:
-                        async with conn.transaction():  # a savepoint
-                            results.append((waiter, await fn(conn), None))
-                    except (psycopg.errors.InFailedSqlTransaction, psycopg.OperationalError):
-                        raise  # the whole transaction is lost: every job fails
-                    except Exception as exc:
-                        results.append((waiter, None, map_error(exc)))
+                if len(batch) == 1:  # alone: its failure is the batch's, no savepoint needed
+                    fn, waiter = batch[0]
+                    results.append((waiter, await fn(conn), None))
+                else:
+                    await self._run_jobs(conn, batch, results)
+                if self._notify:
+                    await _notify_queue(conn)
         except Exception as exc:
             if self._conn is not None and self._conn.broken:
                 self._conn = None  # connected again for the next batch
@@ -195,6 +198,21 @@ class PgSpool:
         self.batches += 1
         self.batched_jobs += len(batch)
         _settle(results)
+
+    async def _run_jobs(
+        self,
+        conn: Conn,
+        batch: list[tuple[JobFn, asyncio.Future[Any]]],
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+    ) -> None:
+        for fn, waiter in batch:
+            try:
+                async with conn.transaction():  # a savepoint: one bad job spoils no other
+                    results.append((waiter, await fn(conn), None))
+            except (psycopg.errors.InFailedSqlTransaction, psycopg.OperationalError):
+                raise  # the whole transaction is lost: every job fails
+            except Exception as exc:
+                results.append((waiter, None, map_error(exc)))
 
     async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         if self._closed:
@@ -222,7 +240,7 @@ class PgSpool:
     async def accept(self, message: NewMessage) -> QueuedMessage:
         async def job(c: Conn) -> QueuedMessage:
             queued = await _insert(c, message, self._new_id)
-            await _notify_queue(c)
+            self._notify = True
             return queued
 
         return await self._run(job)
@@ -231,7 +249,7 @@ class PgSpool:
         async def job(c: Conn) -> list[QueuedMessage]:
             queued = [await _insert(c, m, self._new_id) for m in messages]
             if queued:
-                await _notify_queue(c)
+                self._notify = True
             return queued
 
         return await self._run(job)
@@ -261,7 +279,7 @@ class PgSpool:
                 return []  # deleted by an operator meanwhile: no reports for it either
             queued = [await _insert(c, r, self._new_id) for r in reports]
             if queued:
-                await _notify_queue(c)
+                self._notify = True
             if keeping is not None:
                 await _drop_kept(c, keeping.at, keeping.max_size)
             return queued
@@ -339,7 +357,7 @@ class PgSpool:
                 params.append(only_from.value)
             changed = (await c.execute(query.encode(), params)).rowcount > 0
             if changed and state is MessageState.ACTIVE:
-                await _notify_queue(c)  # due now, perhaps: an idle node takes it
+                self._notify = True  # due now, perhaps: an idle node takes it
             return changed
 
         return await self._run(job)
@@ -367,7 +385,7 @@ class PgSpool:
         async def job(c: Conn) -> list[QueuedMessage | None]:
             queued = [await _resend(c, r, self._new_id) for r in resends]
             if any(queued):
-                await _notify_queue(c)
+                self._notify = True
             return queued
 
         return await self._run(job)
