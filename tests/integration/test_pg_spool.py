@@ -119,3 +119,37 @@ async def test_a_relay_on_postgresql_accepts_delivers_and_lists(pg_cluster, tmp_
         listening = next(e for e in logs if e["event"] == "listening")
         assert "password" not in listening["spool"]
         assert "dbname=" in listening["spool"]
+
+
+async def test_a_database_at_an_older_version_is_migrated_keeping_its_mail(pg_cluster, tmp_path):
+    import psycopg  # noqa: PLC0415
+
+    from relayguard.queue.spool.postgres_schema import MIGRATIONS, SCHEMA_VERSION  # noqa: PLC0415
+
+    dsn = pg_cluster.create_database()
+    settings = load_settings(pg_config(tmp_path, dsn))
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:  # a version-1 node's work
+        await conn.execute(MIGRATIONS[0].encode())
+        await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+        await conn.execute("INSERT INTO schema_version VALUES (1)")
+        await conn.execute(
+            "INSERT INTO messages (queue_id, state, arrival_at, next_attempt_at, sender,"
+            " message_id, size, envelope, body) VALUES ('OLD1', 'active', 1.0, 1.0,"
+            " 's@example.org', '<old@x>', 2, %s, 'hi')",
+            ('{"sender":"s@example.org","recipients":[{"address":"r@example.com"}]}',),
+        )
+        await conn.commit()
+    spool = await open_spool(settings)
+    try:
+        [old] = await spool.messages()
+        assert (old.queue_id, old.message_id) == ("OLD1", "<old@x>")
+        loaded = await spool.load(old.seq)
+        assert loaded is not None
+        assert loaded[1] == b"hi"
+    finally:
+        await spool.close()
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        version = await (await conn.execute("SELECT version FROM schema_version")).fetchall()
+        assert version == [(SCHEMA_VERSION,)]
+        assert SCHEMA_VERSION >= 2
+        await conn.execute("SELECT id, node, kind, until, data FROM route_state")
