@@ -65,7 +65,7 @@ from relayguard.policy.categories import Category
 from relayguard.queue.kept import plan_resend
 from relayguard.queue.manager import bounce_now, route_table
 from relayguard.queue.scheduler import RouteTable
-from relayguard.queue.spool import MessageQuery, Spool
+from relayguard.queue.spool import MessageQuery, SharedSpool, Spool
 from relayguard.queue.spool.factory import open_spool
 from relayguard.queue.spool.sqlite import DB_NAME
 
@@ -254,6 +254,14 @@ class Controller:
         route = req.get("route")
         # The route a recipient was last tried through is in the attempts: chosen here.
         summaries = [s for s in (summarize(m, now) for m in messages) if matches(s, route=route)]
+        if isinstance(self.spool, SharedSpool):
+            # Several nodes: which one holds each message's lease (delivering it now, or
+            # died holding it: then until when the others wait).
+            held = await self.spool.leases([m.seq for m in messages])
+            by_id = {m.queue_id: m.seq for m in messages}
+            for s in summaries:
+                node, until = held.get(by_id[s["queue_id"]], (None, None))
+                s["node"], s["lease_until"] = node, until
         return {"now": now, "messages": summaries}
 
     async def _find_all(self, queue_ids: list[str]) -> dict[str, QueuedMessage]:

@@ -126,3 +126,30 @@ async def test_mail_accepted_on_one_node_wakes_the_other(pg_cluster):
             listening.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listening
+
+
+async def test_queue_list_shows_which_node_holds_what(pg_cluster):
+    from relayguard.clock import VirtualClock  # noqa: PLC0415
+    from relayguard.config import load_settings_text  # noqa: PLC0415
+    from relayguard.ops.control import Controller, StoppedQueue  # noqa: PLC0415
+    from relayguard.ops.queue_tools import format_list  # noqa: PLC0415
+
+    settings = load_settings_text('[[route]]\nname = "primary"\nhost = "127.0.0.1"\n')
+    async with two_nodes(pg_cluster) as (one, two):
+        a, b, c = await one.accept_many([new(1), new(2), new(3)])
+        await one.claim_due(now=100.0, lease_until=130.0, limit=1)
+        await two.claim_due(now=100.0, lease_until=105.0, limit=1)
+        clock = VirtualClock(110.0)
+        controller = Controller(
+            settings, two, StoppedQueue(settings, two, clock), clock, running=False
+        )
+        listed = await controller.handle({"op": "list"})
+        held = {m["queue_id"]: (m["node"], m["lease_until"]) for m in listed["messages"]}
+        assert held == {
+            a.queue_id: ("node-1", 130.0),
+            b.queue_id: ("node-2", 105.0),
+            c.queue_id: (None, None),
+        }
+        text = format_list(listed["messages"], 110.0)
+        assert "being delivered by node node-1, lease ends in 20s" in text
+        assert "node node-2's lease ran out: the next claim takes it over" in text

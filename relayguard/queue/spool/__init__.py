@@ -333,6 +333,11 @@ class SharedSpool(Protocol):
         round cut by a bug: then due again at `next_attempt_at`)."""
         ...
 
+    async def leases(self, seqs: Sequence[int]) -> dict[int, tuple[str, float]]:
+        """Which node holds each of these messages, until when (those nobody holds are
+        left out): for `queue list`."""
+        ...
+
     async def next_due(self) -> float | None:
         """When there may next be something to claim: the earliest due message nobody
         holds, or the earliest end of another node's lease (None: nothing queued)."""

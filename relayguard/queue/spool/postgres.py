@@ -418,6 +418,17 @@ class PgSpool:
 
         await self._leases(job)
 
+    async def leases(self, seqs: Sequence[int]) -> dict[int, tuple[str, float]]:
+        async def query(c: Conn) -> dict[int, tuple[str, float]]:
+            cur = await c.execute(
+                "SELECT seq, node, lease_until FROM messages"
+                " WHERE node IS NOT NULL AND seq = ANY(%s)",
+                (list(seqs),),
+            )
+            return {int(s): (str(n), float(u)) for s, n, u in await cur.fetchall()}
+
+        return await self.read(query) if seqs else {}
+
     async def next_due(self) -> float | None:
         return await self._leases(lambda c: leases.next_due(c, self.node))
 
