@@ -424,7 +424,9 @@ class QueueManager:
         room = self.max_in_flight - len(self._tasks)
         try:
             claims = await spool.claim_due(now, now + lease, room) if room > 0 else []
-            nxt = await spool.next_due()
+            # Full: no need to know when more is due (one query fewer per busy round).
+            full = room > 0 and len(claims) == room
+            nxt = None if full else await spool.next_due()
         except SpoolError as exc:
             log.warning("claim_failed", error=str(exc), retry_in=CLAIM_RETRY)
             return now + CLAIM_RETRY
@@ -438,8 +440,8 @@ class QueueManager:
                     reason="its lease ran out: that node stopped renewing (it died or stalls)",
                 )
             self._start(claim.seq)
-        if room > 0 and len(claims) == room:
-            return None  # full: there may be more, and room again after a round ends
+        if full:
+            return None  # there may be more, and room again after a round ends
         poll = now + SHARED_POLL
         if self.max_in_flight - len(self._tasks) <= 0 or nxt is None:
             return poll  # a round ending wakes the loop
