@@ -18,13 +18,15 @@ $(STAMP): pyproject.toml
 # Debian packages the tests and the demo use: swaks (README session), Postfix
 # (smtp-source/smtp-sink for the benchmark; real Postfix in front for a test),
 # dnsmasq-base (a real DNS server for the MX and DNSBL tests; the binary only, no
-# system service is started), nmap (its smtp-open-relay script audits the listener).
+# system service is started), nmap (its smtp-open-relay script audits the listener),
+# postgresql (initdb/pg_ctl for a private cluster the PostgreSQL spool's tests start
+# in a temporary directory; the Debian cluster it creates is not used).
 system-deps:
-	@if ! command -v swaks >/dev/null || ! [ -x /usr/sbin/postfix ] || ! [ -x /usr/sbin/smtp-source ] || ! [ -x /usr/sbin/dnsmasq ] || ! command -v nmap >/dev/null; then \
+	@if ! command -v swaks >/dev/null || ! [ -x /usr/sbin/postfix ] || ! [ -x /usr/sbin/smtp-source ] || ! [ -x /usr/sbin/dnsmasq ] || ! command -v nmap >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swaks postfix dnsmasq-base nmap >/dev/null) \
-	      || echo "system-deps: could not install swaks/postfix/dnsmasq-base/nmap; tests that need them will say so"; \
-	  else echo "system-deps: not root or no apt-get; install swaks, postfix, dnsmasq-base and nmap to run every test"; fi; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swaks postfix dnsmasq-base nmap postgresql >/dev/null) \
+	      || echo "system-deps: could not install swaks/postfix/dnsmasq-base/nmap/postgresql; tests that need them will say so"; \
+	  else echo "system-deps: not root or no apt-get; install swaks, postfix, dnsmasq-base, nmap and postgresql to run every test"; fi; \
 	fi
 
 run: $(STAMP)

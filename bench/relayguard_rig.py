@@ -26,7 +26,7 @@ CONFIG = """\
 [server]
 listen = "127.0.0.1:{port}"
 hostname = "relayguard.bench.test"
-spool = "{spool}"
+{spool}
 allowed_networks = ["127.0.0.0/8"]
 shutdown_grace = "10s"
 {workers}
@@ -50,8 +50,10 @@ class RelayguardInstance:
         profile: str | None = None,
         profile_out: Path | None = None,
         workers: int | None = None,
+        spool_dsn: str | None = None,
     ) -> None:
         self.sink_port = sink_port
+        self.spool_dsn = spool_dsn  # a PostgreSQL spool (one node) instead of SQLite
         self.workers = workers
         self.port = port
         self.base_dir = base_dir
@@ -119,7 +121,11 @@ class RelayguardInstance:
         config.write_text(
             CONFIG.format(
                 port=self.port,
-                spool=self.dir / "spool",
+                spool=(
+                    f'spool = "{self.dir / "spool"}"'
+                    if self.spool_dsn is None
+                    else f'spool = "{self.spool_dsn}"\nrun_dir = "{self.dir / "run"}"'
+                ),
                 sink_port=self.sink_port,
                 concurrency=self.concurrency,
                 workers="" if self.workers is None else f"workers = {self.workers}\n",

@@ -170,6 +170,7 @@ def make_instance(
     profile_out: Path | None = None,
 ) -> PostfixInstance | RelayguardInstance:
     port = free_port()
+    dsn = args.pg.create_database("bench") if system == "relayguard-pg" else None
     if system == "postfix":
         return PostfixInstance(sink_port, port, base_dir=args.workdir, concurrency=args.concurrency)
     return RelayguardInstance(
@@ -180,6 +181,7 @@ def make_instance(
         profile=profile,
         profile_out=profile_out,
         workers=args.workers,
+        spool_dsn=dsn,
     )
 
 
@@ -309,6 +311,21 @@ def summarise(results: dict[str, object]) -> None:
             k: (round(rg[k] / pf[k], 3) if rg[k] is not None and pf[k] else None)
             for k in SUMMARY_KEYS
         }
+    pg: dict[str, object] = {}
+    for variant in VARIANTS:
+        runs = relay[variant].get("relayguard-pg", [])  # type: ignore[index]
+        if runs:
+            ours = {k: median_of(runs, k) for k in SUMMARY_KEYS}
+            lite = summary[variant]["relayguard"]  # type: ignore[index]
+            pg[variant] = {
+                "summary": ours,
+                "ratio_to_sqlite": {
+                    k: (round(ours[k] / lite[k], 3) if ours[k] is not None and lite[k] else None)  # type: ignore[operator]
+                    for k in SUMMARY_KEYS
+                },
+            }
+    if pg:
+        results["postgres_summary"] = pg
     results["summary"] = summary
     results["ratios"] = ratios
     results["ratio_basis"] = (
@@ -420,6 +437,22 @@ def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
                 rg = None if rg is None else rg / 1024
             ratio = ratios[variant][key]
             print(f"  {label:<36}{_fmt(pf, nd):>12}{_fmt(rg, nd):>12}{_fmt(ratio, 2):>8}")
+    pg = results.get("postgres_summary")
+    if isinstance(pg, dict):
+        print("\n  PostgreSQL spool, one node, beside SQLite (ratio PG/SQLite; target >= 0.8):")
+        for variant, (_flags, desc) in VARIANTS.items():
+            if variant not in pg:
+                continue
+            ours, ratio = pg[variant]["summary"], pg[variant]["ratio_to_sqlite"]
+            lite = summary[variant]["relayguard"]
+            print(
+                f"  {desc:<36} ingest {_fmt(ours['ingest_rate'], 0)} vs "
+                f"{_fmt(lite['ingest_rate'], 0)} msg/s ({_fmt(ratio['ingest_rate'], 2)}), "
+                f"end to end {_fmt(ours['end_to_end_rate'], 0)} vs "
+                f"{_fmt(lite['end_to_end_rate'], 0)} msg/s ({_fmt(ratio['end_to_end_rate'], 2)})"
+            )
+    elif isinstance(results.get("postgres"), dict):
+        print(f"\n  PostgreSQL spool: skipped ({results['postgres'].get('skipped')})")  # type: ignore[union-attr]
     sl = results["sink_limit_summary"]
     assert isinstance(sl, dict)
     print(
@@ -599,7 +632,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        choices=["sink", "postfix", "relayguard", "scale", "classify", "mx"],
+        choices=["sink", "postfix", "relayguard", "postgres", "scale", "classify", "mx"],
         action="append",
         help="run only these parts (repeatable); default all",
     )
@@ -685,7 +718,9 @@ def relayguard_revision() -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    only = set(args.only or ["sink", "postfix", "relayguard", "scale", "classify", "mx"])
+    only = set(
+        args.only or ["sink", "postfix", "relayguard", "postgres", "scale", "classify", "mx"]
+    )
     out_dir = Path(args.output)
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d-%H%M%S")
 
@@ -753,6 +788,22 @@ def main(argv: list[str] | None = None) -> int:
         "sink_limit": {v: [] for v in VARIANTS},
         "relay": {v: {"postfix": [], "relayguard": []} for v in VARIANTS},
     }
+    systems = ["postfix", "relayguard"]
+    args.pg = None
+    if "postgres" in only:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        import pgserver  # noqa: PLC0415 - tests/pgserver.py: the tests' private cluster
+
+        why = pgserver.unavailable()
+        if why is None:
+            log("postgres: starting a private cluster (initdb, pg_ctl) for the PG spool")
+            args.pg = pgserver.shared_cluster()
+            systems.append("relayguard-pg")
+            for variant in VARIANTS:
+                results["relay"][variant]["relayguard-pg"] = []  # type: ignore[index]
+        else:
+            results["postgres"] = {"skipped": why}
+            log(f"postgres: skipped: {why}")
     started = time.monotonic()
     try:
         for rep in range(args.repeat):
@@ -762,8 +813,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = measure_sink_limit(args, variant)
                     results["sink_limit"][variant].append(r)  # type: ignore[index]
                     log(f"  {r['rate']} msg/s")
-                for system in ("postfix", "relayguard"):
-                    if system not in only:
+                for system in systems:
+                    if system not in only and system != "relayguard-pg":
                         continue
                     log(f"run {rep + 1}/{args.repeat} {variant}: {system}")
                     r = measure_relay(args, system, variant)
@@ -792,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         PROCS.close()
+        if args.pg is not None:
+            pgserver.stop_shared_cluster()
 
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     summarise(results)

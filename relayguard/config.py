@@ -101,7 +101,16 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
 class ServerSettings:
     listen: tuple[str, int] = ("127.0.0.1", 10025)
     hostname: str = "localhost"
+    # The spool's directory (SQLite, the embedded default). With a PostgreSQL spool
+    # (spool = "postgresql://..." in the file: `spool_dsn`), this is `run_dir`, where
+    # the node keeps what is its own: the control socket and its lock.
     spool: Path = Path("./var/spool")
+    spool_dsn: str | None = None
+    # Several nodes on one PostgreSQL spool: each names itself (default: host name and
+    # process id), and holds what it delivers by a lease it renews; a node that dies
+    # loses its leases after `lease_time`, and another node delivers that mail.
+    node_name: str = ""
+    lease_time: float = 30.0
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
@@ -544,12 +553,56 @@ def _positive_duration(v: object) -> float:
     return value
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+EXPECTED_SPOOL = "a directory path, or a PostgreSQL URL like 'postgresql://relay@db/relayguard'"
+
+
+def is_postgres_dsn(value: str) -> bool:
+    return value.startswith(POSTGRES_SCHEMES)
+
+
+def _spool_dsn(v: object) -> str | None:
+    """A PostgreSQL URL, checked for its form here (whether the server answers is
+    checked at start); None for a directory path."""
+    text = _str(v).strip()
+    if not is_postgres_dsn(text):
+        return None
+    try:
+        from psycopg import conninfo  # noqa: PLC0415 - optional: relayguard[postgres]
+    except ImportError:
+        raise NamedValueError(
+            "a PostgreSQL spool needs psycopg: pip install 'relayguard[postgres]'"
+        ) from None
+    try:
+        conninfo.conninfo_to_dict(text)
+    except Exception as exc:  # psycopg.ProgrammingError: its text names the fault
+        raise NamedValueError(f"expected {EXPECTED_SPOOL}: {exc}") from None
+    return text
+
+
+def _node_name(v: object) -> str:
+    name = _str(v).strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}", name):
+        raise ValueError
+    return name
+
+
 def _read_server(s: Table) -> ServerSettings:
     d = ServerSettings()
+    dsn = s.get("spool", _spool_dsn, None, EXPECTED_SPOOL)
+    if dsn is None:
+        if s.has("run_dir"):
+            raise s.error("run_dir", "expected only with a PostgreSQL spool (spool is a path)")
+        spool = s.get("spool", _path, d.spool, EXPECTED_SPOOL)
+    else:
+        spool = s.get("run_dir", _path, Path("./var/run"), "a directory path")
     out = ServerSettings(
         listen=s.get("listen", _hostport(None), d.listen, "host:port, e.g. '127.0.0.1:10025'"),
         hostname=s.get("hostname", _str, d.hostname, "a host name"),
-        spool=s.get("spool", _path, d.spool, "a directory path"),
+        spool=spool,
+        spool_dsn=dsn,
+        node_name=s.get("node_name", _node_name, d.node_name, "a node name like 'relay-1'"),
+        lease_time=s.get("lease_time", _positive_duration, d.lease_time, "a duration like '30s'"),
         allowed_networks=s.get(
             "allowed_networks", _networks, d.allowed_networks, "a list of networks"
         ),

@@ -30,7 +30,7 @@ from relayguard.policy import Policy, load_policy
 from relayguard.policy.rules import DurationRange
 from relayguard.queue.manager import QueueManager, ReportBuilder, Sender
 from relayguard.queue.spool import Spool
-from relayguard.queue.spool.sqlite import SqliteSpool, spool_usable
+from relayguard.queue.spool.factory import describe, node_name, open_spool, usable
 from relayguard.smtp.delivery import Delivery
 from relayguard.smtp.frontend import RelayHandler
 from relayguard.smtp.workers import (
@@ -90,7 +90,12 @@ class Relay:
         # Held while running: the queue tools work on the spool directly only when no
         # relay holds it (relayguard/control.py).
         self._spool_lock = await lock_spool_shared(s.server.spool)
-        self.spool = SqliteSpool(s.server.spool)
+        try:
+            self.spool = await open_spool(s, node=node_name(s))
+        except BaseException:
+            os.close(self._spool_lock)
+            self._spool_lock = None
+            raise
         if self.sender is None:
             self.sender = Delivery(s.routes, s.server.hostname)
         builder = self.build_reports or make_report_builder(s)
@@ -126,7 +131,8 @@ class Relay:
                 [sock.getsockname()[1] for sock in self._reserved],
                 self._worker_accepted,
             )
-            self._poll_task = asyncio.create_task(self._poll_spool())
+            if self.manager.shared is None:  # a shared spool's claims poll it already
+                self._poll_task = asyncio.create_task(self._poll_spool())
         else:
             self._servers = await start_servers(self.handler, per_worker_limits(s, 1), listeners)
         self._run_task = asyncio.create_task(self.manager.run())
@@ -146,13 +152,14 @@ class Relay:
                 self.healthy,
                 s.server.spool,
                 lambda: list(self.manager.routes.suspensions.values()),
+                self._stats if s.server.spool_dsn is not None else None,
             )
             await self.metrics.start(*s.metrics.listen)
         log.info(
             "listening",
             address=self.address,
             routes=[r.name for r in s.routes],
-            spool=str(s.server.spool),
+            spool=describe(s),
             pid=os.getpid(),
         )
         self.on_ready()
@@ -255,7 +262,10 @@ class Relay:
             listening = self._workers.alive()
         else:
             listening = bool(self._servers) and all(srv.is_serving() for srv in self._servers)
-        return listening and spool_usable(self.settings.server.spool)
+        return listening and usable(self.settings, self.spool)
+
+    async def _stats(self, now: float) -> dict[str, float]:
+        return (await self.spool.queue_stats(now)).as_dict()
 
     def reload(self) -> None:
         """SIGHUP: re-read config and policies; a bad file keeps the old ones."""

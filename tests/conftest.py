@@ -16,3 +16,21 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     kwargs = {name: pyfuncitem.funcargs[name] for name in names}
     asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=90))
     return True
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """The session's private PostgreSQL cluster (tests/pgserver.py), started once;
+    skipped, with the reason printed, only where PostgreSQL cannot be installed."""
+    import pgserver  # noqa: PLC0415 - tests/ is on the path; only PostgreSQL tests need it
+
+    why = pgserver.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    return pgserver.shared_cluster()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import pgserver  # noqa: PLC0415
+
+    pgserver.stop_shared_cluster()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relayguard.cli.common import config_path, load_config
+from relayguard.config import ConfigError
 
 if TYPE_CHECKING:
     from relayguard.cli.common import Commands
@@ -29,7 +30,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(serve(settings, path, sender=sender))
+    try:
+        runner(serve(settings, path, sender=sender))
+    except ConfigError as exc:  # found at start: a spool server that does not answer
+        print(f"relayguard: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

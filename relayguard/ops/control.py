@@ -65,8 +65,9 @@ from relayguard.policy.categories import Category
 from relayguard.queue.kept import plan_resend
 from relayguard.queue.manager import bounce_now, route_table
 from relayguard.queue.scheduler import RouteTable
-from relayguard.queue.spool import MessageQuery, Spool
-from relayguard.queue.spool.sqlite import DB_NAME, SqliteSpool
+from relayguard.queue.spool import MessageQuery, SharedSpool, Spool
+from relayguard.queue.spool.factory import open_spool
+from relayguard.queue.spool.sqlite import DB_NAME
 
 log = structlog.get_logger("relayguard.ops.control")
 
@@ -253,6 +254,14 @@ class Controller:
         route = req.get("route")
         # The route a recipient was last tried through is in the attempts: chosen here.
         summaries = [s for s in (summarize(m, now) for m in messages) if matches(s, route=route)]
+        if isinstance(self.spool, SharedSpool):
+            # Several nodes: which one holds each message's lease (delivering it now, or
+            # died holding it: then until when the others wait).
+            held = await self.spool.leases([m.seq for m in messages])
+            by_id = {m.queue_id: m.seq for m in messages}
+            for s in summaries:
+                node, until = held.get(by_id[s["queue_id"]], (None, None))
+                s["node"], s["lease_until"] = node, until
         return {"now": now, "messages": summaries}
 
     async def _find_all(self, queue_ids: list[str]) -> dict[str, QueuedMessage]:
@@ -579,7 +588,7 @@ def call(path: Path, request: Json, timeout: float = CLIENT_TIMEOUT) -> Json:
 
 
 async def _direct(settings: Settings, request: Json) -> Json:
-    spool: Spool = SqliteSpool(settings.server.spool)
+    spool = await open_spool(settings)
     clock = SystemClock()
     try:
         controller = Controller(
@@ -597,6 +606,11 @@ def run(settings: Settings, request: Json) -> Json:
         return call(socket_path(spool_dir), request)
     except NotRunningError:
         pass
+    if settings.server.spool_dsn is not None:
+        # A shared spool: other nodes may be running on it, and need no lock to keep
+        # out of the way: each operation is one transaction, and nodes deliver only
+        # what they claim from the database, so they see a hold or a delete at once.
+        return asyncio.run(_direct(settings, request))
     if not (spool_dir / DB_NAME).exists():
         raise ControlError(f"no spool at {spool_dir} (is server.spool right?)")
     fd = try_lock_exclusive(spool_dir)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from prometheus_client.exposition import choose_encoder
 
 from relayguard.clock import Clock
 from relayguard.model import Suspension
+from relayguard.queue.spool import SpoolError
 from relayguard.queue.spool.sqlite import queue_stats
 
 log = structlog.get_logger("relayguard.ops.metrics")
@@ -206,8 +207,12 @@ class MetricsServer:
         healthy: Callable[[], bool],
         spool_dir: Path,
         suspensions: Callable[[], Iterable[Suspension]],
+        stats: Callable[[float], Awaitable[dict[str, float]]] | None = None,
     ) -> None:
         self.observer = observer
+        # A server spool (PostgreSQL) is asked through the relay's own spool; SQLite is
+        # read through a read-only connection of the metrics' own, off the loop.
+        self.stats = stats
         self.healthy = healthy
         self.spool_dir = Path(spool_dir)
         self.suspensions = suspensions
@@ -233,8 +238,11 @@ class MetricsServer:
         now = self.observer.clock.now()
         self.observer.set_suspensions(list(self.suspensions()), now)
         try:
-            stats = await asyncio.to_thread(queue_stats, self.spool_dir, now)
-        except (sqlite3.Error, OSError) as exc:
+            if self.stats is not None:
+                stats = await self.stats(now)
+            else:
+                stats = await asyncio.to_thread(queue_stats, self.spool_dir, now)
+        except (sqlite3.Error, OSError, SpoolError) as exc:
             log.warning("metrics_spool_unreadable", error=str(exc))
             return
         self.observer.set_queue(stats, now)

@@ -282,6 +282,13 @@ def format_list(summaries: Sequence[Mapping[str, Any]], now: float) -> str:
             f"{s['queue_id']:<{w}} {s['state']:<8} {s['size']:>8}  "
             f"{format_span(s['age']):<7} {nxt:<10} <{s['sender']}>"
         )
+        if s.get("node"):  # a shared spool: the node delivering it, by lease
+            left = s["lease_until"] - now
+            lines.append(
+                f"    being delivered by node {s['node']}, lease ends in {format_span(left)}"
+                if left > 0
+                else f"    node {s['node']}'s lease ran out: the next claim takes it over"
+            )
         lines += [f"    {_recipient_line(r)}" for r in s["recipients"]]
     size = sum(int(s["size"]) for s in summaries)
     lines.append(f"-- {len(summaries)} message(s), {size} bytes")

@@ -24,16 +24,25 @@ from relayguard.dns.reputation import ZoneCheck
 from relayguard.model import MessageState, Outcome, QueuedMessage, Recipient, Reply, Transaction
 from relayguard.policy import Policy
 from relayguard.policy.categories import Category
+from relayguard.queue import shared_routes
 from relayguard.queue.kept import egress_failures, keep_for
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Routes, Send, fail_pending
 from relayguard.queue.scheduler import ALL_DESTINATIONS, DueQueue, RouteTable
-from relayguard.queue.spool import Keep, NewMessage, Spool
+from relayguard.queue.spool import Keep, NewMessage, SharedSpool, Spool, SpoolError
 
 log = structlog.get_logger("relayguard.queue")
 
 _WARNING_EVENTS = frozenset({"route_suspended", "route_throttled", "egress_listed"})
 # After a failed sweep of the kept copies (the spool refused), try again this much later.
 SWEEP_RETRY = 60.0
+# On a shared spool: look for due mail at least this often, whatever the notices say (a
+# notice is lost while the listening connection is being made again).
+SHARED_POLL = 10.0
+# After a claim or a look for due mail fails (the database is away), try again later.
+CLAIM_RETRY = 2.0
+# Due mail that a claim skipped (another node is claiming it this very moment): look
+# again this much later rather than at once.
+CLAIM_BACKOFF = 0.05
 
 
 class Sender(Protocol):
@@ -158,8 +167,16 @@ class QueueManager:
     # Messages waiting on suspensions, with the destination keys they wait on: lifting
     # a suspension early (an operator, a delisted egress) makes them due at once.
     _waiting: dict[int, frozenset[str]] = field(default_factory=dict)
+    # A spool several nodes share (PostgreSQL): this node delivers what it claims from
+    # it, by lease, instead of scheduling the index it read at start; None otherwise.
+    shared: SharedSpool | None = field(init=False, default=None)
+    _route_mark: int = 0  # the last shared route record applied (a shared spool's id)
+    _routes_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _sharing: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        if isinstance(self.spool, SharedSpool):
+            self.shared = self.spool
         self.routes = route_table(self.settings)
         self._routes = routes_of(self.settings)
         if not self.max_in_flight:
@@ -168,7 +185,15 @@ class QueueManager:
     # -- feeding the scheduler -----------------------------------------------------
 
     async def load(self) -> int:
-        """Read the spool's index: messages caught mid-delivery are simply due again."""
+        """Read the spool's index: messages caught mid-delivery are simply due again.
+        On a shared spool nothing is read: the queue is claimed as it comes due."""
+        if self.shared is not None:
+            log.info(
+                "queue_shared",
+                node=self.shared.node,
+                lease_time=self.settings.server.lease_time,
+            )
+            return 0
         count = 0
         for entry in await self.spool.index():
             if entry.state is MessageState.ACTIVE:
@@ -182,7 +207,11 @@ class QueueManager:
 
     def enqueue_seq(self, seq: int, at: float) -> None:
         """Schedule a message committed elsewhere (a worker process, a poll of the spool).
-        One already scheduled or being delivered is left alone: never two deliveries at once."""
+        One already scheduled or being delivered is left alone: never two deliveries at once.
+        On a shared spool it only wakes the loop: the message is claimed like any other."""
+        if self.shared is not None:
+            self._wake.set()
+            return
         if seq in self.delivering or seq in self.due:
             return
         self.due.schedule(seq, at)
@@ -204,7 +233,8 @@ class QueueManager:
         is under way: that round reschedules it itself, and a second must not start."""
         if seq in self.delivering:
             return False
-        self.due.schedule(seq, self.clock.now())
+        if self.shared is None:  # shared: the spool's next attempt, made now, is claimed
+            self.due.schedule(seq, self.clock.now())
         self._wake.set()
         return True
 
@@ -232,6 +262,16 @@ class QueueManager:
         """Lift a route's suspensions early (all, or for one destination); how many.
         Mail held back by them is due at once."""
         lifted = self.routes.resume(route, destination)
+        if lifted and self.shared is not None:  # every node's suspensions, not only ours
+            self._share(
+                [
+                    (
+                        shared_routes.RESUME,
+                        self.clock.now(),
+                        {"route": route, "destination": destination},
+                    )
+                ]
+            )
         if lifted:
             log.info(
                 "route_resumed",
@@ -332,15 +372,15 @@ class QueueManager:
                 await sweeper
 
     async def _run(self) -> None:
+        if self.shared is not None:
+            await self._run_shared(self.shared)
+            return
         while not self._stopping:
             now = self.clock.now()
             room = self.max_in_flight - len(self._tasks)
             if room > 0:
                 for seq in self.due.pop_due(now, room):
-                    self.delivering.add(seq)  # from here on, until the round is recorded
-                    task = asyncio.create_task(self._deliver_guarded(seq))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._task_done)
+                    self._start(seq)
             nxt = self.due.next_due()
             room = self.max_in_flight - len(self._tasks)
             if nxt is not None and nxt <= now and room > 0:
@@ -349,6 +389,136 @@ class QueueManager:
             self._wake.clear()
             until = nxt if (nxt is not None and room > 0) else now + 3600.0
             await self.clock.sleep_until(until, self._wake)
+
+    def _start(self, seq: int) -> None:
+        self.delivering.add(seq)  # from here on, until the round is recorded
+        task = asyncio.create_task(self._deliver_guarded(seq))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _run_shared(self, spool: SharedSpool) -> None:
+        """The loop on a shared spool: claim what is due (leased to this node), deliver
+        it, sleep until the next due time or a notice that mail arrived on any node."""
+        await self._follow_routes(spool)  # before the first claim: held back as the others
+        helpers = [
+            asyncio.create_task(spool.listen(self._wake.set, self._routes_changed.set)),
+            asyncio.create_task(self._renew_forever(spool)),
+            asyncio.create_task(self._follow_routes_forever(spool)),
+        ]
+        try:
+            while not self._stopping:
+                self._wake.clear()  # before the claim: a notice meanwhile wakes us again
+                until = await self._claim_round(spool)
+                if until is None:
+                    continue
+                await self.clock.sleep_until(until, self._wake)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _claim_round(self, spool: SharedSpool) -> float | None:
+        """Claim and start what there is room for; when to look again (None: now)."""
+        lease = self.settings.server.lease_time
+        now = self.clock.now()
+        room = self.max_in_flight - len(self._tasks)
+        try:
+            claims = await spool.claim_due(now, now + lease, room) if room > 0 else []
+            # Full: no need to know when more is due (one query fewer per busy round).
+            full = room > 0 and len(claims) == room
+            nxt = None if full else await spool.next_due()
+        except SpoolError as exc:
+            log.warning("claim_failed", error=str(exc), retry_in=CLAIM_RETRY)
+            return now + CLAIM_RETRY
+        for claim in claims:
+            if claim.taken_from:
+                log.warning(
+                    "lease_taken_over",
+                    seq=claim.seq,
+                    node=spool.node,
+                    previous_node=claim.taken_from,
+                    reason="its lease ran out: that node stopped renewing (it died or stalls)",
+                )
+            self._start(claim.seq)
+        if full:
+            return None  # there may be more, and room again after a round ends
+        poll = now + SHARED_POLL
+        if self.max_in_flight - len(self._tasks) <= 0 or nxt is None:
+            return poll  # a round ending wakes the loop
+        if nxt <= now:
+            return now + CLAIM_BACKOFF  # due but skipped: another node is claiming it
+        return min(nxt, poll)
+
+    def _share(self, records: Sequence[tuple[str, float, dict[str, Any]]]) -> None:
+        """Tell the other nodes (in the background: a round does not wait on it)."""
+        if self.shared is None:
+            return
+        for kind, until, data in records:
+            task = asyncio.create_task(self._share_one(self.shared, kind, until, data))
+            self._sharing.add(task)
+            task.add_done_callback(self._sharing.discard)
+
+    async def _share_one(
+        self, spool: SharedSpool, kind: str, until: float, data: dict[str, Any]
+    ) -> None:
+        try:
+            await spool.share_route_state(kind, until, data, self.clock.now())
+        except SpoolError as exc:  # the other nodes learn it themselves, later
+            log.warning(
+                "route_state_share_failed", kind=kind, route=data.get("route"), error=str(exc)
+            )
+
+    async def _follow_routes(self, spool: SharedSpool) -> None:
+        """Apply what the other nodes shared since the last look."""
+        try:
+            records = await spool.route_state(self._route_mark, self.clock.now())
+        except SpoolError as exc:
+            log.warning("route_state_unreadable", error=str(exc))
+            return
+        for record in records:
+            self._route_mark = max(self._route_mark, record.id)
+            if record.node == spool.node:
+                continue  # ours: applied when we found it
+            lifted = shared_routes.apply(self.routes, record)
+            log.info(
+                "route_state_followed",
+                kind=record.kind,
+                node=record.node,
+                route=record.data.get("route"),
+                destination=record.data.get("destination"),
+                until=record.data.get("until"),
+                lifted=sorted(lifted),
+            )
+        self._wake.set()  # a route lifted or held back: rounds waiting ask again
+
+    async def _follow_routes_forever(self, spool: SharedSpool) -> None:
+        while not self._stopping:
+            self._routes_changed.clear()  # before reading: a notice meanwhile wakes us
+            await self._follow_routes(spool)
+            await self.clock.sleep_until(self.clock.now() + SHARED_POLL, self._routes_changed)
+
+    async def _renew_forever(self, spool: SharedSpool) -> None:
+        """Renew the leases of the rounds under way, three times per lease."""
+        lease = self.settings.server.lease_time
+        while not self._stopping:
+            now = self.clock.now()
+            await self.clock.sleep_until(now + lease / 3, self._stop_event)
+            seqs = list(self.delivering)
+            if not seqs:
+                continue
+            try:
+                held = await spool.renew(seqs, self.clock.now() + lease)
+            except SpoolError as exc:
+                log.warning("lease_renew_failed", error=str(exc), leases=len(seqs))
+                continue
+            lost = (set(seqs) - held) & self.delivering  # those still under way
+            if lost:
+                log.warning(
+                    "lease_lost",
+                    seqs=sorted(lost),
+                    node=spool.node,
+                    reason="another node took them over; both may deliver (at least once)",
+                )
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -386,21 +556,29 @@ class QueueManager:
         try:
             await self.deliver(seq)
         except asyncio.CancelledError:
+            if self.shared is not None:  # cut at shutdown: another node may take it now
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.shared.end_leases([seq]))
             raise
         except Exception as exc:
             # A bug must not lose the message: it stays in the spool, due again later.
             log.exception("delivery_error", seq=seq, error=repr(exc))
-            self.due.schedule(seq, self.clock.now() + self.settings.queue.backoff_start)
+            retry_at = self.clock.now() + self.settings.queue.backoff_start
+            if self.shared is not None:
+                with contextlib.suppress(Exception):  # else its lease runs out: the same
+                    await self.shared.end_leases([seq], retry_at)
+            else:
+                self.due.schedule(seq, retry_at)
         finally:
             self.delivering.discard(seq)
 
     async def deliver(self, seq: int) -> None:
         loaded = await self.spool.load(seq)
-        if loaded is None:
+        if loaded is None or loaded[0].state is not MessageState.ACTIVE:
+            if self.shared is not None and loaded is not None:  # held meanwhile
+                await self.shared.end_leases([seq])
             return
         message, body = loaded
-        if message.state is not MessageState.ACTIVE:
-            return
         q = self.settings.queue
         rnd = DeliveryRound(
             message,
@@ -430,6 +608,11 @@ class QueueManager:
         if keep is not None:
             emit([kept_event(done.message, keep)], self.on_event)
             self._kept_changed.set()
+        if self.shared is not None:
+            # Recorded with its next attempt in the shared spool, lease ended: whichever
+            # node is free then claims it. Waiting on suspensions is this node's to know.
+            self._wake.set()
+            return
         if done.message.state is MessageState.ACTIVE:
             self.due.schedule(done.message.seq, done.message.next_attempt_at)
             self._wake.set()
@@ -462,7 +645,7 @@ class QueueManager:
         while True:
             step = rnd.next_step(self.clock.now())
             if isinstance(step, Done):
-                emit(rnd.drain_events(), self.on_event)
+                self._round_events(rnd.drain_events())
                 return step
             if isinstance(step, Send):
                 if self._stopping:  # nothing new begins during shutdown
@@ -482,7 +665,7 @@ class QueueManager:
                 outcome, started, finished = future.result()
                 rnd.record(send, outcome, started, finished)
                 self._connection_given_back()
-            emit(rnd.drain_events(), self.on_event)
+            self._round_events(rnd.drain_events())
 
     async def _wait(
         self, step: Blocked, sending: dict[asyncio.Future[tuple[Outcome, float, float]], Send]
@@ -508,6 +691,11 @@ class QueueManager:
                 h.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await h
+
+    def _round_events(self, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        emit(events, self.on_event)
+        if self.shared is not None:
+            self._share(shared_routes.records_to_share(events))
 
     def _connection_given_back(self) -> None:
         waiters, self._connection_waiters = self._connection_waiters, set()

@@ -32,7 +32,7 @@ from relayguard import logging as rg_logging
 from relayguard.clock import SystemClock
 from relayguard.config import ServerSettings, Settings, load_settings
 from relayguard.model import QueuedMessage
-from relayguard.queue.spool.sqlite import SqliteSpool
+from relayguard.queue.spool.factory import open_spool
 from relayguard.smtp.frontend import ConnectionLimits, RelayHandler, make_protocol_factory
 
 log = structlog.get_logger("relayguard.smtp.workers")
@@ -290,7 +290,7 @@ async def run_worker(
         with contextlib.suppress(OSError):
             notify.send(NOTICE.pack(message.seq))
 
-    spool = SqliteSpool(settings.server.spool)
+    spool = await open_spool(settings)
     handler = RelayHandler(settings.server, spool, SystemClock(), on_accepted=tell)
     limits = per_worker_limits(settings, workers)
     servers = await start_servers(

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pgserver
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -93,7 +94,19 @@ async def _open_memory(_directory: Path, ids: QueueIdFactory) -> Spool:
     return MemorySpool(ids)
 
 
-BACKENDS = [Backend("sqlite", _open_sqlite), Backend("memory", _open_memory)]
+async def _open_postgres(_directory: Path, ids: QueueIdFactory) -> Spool:
+    # A schema of its own in the session's private cluster (tests/pgserver.py): each
+    # spool starts empty, and the schema is made by the spool's own migration.
+    from relayguard.queue.spool.postgres import PgSpool  # noqa: PLC0415 - optional extra
+
+    return await PgSpool.open(pgserver.shared_cluster().create_schema(), queue_ids=ids)
+
+
+BACKENDS = [
+    Backend("sqlite", _open_sqlite),
+    Backend("memory", _open_memory),
+    Backend("postgres", _open_postgres, pgserver.unavailable),
+]
 
 Opener = Callable[..., contextlib.AbstractAsyncContextManager[Spool]]
 

@@ -21,9 +21,9 @@ tests/unit/test_spool_contract.py runs one suite over all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
 
@@ -283,3 +283,82 @@ class Spool(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A message a node has claimed to deliver, and the node whose lease on it had run
+    out ('' when nobody held it): a takeover after a node died."""
+
+    seq: int
+    taken_from: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRecord:
+    """One node's finding about a route, shared through the spool."""
+
+    id: int
+    node: str
+    kind: str  # suspension | throttle | resume
+    data: dict[str, Any]
+
+
+@runtime_checkable
+class SharedSpool(Protocol):
+    """A spool several nodes deliver from at once (PostgreSQL). A node delivers only
+    the messages it has claimed: each claim is a lease in the spool (this node's
+    `node`, until when) that the node renews while it delivers and that recording the
+    round ends; a lease that runs out (its node died) lets another node claim the
+    message. At least once, as ever: a node that stalls past its lease may deliver
+    a message another node delivers too. The queue manager asks for this capability
+    (`isinstance`); SQLite and memory spools do not have it, and are scheduled from
+    the index read at start, as they always were."""
+
+    node: str
+
+    async def claim_due(self, now: float, lease_until: float, limit: int) -> list[Claim]:
+        """Up to `limit` ACTIVE messages due by `now` that nobody holds (or whose lease
+        has run out), leased to this node until `lease_until`; the most overdue first.
+        Messages another node is claiming at this moment are skipped, never waited on."""
+        ...
+
+    async def renew(self, seqs: Sequence[int], lease_until: float) -> set[int]:
+        """Extend this node's leases; the seqs it still holds (a lease lost to another
+        node, or a message gone, is left out)."""
+        ...
+
+    async def end_leases(self, seqs: Sequence[int], next_attempt_at: float | None = None) -> None:
+        """End this node's leases without recording a round (a message found held, a
+        round cut by a bug: then due again at `next_attempt_at`)."""
+        ...
+
+    async def leases(self, seqs: Sequence[int]) -> dict[int, tuple[str, float]]:
+        """Which node holds each of these messages, until when (those nobody holds are
+        left out): for `queue list`."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """When there may next be something to claim: the earliest due message nobody
+        holds, or the earliest end of another node's lease (None: nothing queued)."""
+        ...
+
+    async def listen(
+        self, wake: Callable[[], None], routes_changed: Callable[[], None] | None = None
+    ) -> None:
+        """Call `wake` whenever mail arrives or becomes due on any node, and
+        `routes_changed` whenever a node shares route state (runs until cancelled;
+        both also once after every reconnection, for what may have been missed)."""
+        ...
+
+    async def share_route_state(
+        self, kind: str, until: float, data: dict[str, Any], now: float
+    ) -> None:
+        """Record what this node learned of a route (kind "suspension", "throttle") or
+        an operator did ("resume"), for every node; `until`: when it stops mattering."""
+        ...
+
+    async def route_state(self, after: int, now: float) -> list[RouteRecord]:
+        """The route records after record `after` (0: from the start), oldest first:
+        those still in force at `now`, and every resume."""
+        ...
