@@ -45,6 +45,13 @@ from relayguard.queue.spool import (
     queued_domains,
 )
 from relayguard.queue.spool import postgres_leases as leases
+from relayguard.queue.spool.common import (
+    StateChanges,
+    queued_for,
+    settle,
+    state_change_sql,
+    stored_json,
+)
 from relayguard.queue.spool.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -96,17 +103,7 @@ async def migrate(conn: Conn) -> int:
     return SCHEMA_VERSION
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for waiter, value, error in outcomes:
-        if waiter.done():
-            continue
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(value)
-
-
-class PgSpool:
+class PgSpool(StateChanges):
     """The Spool protocol on PostgreSQL. Open it with `await PgSpool.open(dsn)`."""
 
     def __init__(
@@ -193,11 +190,11 @@ class PgSpool:
             if self._conn is not None and self._conn.broken:
                 self._conn = None  # connected again for the next batch
             err = map_error(exc)
-            _settle([(waiter, None, err) for _, waiter in batch])
+            settle([(waiter, None, err) for _, waiter in batch])
             return
         self.batches += 1
         self.batched_jobs += len(batch)
-        _settle(results)
+        settle(results)
 
     async def _run_jobs(
         self,
@@ -312,7 +309,7 @@ class PgSpool:
             entries = []
             for seq, arrival, env in await cur.fetchall():
                 envelope = Envelope.from_dict(json.loads(env))
-                if _queued_for(query, envelope):
+                if queued_for(query, envelope):
                     entries.append(ShapeEntry(seq, arrival, queued_domains(envelope)))
             return entries
 
@@ -320,19 +317,6 @@ class PgSpool:
 
     async def queue_stats(self, now: float) -> QueueStats:
         return await self.read(lambda c: _stats(c, now))
-
-    async def hold(self, seq: int) -> bool:
-        return await self.set_state(seq, MessageState.HELD, only_from=MessageState.ACTIVE)
-
-    async def release(self, seq: int, next_attempt_at: float) -> bool:
-        return await self.set_state(
-            seq, MessageState.ACTIVE, next_attempt_at=next_attempt_at, only_from=MessageState.HELD
-        )
-
-    async def reschedule(self, seq: int, next_attempt_at: float) -> bool:
-        return await self.set_state(
-            seq, MessageState.ACTIVE, next_attempt_at=next_attempt_at, only_from=MessageState.ACTIVE
-        )
 
     async def set_state(
         self,
@@ -345,16 +329,7 @@ class PgSpool:
         """What hold, release and reschedule do (as SqliteSpool.set_state)."""
 
         async def job(c: Conn) -> bool:
-            query = "UPDATE messages SET state = %s"
-            params: list[object] = [state.value]
-            if next_attempt_at is not None:
-                query += ", next_attempt_at = %s"
-                params.append(next_attempt_at)
-            query += " WHERE seq = %s"
-            params.append(seq)
-            if only_from is not None:
-                query += " AND state = %s"
-                params.append(only_from.value)
+            query, params = state_change_sql("%s", seq, state, next_attempt_at, only_from)
             changed = (await c.execute(query.encode(), params)).rowcount > 0
             if changed and state is MessageState.ACTIVE:
                 self._notify = True  # due now, perhaps: an idle node takes it
@@ -468,10 +443,6 @@ class PgSpool:
 # ---------------------------------------------------------------- the queries
 
 
-def _json(data: object) -> str:
-    return json.dumps(data, separators=(",", ":"))
-
-
 async def _notify_queue(c: Conn) -> None:
     # Sent at commit; PostgreSQL folds the same notice within one transaction.
     await c.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(QUEUE_CHANNEL)))
@@ -490,7 +461,7 @@ async def _insert(c: Conn, m: NewMessage, new_id: QueueIdFactory) -> QueuedMessa
             m.envelope.sender,
             m.message_id,
             len(m.body),
-            _json(m.envelope.to_dict()),
+            stored_json(m.envelope.to_dict()),
             m.body,
         ),
     )
@@ -522,7 +493,7 @@ async def _update(c: Conn, m: QueuedMessage, new_attempts: Sequence[Attempt], no
             MessageState.HELD.value,
             m.state.value,
             m.next_attempt_at,
-            _json(m.envelope.to_dict()),
+            stored_json(m.envelope.to_dict()),
             node,
             node,
             m.seq,
@@ -539,7 +510,7 @@ async def _append_attempts(c: Conn, seq: int, attempts: Sequence[Attempt]) -> No
         async with c.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO attempts (seq, at, data) VALUES (%s, %s, %s)",
-                [(seq, a.at, _json(a.to_dict())) for a in attempts],
+                [(seq, a.at, stored_json(a.to_dict())) for a in attempts],
             )
 
 
@@ -549,7 +520,7 @@ async def _keep(c: Conn, m: QueuedMessage, new_attempts: Sequence[Attempt], keep
         " message_id, size, envelope, resent, body)"
         " SELECT seq, queue_id, %s, %s, arrival_at, %s, message_id, size, %s, '[]', body"
         " FROM messages WHERE seq = %s",
-        (keep.at, keep.until, m.next_attempt_at, _json(m.envelope.to_dict()), m.seq),
+        (keep.at, keep.until, m.next_attempt_at, stored_json(m.envelope.to_dict()), m.seq),
     )
     if not cur.rowcount:
         return False
@@ -611,7 +582,8 @@ async def _resend(c: Conn, r: Resend, new_id: QueueIdFactory) -> QueuedMessage |
     if addresses & resent:
         return None  # never twice from one copy
     await c.execute(
-        "UPDATE kept SET resent = %s WHERE seq = %s", (_json(sorted(resent | addresses)), r.seq)
+        "UPDATE kept SET resent = %s WHERE seq = %s",
+        (stored_json(sorted(resent | addresses)), r.seq),
     )
     return await _insert(c, NewMessage(r.envelope, bytes(row[2]), r.arrival_at, row[1]), new_id)
 
@@ -691,10 +663,6 @@ def _where(query: MessageQuery | None) -> tuple[sql.Composable, list[object]]:
     return (sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")), params
 
 
-def _queued_for(query: MessageQuery | None, envelope: Envelope) -> bool:
-    return query is None or query.domain is None or query.domain.lower() in queued_domains(envelope)
-
-
 async def _select(c: Conn, query: MessageQuery | None) -> list[QueuedMessage]:
     where, params = _where(query)
     cur = await c.execute(
@@ -704,7 +672,7 @@ async def _select(c: Conn, query: MessageQuery | None) -> list[QueuedMessage]:
     rows = await cur.fetchall()
     attempts = await _attempts(c, [r[0] for r in rows])
     found = [_message(r, attempts) for r in rows]
-    return [m for m in found if _queued_for(query, m.envelope)]
+    return [m for m in found if queued_for(query, m.envelope)]
 
 
 async def _stats(c: Conn, now: float) -> QueueStats:

@@ -41,6 +41,14 @@ from relayguard.queue.spool import (
     SpoolFullError,
     queued_domains,
 )
+from relayguard.queue.spool.common import (
+    Outcome,
+    StateChanges,
+    queued_for,
+    settle,
+    state_change_sql,
+    stored_json,
+)
 
 T = TypeVar("T")
 
@@ -96,17 +104,6 @@ def _is_full(exc: sqlite3.Error) -> bool:
 
 # A job's result goes to an asyncio future (the server) or a concurrent one (the CLI).
 Job = tuple[Callable[[sqlite3.Connection], Any], Any]
-Outcome = tuple[Any, Any, BaseException | None]  # waiter, value, error
-
-
-def _settle(outcomes: list[Outcome]) -> None:
-    for waiter, value, error in outcomes:
-        if waiter.done():
-            continue
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(value)
 
 
 def _deliver_outcomes(outcomes: list[Outcome]) -> None:
@@ -118,13 +115,13 @@ def _deliver_outcomes(outcomes: list[Outcome]) -> None:
         if isinstance(waiter, asyncio.Future):
             by_loop.setdefault(waiter.get_loop(), []).append(outcome)
         else:
-            _settle([outcome])
+            settle([outcome])
     for loop, group in by_loop.items():
         with suppress(RuntimeError):  # that loop has closed: nobody is waiting
-            loop.call_soon_threadsafe(_settle, group)
+            loop.call_soon_threadsafe(settle, group)
 
 
-class SqliteSpool:
+class SqliteSpool(StateChanges):
     """The Spool protocol on SQLite. `queue_ids` makes the ids of messages that come
     without one (NDRs); it is called in the writer thread."""
 
@@ -309,19 +306,6 @@ class SqliteSpool:
     async def queue_stats(self, now: float) -> QueueStats:
         return await self.read(lambda c: _stats(c, now))
 
-    async def hold(self, seq: int) -> bool:
-        return await self.set_state(seq, MessageState.HELD, only_from=MessageState.ACTIVE)
-
-    async def release(self, seq: int, next_attempt_at: float) -> bool:
-        return await self.set_state(
-            seq, MessageState.ACTIVE, next_attempt_at=next_attempt_at, only_from=MessageState.HELD
-        )
-
-    async def reschedule(self, seq: int, next_attempt_at: float) -> bool:
-        return await self.set_state(
-            seq, MessageState.ACTIVE, next_attempt_at=next_attempt_at, only_from=MessageState.ACTIVE
-        )
-
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only query in one snapshot on the reader connection (operator
         queries, stats): WAL readers never hold up the writer, nor wait for its fsync."""
@@ -396,11 +380,6 @@ def _map_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def _json(data: object) -> str:
-    """Envelopes and attempts as stored: compact JSON."""
-    return json.dumps(data, separators=(",", ":"))
-
-
 def _insert(conn: sqlite3.Connection, m: NewMessage, new_id: QueueIdFactory) -> QueuedMessage:
     qid = m.queue_id or new_id()
     cur = conn.execute(
@@ -414,7 +393,7 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, new_id: QueueIdFactory) -> 
             m.envelope.sender,
             m.message_id,
             len(m.body),
-            _json(m.envelope.to_dict()),
+            stored_json(m.envelope.to_dict()),
             m.body,
         ),
     )
@@ -446,7 +425,7 @@ def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[A
             MessageState.HELD.value,
             m.state.value,
             m.next_attempt_at,
-            _json(m.envelope.to_dict()),
+            stored_json(m.envelope.to_dict()),
             m.seq,
         ),
     ).rowcount
@@ -460,7 +439,7 @@ def _append_attempts(conn: sqlite3.Connection, seq: int, attempts: Sequence[Atte
     if attempts:
         conn.executemany(
             "INSERT INTO attempts (seq, at, data) VALUES (?,?,?)",
-            [(seq, a.at, _json(a.to_dict())) for a in attempts],
+            [(seq, a.at, stored_json(a.to_dict())) for a in attempts],
         )
 
 
@@ -478,7 +457,7 @@ def _keep(
             keep.at,
             keep.until,
             m.next_attempt_at,
-            _json(m.envelope.to_dict()),
+            stored_json(m.envelope.to_dict()),
             m.seq,
         ),
     ).rowcount
@@ -530,7 +509,9 @@ def _resend(conn: sqlite3.Connection, r: Resend, new_id: QueueIdFactory) -> Queu
     resent = set(json.loads(row[0]))
     if addresses & resent:
         return None  # never twice from one copy
-    conn.execute("UPDATE kept SET resent=? WHERE seq=?", (_json(sorted(resent | addresses)), r.seq))
+    conn.execute(
+        "UPDATE kept SET resent=? WHERE seq=?", (stored_json(sorted(resent | addresses)), r.seq)
+    )
     return _insert(conn, NewMessage(r.envelope, bytes(row[2]), r.arrival_at, row[1]), new_id)
 
 
@@ -541,16 +522,7 @@ def _set_state(
     next_attempt_at: float | None,
     only_from: MessageState | None,
 ) -> bool:
-    sql = "UPDATE messages SET state=?"
-    params: list[object] = [state.value]
-    if next_attempt_at is not None:
-        sql += ", next_attempt_at=?"
-        params.append(next_attempt_at)
-    sql += " WHERE seq=?"
-    params.append(seq)
-    if only_from is not None:
-        sql += " AND state=?"
-        params.append(only_from.value)
+    sql, params = state_change_sql("?", seq, state, next_attempt_at, only_from)
     return conn.execute(sql, params).rowcount > 0
 
 
@@ -593,7 +565,7 @@ def load_message(conn: sqlite3.Connection, seq: int) -> tuple[QueuedMessage, byt
 
 def _where(query: MessageQuery | None) -> tuple[str, list[object]]:
     """A query's conditions over the messages table, but for `domain`, which lives in
-    the envelope's JSON and is checked on the rows (`_queued_for`)."""
+    the envelope's JSON and is checked on the rows (`queued_for`)."""
     if query is None:
         return "1=1", []
     conditions: list[str] = []
@@ -618,10 +590,6 @@ def _where(query: MessageQuery | None) -> tuple[str, list[object]]:
     return " AND ".join(conditions) or "1=1", params
 
 
-def _queued_for(query: MessageQuery | None, envelope: Envelope) -> bool:
-    return query is None or query.domain is None or query.domain.lower() in queued_domains(envelope)
-
-
 def select_messages(
     conn: sqlite3.Connection, query: MessageQuery | None = None
 ) -> list[QueuedMessage]:
@@ -629,7 +597,7 @@ def select_messages(
     where, params = _where(query)
     sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY seq"  # noqa: S608 - fixed pieces
     found = [_row_to_message(conn, r) for r in conn.execute(sql, params).fetchall()]
-    return [m for m in found if _queued_for(query, m.envelope)]
+    return [m for m in found if queued_for(query, m.envelope)]
 
 
 def _shape(conn: sqlite3.Connection, query: MessageQuery | None) -> list[ShapeEntry]:
@@ -638,7 +606,7 @@ def _shape(conn: sqlite3.Connection, query: MessageQuery | None) -> list[ShapeEn
     entries = []
     for seq, arrival, env in conn.execute(sql, params):
         envelope = Envelope.from_dict(json.loads(env))
-        if _queued_for(query, envelope):
+        if queued_for(query, envelope):
             entries.append(ShapeEntry(seq, arrival, queued_domains(envelope)))
     return entries
 
