@@ -451,6 +451,16 @@ def print_table(results: dict[str, object], args: argparse.Namespace) -> None:
                 f"end to end {_fmt(ours['end_to_end_rate'], 0)} vs "
                 f"{_fmt(lite['end_to_end_rate'], 0)} msg/s ({_fmt(ratio['end_to_end_rate'], 2)})"
             )
+        takeover = results.get("pg_takeover")
+        if isinstance(takeover, dict) and "first_takeover_s" in takeover:
+            print(
+                f"  kill -9 of one of two nodes: first lease taken over after "
+                f"{takeover['first_takeover_s']} s, all {takeover['acked']} acknowledged "
+                f"messages arrived after {takeover['all_acked_arrived_s']} s "
+                f"(lease_time {takeover['lease_time_s']} s)"
+            )
+        elif isinstance(takeover, dict):
+            print(f"  kill -9 takeover: failed ({takeover.get('failed')})")
     elif isinstance(results.get("postgres"), dict):
         print(f"\n  PostgreSQL spool: skipped ({results['postgres'].get('skipped')})")  # type: ignore[union-attr]
     sl = results["sink_limit_summary"]
@@ -824,6 +834,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"msg/s, p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms, "
                         f"peak RSS {int(r['peak_rss_kb']) // 1024} MB"
                     )  # type: ignore[call-overload]
+        if args.pg is not None:
+            from pg_takeover import takeover_figures  # noqa: PLC0415 - needs the cluster
+
+            log("postgres: two nodes, kill -9 one mid-delivery, time the lease takeover")
+            results["pg_takeover"] = takeover_figures(args.pg)
+            log(f"  {results['pg_takeover']}")
         if "scale" in only:
             results["scale"] = scale_figures(args)
         if "classify" in only:
