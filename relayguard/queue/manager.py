@@ -317,16 +317,30 @@ class QueueManager:
         route was suspended, or deferred after a block) are due now; how many."""
         lifted = set(keys)
         now = self.clock.now()
-        count = 0
+        redriven: list[int] = []
         for seq, waiting in list(self._waiting.items()):
             if ALL_DESTINATIONS in lifted or waiting & lifted:
                 del self._waiting[seq]
-                if seq in self.due:
-                    self.due.schedule(seq, now)
-                    count += 1
-        if count:
+                if self.shared is not None or seq in self.due:
+                    redriven.append(seq)
+        if self.shared is not None and redriven:
+            # Due now in the database: the NOTIFY of the change wakes every node.
+            task = asyncio.create_task(self._reschedule(redriven, now))
+            self._sharing.add(task)
+            task.add_done_callback(self._sharing.discard)
+        elif redriven:
+            for seq in redriven:
+                self.due.schedule(seq, now)
             self._wake.set()
-        return count
+        return len(redriven)
+
+    async def _reschedule(self, seqs: list[int], now: float) -> None:
+        for seq in seqs:
+            try:
+                await self.spool.reschedule(seq, now)
+            except SpoolError as exc:  # it stays due at its own next attempt
+                log.warning("redrive_failed", seq=seq, error=str(exc))
+        self._wake.set()
 
     # -- the loop -----------------------------------------------------------------
 
@@ -480,6 +494,8 @@ class QueueManager:
             if record.node == spool.node:
                 continue  # ours: applied when we found it
             lifted = shared_routes.apply(self.routes, record)
+            if lifted:
+                self.redrive(lifted)  # what this node held back for them is due now
             log.info(
                 "route_state_followed",
                 kind=record.kind,
@@ -608,18 +624,20 @@ class QueueManager:
         if keep is not None:
             emit([kept_event(done.message, keep)], self.on_event)
             self._kept_changed.set()
+        # What it waits on is this node's to know, shared spool or not: a resume or a
+        # delisting anywhere (ours, or another node's record) makes it due at once.
+        if done.waiting:
+            self._waiting[done.message.seq] = frozenset(done.waiting)
+        else:
+            self._waiting.pop(done.message.seq, None)
         if self.shared is not None:
             # Recorded with its next attempt in the shared spool, lease ended: whichever
-            # node is free then claims it. Waiting on suspensions is this node's to know.
+            # node is free then claims it.
             self._wake.set()
             return
         if done.message.state is MessageState.ACTIVE:
             self.due.schedule(done.message.seq, done.message.next_attempt_at)
             self._wake.set()
-        if done.waiting:
-            self._waiting[done.message.seq] = frozenset(done.waiting)
-        else:
-            self._waiting.pop(done.message.seq, None)
 
     async def provider_keys(self, domains: Iterable[str]) -> dict[str, str]:
         """The provider key of each of `domains` that has one (for `queue shape`)."""

@@ -104,3 +104,29 @@ async def test_a_resume_on_one_node_lifts_the_suspension_on_every_node(pg_cluste
             await send(one.address, "s@example.org", [f"r{i}@example.com"], make_message(i))
         got = await up.wait_for(4)
         assert "127.0.0.2" in {g.peer for g in got[1:]}  # A carries mail again
+
+
+async def test_mail_held_back_on_one_node_is_due_at_once_when_another_resumes(pg_cluster, tmp_path):
+    """Both routes listed: the message waits 5-10 minutes for its next attempt. A
+    resume through node 2 lifts node 1's suspensions, and node 1 makes what it held
+    back due now: it arrives in seconds, not at that next attempt."""
+    dsn = pg_cluster.create_database()
+    listed = {"127.0.0.2", "127.0.0.3"}
+    handler = UpstreamHandler(on_connect=lambda peer: RBL if peer in listed else None)
+    async with (
+        upstream(handler) as up,
+        node(tmp_path, "node-1", dsn, up.port) as one,
+        node(tmp_path, "node-2", dsn, up.port) as two,
+    ):
+        two.manager.max_in_flight = 0  # node 1 tries it, and holds it back
+        await send(one.address, "s@example.org", ["r0@example.com"], make_message(0))
+        await until(lambda: len(handler.connections) == 2)  # A, then B: both refuse
+        await until(lambda: one.manager.in_flight == 0)
+        [queued] = await one.spool.messages()
+        assert queued.next_attempt_at - one.clock.now() > 200  # minutes away
+        listed.clear()
+        for route in ("A", "B"):
+            await until(lambda r=route: two.manager.routes.suspension(r, "example.com", 0.0))
+            assert two.manager.resume(route) == 1
+        [arrived] = await up.wait_for(1, timeout=15)
+    assert arrived.message_id == "<msg-0@test.example>"
