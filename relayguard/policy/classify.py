@@ -86,8 +86,17 @@ def normalise(text: str) -> str:
     """The text the signals read: lower case, single spaces, addresses as words."""
     # "BAD_RECIPIENT", "cuda_nsu": words joined by underscores read as words.
     t = text.lower().replace("e-mail", "email").replace("_", " ")
-    if "@" in t:
-        t = _EMAIL.sub(" emailaddr ", t)
+    at = t.find("@")
+    if at >= 0:
+        # The address regex is tried at every place of the text it is given, and a match
+        # is a run of the characters it allows that ends at an "@": it can only begin
+        # after the last space before the first "@", and only end before the first space
+        # after the last "@" (a space is none of those characters). The regex has no
+        # lookbehind, so on that middle part alone it finds the same addresses.
+        start = t.rfind(" ", 0, at) + 1
+        end = t.find(" ", t.rfind("@"))
+        end = len(t) if end < 0 else end
+        t = t[:start] + _EMAIL.sub(" emailaddr ", t[start:end]) + t[end:]
     if _IPV4_DOT.search(t):
         redacted = "x." in t or "a.b.c.d" in t
         t = (_IPV4 if redacted else _IPV4_DIGITS).sub(" ipaddr ", t)
