@@ -59,7 +59,12 @@ _EMAIL = re.compile(r"<?[^\s<>@()\[\],;:\"]+@[a-z0-9][a-z0-9.-]*>?")
 # An enhanced code inside the text, (?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.]), begun
 # with its first digit for the same reason as _IPV4.
 _INNER_ENHANCED = re.compile(r"([245](?<![\d.].)\.\d{1,3}\.\d{1,3})(?![\d.])")
-_BOILERPLATE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE))
+# Every match begins with one of these characters (the first of a sentence's literal
+# starts): a lookahead for them fails at once at most places, where otherwise each
+# sentence would be tried there in turn.
+_BOILERPLATE_FIRST = "".join(sorted({start[0] for p in BOILERPLATE for start in regex_prefixes(p)}))
+_BOILERPLATE_ANY = "|".join(f"(?:{p})" for p in BOILERPLATE)
+_BOILERPLATE = re.compile(f"(?=[{re.escape(_BOILERPLATE_FIRST)}])(?:{_BOILERPLATE_ANY})")
 
 
 def _may_have_boilerplate(text: str) -> bool:
