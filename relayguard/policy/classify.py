@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from relayguard.model import Phase
 from relayguard.policy.categories import DEFAULT_SCOPE, Category, Classification, Scope
-from relayguard.policy.hints import retry_hint
+from relayguard.policy.hints import retry_hint, retry_hint_lowered
 from relayguard.policy.phrase_index import Choices, Hits, PhraseIndex, Selection, choices
 from relayguard.policy.regex_prefixes import UnsupportedRegexError, regex_prefixes
 from relayguard.policy.signals import BOILERPLATE, SIGNALS, TextSignal
@@ -89,8 +89,13 @@ _check_boilerplate_test()
 
 def normalise(text: str) -> str:
     """The text the signals read: lower case, single spaces, addresses as words."""
+    return _normalise_lowered(text.lower())
+
+
+def _normalise_lowered(lowered: str) -> str:
+    """normalise(text), given text.lower() (see retry_hint_lowered)."""
     # "BAD_RECIPIENT", "cuda_nsu": words joined by underscores read as words.
-    t = text.lower().replace("e-mail", "email").replace("_", " ")
+    t = lowered.replace("e-mail", "email").replace("_", " ")
     at = t.find("@")
     if at >= 0:
         # The address regex is tried at every place of the text it is given, and a match
@@ -456,13 +461,14 @@ def _read(reply: Reply) -> Classification:
 
 
 def _read_reply(reply: Reply) -> Classification:
-    hint = retry_hint(reply.text)
+    lowered = reply.text.lower()
+    hint = retry_hint_lowered(reply.text, lowered)
     enhanced = reply.enhanced
     if enhanced is None:
         inner = _INNER_ENHANCED.search(reply.text)
         if inner is not None and inner.group(1)[0] == str(reply.code)[0]:
             enhanced = inner.group(1)
-    text = normalise(reply.text)
+    text = _normalise_lowered(lowered)
     hits = _INDEX.hits(text)  # for the signals and the scope cues alike
     found = _match_text(text, hits, reply.code, enhanced)
     code_entry = lookup(enhanced) if enhanced is not None else None

@@ -105,7 +105,12 @@ def _mentions_time(lowered: str) -> bool:
 
 def retry_hint(text: str) -> float | None:
     """Seconds the server asked us to wait, bounded to [HINT_MIN, HINT_MAX]; None if none."""
-    lowered = text.lower()
+    return retry_hint_lowered(text, text.lower())
+
+
+def retry_hint_lowered(text: str, lowered: str) -> float | None:
+    """retry_hint(text), given text.lower(): classify lowers each reply once, for this
+    and for normalise."""
     if not _mentions_time(lowered):
         return None  # no unit of time at all: most replies, and the cheap answer
     # (text.isascii(), not lowered's: "\u212a", the Kelvin sign, lowers to an ASCII "k".)
