@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from relayguard.model import Phase
 from relayguard.policy.categories import DEFAULT_SCOPE, Category, Classification, Scope
-from relayguard.policy.hints import retry_hint
-from relayguard.policy.phrase_index import Hits, PhraseIndex, Selection
+from relayguard.policy.hints import retry_hint, retry_hint_lowered
+from relayguard.policy.phrase_index import Choices, Hits, PhraseIndex, Selection, choices
 from relayguard.policy.regex_prefixes import UnsupportedRegexError, regex_prefixes
 from relayguard.policy.signals import BOILERPLATE, SIGNALS, TextSignal
 from relayguard.policy.status_codes import WEAK_CODES, lookup
@@ -59,7 +59,12 @@ _EMAIL = re.compile(r"<?[^\s<>@()\[\],;:\"]+@[a-z0-9][a-z0-9.-]*>?")
 # An enhanced code inside the text, (?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.]), begun
 # with its first digit for the same reason as _IPV4.
 _INNER_ENHANCED = re.compile(r"([245](?<![\d.].)\.\d{1,3}\.\d{1,3})(?![\d.])")
-_BOILERPLATE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE))
+# Every match begins with one of these characters (the first of a sentence's literal
+# starts): a lookahead for them fails at once at most places, where otherwise each
+# sentence would be tried there in turn.
+_BOILERPLATE_FIRST = "".join(sorted({start[0] for p in BOILERPLATE for start in regex_prefixes(p)}))
+_BOILERPLATE_ANY = "|".join(f"(?:{p})" for p in BOILERPLATE)
+_BOILERPLATE = re.compile(f"(?=[{re.escape(_BOILERPLATE_FIRST)}])(?:{_BOILERPLATE_ANY})")
 
 
 def _may_have_boilerplate(text: str) -> bool:
@@ -84,15 +89,33 @@ _check_boilerplate_test()
 
 def normalise(text: str) -> str:
     """The text the signals read: lower case, single spaces, addresses as words."""
+    return _normalise_lowered(text.lower())
+
+
+def _normalise_lowered(lowered: str) -> str:
+    """normalise(text), given text.lower() (see retry_hint_lowered)."""
     # "BAD_RECIPIENT", "cuda_nsu": words joined by underscores read as words.
-    t = text.lower().replace("e-mail", "email").replace("_", " ")
-    if "@" in t:
-        t = _EMAIL.sub(" emailaddr ", t)
+    t = lowered.replace("e-mail", "email").replace("_", " ")
+    at = t.find("@")
+    if at >= 0:
+        # The address regex is tried at every place of the text it is given, and a match
+        # is a run of the characters it allows that ends at an "@": it can only begin
+        # after the last space before the first "@", and only end before the first space
+        # after the last "@" (a space is none of those characters). The regex has no
+        # lookbehind, so on that middle part alone it finds the same addresses.
+        start = t.rfind(" ", 0, at) + 1
+        end = t.find(" ", t.rfind("@"))
+        end = len(t) if end < 0 else end
+        t = t[:start] + _EMAIL.sub(" emailaddr ", t[start:end]) + t[end:]
     if _IPV4_DOT.search(t):
         redacted = "x." in t or "a.b.c.d" in t
         t = (_IPV4 if redacted else _IPV4_DIGITS).sub(" ipaddr ", t)
-    if "::" in t or t.count(":") >= 4:
-        t = _IPV6.sub(" ipaddr ", t)
+    if ":" in t and ("::" in t or t.count(":") >= 4):  # ":" first: half the replies have none
+        # Only in the words that have a ":": every address has one, none has a space,
+        # and at either end of a word the regex's lookarounds see a space or the end of
+        # the text alike, so each word reads as it would in the whole text. The regex
+        # tried at every place of a long text was most of the cost of such a reply.
+        t = " ".join(_IPV6.sub(" ipaddr ", w) if ":" in w else w for w in t.split(" "))
     # str.split() splits on exactly the characters re's \s matches: single spaces, no
     # space at either end.
     t = " ".join(t.split())
@@ -438,13 +461,14 @@ def _read(reply: Reply) -> Classification:
 
 
 def _read_reply(reply: Reply) -> Classification:
-    hint = retry_hint(reply.text)
+    lowered = reply.text.lower()
+    hint = retry_hint_lowered(reply.text, lowered)
     enhanced = reply.enhanced
     if enhanced is None:
         inner = _INNER_ENHANCED.search(reply.text)
         if inner is not None and inner.group(1)[0] == str(reply.code)[0]:
             enhanced = inner.group(1)
-    text = normalise(reply.text)
+    text = _normalise_lowered(lowered)
     hits = _INDEX.hits(text)  # for the signals and the scope cues alike
     found = _match_text(text, hits, reply.code, enhanced)
     code_entry = lookup(enhanced) if enhanced is not None else None
@@ -473,9 +497,6 @@ def _read_reply(reply: Reply) -> Classification:
     return _by_phase_or_class(reply, hint)
 
 
-_VARIABLE_SCOPE = frozenset({Category.THROTTLE, Category.POLICY})
-
-
 def refine_scope(category: Category, scope: Scope, text: str) -> Scope:
     """The scope a throttle or policy reply's own words give it (see the cues above):
     the recipient's, else for a throttle our address's, the message's or the
@@ -484,26 +505,30 @@ def refine_scope(category: Category, scope: Scope, text: str) -> Scope:
     return _refine_scope(category, scope, text, _INDEX.hits(text))
 
 
+# The cues a category's scope may come from, in the order they are checked: the first
+# that occurs gives the scope.
+_CUES: dict[Category, tuple[Choices, tuple[Scope, ...]]] = {
+    Category.TEMPORARY_OTHER: (choices(_RECIPIENT_CUE), (Scope.RECIPIENT,)),
+    Category.THROTTLE: (
+        choices(_RECIPIENT_CUE, _EGRESS_CUE, _OUR_ADDRESS, _MESSAGE_CUE, _DESTINATION_CUE),
+        (Scope.RECIPIENT, Scope.EGRESS, Scope.EGRESS, Scope.MESSAGE, Scope.DESTINATION),
+    ),
+    Category.POLICY: (
+        choices(_RECIPIENT_CUE, _MESSAGE_CUE, _EGRESS_CUE),
+        (Scope.RECIPIENT, Scope.MESSAGE, Scope.EGRESS),
+    ),
+}
+
+
 def _refine_scope(category: Category, scope: Scope, text: str, hits: Hits) -> Scope:
-    if category not in _VARIABLE_SCOPE and category is not Category.TEMPORARY_OTHER:
+    cues = _CUES.get(category)
+    if cues is None:
         return scope
-    if _INDEX.matches_any(text, hits, _RECIPIENT_CUE):
-        return Scope.RECIPIENT
-    if category is Category.TEMPORARY_OTHER:
-        return scope
-    cues: tuple[tuple[Selection, Scope], ...]
-    if category is Category.THROTTLE:
-        cues = (
-            (_EGRESS_CUE, Scope.EGRESS),
-            (_OUR_ADDRESS, Scope.EGRESS),
-            (_MESSAGE_CUE, Scope.MESSAGE),
-            (_DESTINATION_CUE, Scope.DESTINATION),
-        )
-    else:
-        cues = ((_MESSAGE_CUE, Scope.MESSAGE), (_EGRESS_CUE, Scope.EGRESS))
-    return next(
-        (cue_scope for cue, cue_scope in cues if _INDEX.matches_any(text, hits, cue)), scope
-    )
+    options, scopes = cues
+    # One pass over the hits for all the cues: this runs for nearly every reply, and
+    # one matches_any per cue was a bisect and a Python loop each.
+    found = _INDEX.first_matching(text, hits, options)
+    return scopes[found] if found < len(scopes) else scope
 
 
 def _weak(enhanced: str) -> bool:

@@ -22,7 +22,7 @@ import ahocorasick
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-__all__ = ["Hits", "PhraseIndex", "Selection"]
+__all__ = ["Choices", "Hits", "PhraseIndex", "Selection", "choices"]
 
 # Where each phrase may match, one int per (phrase, word start where one of its prefixes
 # occurs): number << _SHIFT | start, in ascending order, that is by phrase number, then
@@ -40,6 +40,18 @@ class Selection(NamedTuple):
     start: int
     stop: int
     excluded: frozenset[int] = frozenset()
+
+
+class Choices(NamedTuple):
+    """Selections tried in order (see PhraseIndex.first_matching), and the lowest phrase
+    number in any of them, worked out once: where their hits begin."""
+
+    selections: tuple[Selection, ...]
+    lowest: int
+
+
+def choices(*selections: Selection) -> Choices:
+    return Choices(selections, min((s.start for s in selections), default=0))
 
 
 _WORD_CHAR = re.compile(r"\w")
@@ -119,3 +131,27 @@ class PhraseIndex:
     def matches_any(self, text: str, hits: Hits, selection: Selection) -> bool:
         """Whether a selected phrase matches the text."""
         return self.first(text, hits, selection) is not None
+
+    def first_matching(self, text: str, hits: Hits, choices: Choices) -> int:
+        """The position of the first of the choices' selections in which a phrase matches
+        the text, len(selections) if none does: matches_any of each in turn, but in one
+        pass over the hits (one bisect, not one per selection; a text has few hits there,
+        and most have none)."""
+        selections, lowest = choices
+        found = len(selections)
+        patterns = self._patterns
+        for i in range(bisect.bisect_left(hits, lowest << _SHIFT), len(hits)):
+            hit = hits[i]
+            number = hit >> _SHIFT
+            # Only a selection before the one found so far can change the answer, and only
+            # the first of them that has this phrase: the same regex at the same place
+            # would match or fail for a later one alike.
+            for k in range(found):
+                start, stop, excluded = selections[k]
+                if start <= number < stop and number not in excluded:
+                    if patterns[number].match(text, hit & _PLACE) is not None:
+                        if k == 0:
+                            return 0
+                        found = k
+                    break
+        return found

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from relayguard.policy import classify as classifier
 from relayguard.policy.classify import SCOPE_CUES, cue_phrase, normalise, refine_scope
-from relayguard.policy.phrase_index import PhraseIndex, Selection, spaced
+from relayguard.policy.phrase_index import PhraseIndex, Selection, choices, spaced
 from relayguard.policy.regex_prefixes import UnsupportedRegexError, regex_prefixes
 from relayguard.policy.reply_corpus import load_reply_corpus
 from relayguard.policy.reply_line import reply_from_line
-from relayguard.policy.signals import SIGNALS
+from relayguard.policy.signals import BOILERPLATE, SIGNALS
 
 CORPUS_TEXTS = [normalise(reply_from_line(r.line).text) for r in load_reply_corpus()]
 PHRASES = [source for signal in SIGNALS for source in signal.phrases]
@@ -179,3 +179,74 @@ def test_address_and_inner_code_forms_match_the_plain_forms(text):
         assert classifier._IPV4_DOT.search(text)  # the guard never skips an address
     plain, fast = _PLAIN_INNER.search(text), classifier._INNER_ENHANCED.search(text)
     assert (plain and plain.span(1)) == (fast and fast.span(1))
+
+
+def _plain_normalise(text):
+    """normalise as written before its faster forms: each address regex over the whole
+    text."""
+    t = text.lower().replace("e-mail", "email").replace("_", " ")
+    if "@" in t:
+        t = classifier._EMAIL.sub(" emailaddr ", t)
+    t = _PLAIN_IPV4.sub(" ipaddr ", t)
+    if "::" in t or t.count(":") >= 4:
+        t = classifier._IPV6.sub(" ipaddr ", t)
+    t = " ".join(t.split())
+    return " ".join(re.sub("|".join(f"(?:{p})" for p in BOILERPLATE), " ", t).split())
+
+
+_NORMALISE_PIECES = [
+    "a",
+    "F",
+    "1",
+    "0",
+    ".",
+    ":",
+    "::",
+    "@",
+    " ",
+    "<",
+    ">",
+    "[",
+    "]",
+    "ipv6:",
+    "_",
+    "\t",
+    "x.",
+    "bulk mail sender",
+    "e-mail",
+    "\u00e9",
+    ",",
+    "(",
+    '"',
+    "2001:db8::25",
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(_NORMALISE_PIECES),
+        max_size=24,
+    )
+)
+def test_normalise_reads_as_the_plain_whole_text_forms(pieces):
+    text = "".join(pieces)
+    assert normalise(text) == _plain_normalise(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=20),
+    st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 40), st.sets(st.integers(0, 40))), max_size=5
+    ),
+)
+def test_first_matching_is_the_first_selection_that_matches_any(words, bounds):
+    text = " ".join(words)
+    hits = CUE_INDEX.hits(text)
+    selections = [Selection(a, b, frozenset(excluded)) for a, b, excluded in bounds]
+    expected = next(
+        (k for k, s in enumerate(selections) if CUE_INDEX.matches_any(text, hits, s)),
+        len(selections),
+    )
+    assert CUE_INDEX.first_matching(text, hits, choices(*selections)) == expected
