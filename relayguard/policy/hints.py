@@ -127,7 +127,7 @@ def retry_hint_lowered(text: str, lowered: str) -> float | None:
             return None
     raw = m.group("n").lower()
     amount = _WORD_NUMBERS[raw] if raw in _WORD_NUMBERS else float(raw)
-    # casefold, not lower: the case-blind unit pattern also matches a long s ("ſ"),
+    # casefold, not lower: the case-blind unit pattern also matches a long s (U+017F),
     # whose lower case is itself; its casefold is "s".
     seconds = amount * _UNIT_SECONDS[m.group("unit")[0].casefold()]
     return min(HINT_MAX, max(HINT_MIN, seconds))
