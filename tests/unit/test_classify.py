@@ -280,5 +280,3 @@ def test_a_long_s_after_a_number_is_read_as_seconds_not_an_error() -> None:
     assert retry_hint("try again in 60\u017f. minutes") == max(HINT_MIN, 60.0)
     reading = classify(Reply(451, "4.7.1", "Greylisted, try again in 60\u017f", Phase.RCPT))
     assert reading.category is Category.TEMPORARY_OTHER  # greylisting
-
-
