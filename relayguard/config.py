@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from relayguard.client_logins import PasswordHash, parse_users
 from relayguard.dns.providers import ProviderTableError, check_pattern
 from relayguard.dns.reputation import DEFAULT_ERRORS, DEFAULT_LISTED, AnswerRange, Zone
 from relayguard.durations import EXPECTED_RANGE, parse_duration_range
@@ -27,7 +28,6 @@ from relayguard.durations import EXPECTED_RANGE, parse_duration_range
 # the corpus take durations from here, as they did before durations.py.
 from relayguard.durations import format_duration as format_duration  # noqa: PLC0414
 from relayguard.durations import parse_duration as parse_duration  # noqa: PLC0414
-from relayguard.smtp.client_auth import PasswordHash, parse_users
 
 T = TypeVar("T")
 D = TypeVar("D")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relayguard.cli.common import config_path
-from relayguard.smtp.client_auth import hash_password, parse_users, set_user, valid_login
+from relayguard.client_logins import hash_password, parse_users, set_user, valid_login
 
 if TYPE_CHECKING:
     from relayguard.cli.common import Commands

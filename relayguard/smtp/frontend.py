@@ -36,11 +36,11 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from relayguard import __version__
+from relayguard.client_logins import AuthFailures, ClientLogins
 from relayguard.clock import Clock, new_queue_id
 from relayguard.config import ServerSettings
 from relayguard.model import Envelope, QueuedMessage, Recipient
 from relayguard.queue.spool import NewMessage, Spool, SpoolFullError
-from relayguard.smtp.client_auth import AuthFailures, ClientLogins
 from relayguard.smtp.esmtp import (
     MailParams,
     ParamError,

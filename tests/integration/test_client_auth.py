@@ -19,9 +19,9 @@ import structlog
 import trustme
 from support import config_head, make_message, running_relay, upstream
 
+from relayguard.client_logins import hash_password
 from relayguard.clock import SystemClock
 from relayguard.config import ConfigError, Settings, load_settings, load_settings_text
-from relayguard.smtp.client_auth import hash_password
 
 PASSWORD = "correct horse battery"
 OUTSIDER = "127.0.0.2"  # Linux routes all of 127/8 to lo: another host to the listener

@@ -13,7 +13,7 @@ import pytest
 import trustme
 from support import free_port, make_message, relay_settings, running_relay, send, upstream
 
-from relayguard.smtp.client_auth import hash_password
+from relayguard.client_logins import hash_password
 
 EHLO = b"EHLO client.test\r\n"
 

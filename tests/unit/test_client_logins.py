@@ -1,4 +1,4 @@
-"""The users file, its scrypt hashes and the failed-login lockout (smtp/client_auth.py)."""
+"""The users file, its scrypt hashes and the failed-login lockout (client_logins.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relayguard.smtp.client_auth import (
+from relayguard.client_logins import (
     MAX_TRACKED_CLIENTS,
     AuthFailures,
     ClientLogins,

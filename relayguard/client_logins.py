@@ -2,7 +2,8 @@
 of a client address that keeps failing.
 
 Pure: no sockets, no clock of its own (times are passed in), so the front end
-(smtp/frontend.py) and the `passwd` command share one definition of each.
+(smtp/frontend.py), the config check (config.py) and the `passwd` command share one
+definition of each. Beside config.py, not under smtp/, because config reads it.
 
 Hashes are scrypt (RFC 7914, the stdlib's `hashlib.scrypt`), written in the PHC
 string format (https://github.com/P-H-C/phc-string-format/blob/master/phc-sf-spec.md)
