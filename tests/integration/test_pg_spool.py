@@ -153,3 +153,35 @@ async def test_a_database_at_an_older_version_is_migrated_keeping_its_mail(pg_cl
         assert version == [(SCHEMA_VERSION,)]
         assert SCHEMA_VERSION >= 2
         await conn.execute("SELECT id, node, kind, until, data FROM route_state")
+
+
+async def test_one_failing_commit_in_a_batch_spoils_no_other(pg_cluster):
+    """Sessions committing together share a transaction. When one of them cannot be
+    queued (its queue id is taken), the others are still committed, each once."""
+    import asyncio  # noqa: PLC0415
+
+    from relayguard.model import Envelope, Recipient  # noqa: PLC0415
+    from relayguard.queue.spool import NewMessage, SpoolError  # noqa: PLC0415
+    from relayguard.queue.spool.postgres import PgSpool  # noqa: PLC0415
+
+    def new(i: int, queue_id: str = "") -> NewMessage:
+        envelope = Envelope(sender="s@example.org", recipients=(Recipient(f"r{i}@example.com"),))
+        return NewMessage(envelope, b"body\r\n", 1.0, f"<{i}@x>", queue_id=queue_id)
+
+    spool = await PgSpool.open(pg_cluster.create_database())
+    try:
+        await spool.accept(new(0, "TAKEN"))
+        batches_before = spool.batches
+        outcomes = await asyncio.gather(
+            *(spool.accept(new(i, "TAKEN" if i == 5 else "")) for i in range(1, 11)),
+            return_exceptions=True,
+        )
+        batched = spool.batches - batches_before
+        stored = await spool.messages()
+    finally:
+        await spool.close()
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1
+    assert isinstance(failed[0], SpoolError)
+    assert batched < 10  # they did share transactions
+    assert sorted(m.message_id for m in stored) == sorted(f"<{i}@x>" for i in range(11) if i != 5)

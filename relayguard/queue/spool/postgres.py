@@ -177,15 +177,17 @@ class PgSpool(StateChanges):
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn = await self._writer_conn()
-            self._notify = False
-            async with conn.transaction():
-                if len(batch) == 1:  # alone: its failure is the batch's, no savepoint needed
-                    fn, waiter = batch[0]
-                    results.append((waiter, await fn(conn), None))
-                else:
-                    await self._run_jobs(conn, batch, results)
-                if self._notify:
-                    await _notify_queue(conn)
+            try:
+                await self._commit(conn, batch, results, one_by_one=False)
+            except psycopg.OperationalError:
+                raise  # the connection is lost: every job fails
+            except Exception:
+                if len(batch) == 1:
+                    raise  # alone: its failure is the batch's
+                # One job failed and the transaction was rolled back, nothing committed:
+                # again, each job in a savepoint of its own, so that it spoils no other.
+                results.clear()
+                await self._commit(conn, batch, results, one_by_one=True)
         except Exception as exc:
             if self._conn is not None and self._conn.broken:
                 self._conn = None  # connected again for the next batch
@@ -195,6 +197,28 @@ class PgSpool(StateChanges):
         self.batches += 1
         self.batched_jobs += len(batch)
         settle(results)
+
+    async def _commit(
+        self,
+        conn: Conn,
+        batch: list[tuple[JobFn, asyncio.Future[Any]]],
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+        *,
+        one_by_one: bool,
+    ) -> None:
+        """The batch in one transaction. Without `one_by_one` the jobs run straight, no
+        savepoints: a savepoint and its release are two round trips per job, which
+        halved ingest, and a job fails rarely (a queue id already queued), so the
+        careful way is kept for the batch that needs it."""
+        self._notify = False
+        async with conn.transaction():
+            if one_by_one:
+                await self._run_jobs(conn, batch, results)
+            else:
+                for fn, waiter in batch:
+                    results.append((waiter, await fn(conn), None))
+            if self._notify:
+                await _notify_queue(conn)
 
     async def _run_jobs(
         self,
