@@ -164,9 +164,10 @@ class QueueManager:
     delivering: set[int] = field(default_factory=set)  # seqs in a delivery round right now
     # MX lookups for provider keys (dns/mx.py); None: every domain is its own key.
     providers: ProviderKeys | None = None
-    # Messages waiting on suspensions, with the destination keys they wait on: lifting
-    # a suspension early (an operator, a delisted egress) makes them due at once.
-    _waiting: dict[int, frozenset[str]] = field(default_factory=dict)
+    # Messages waiting on suspensions: the destination keys they wait on, and their next
+    # attempt. Lifting a suspension early (an operator, a delisted egress) makes them
+    # due at once.
+    _waiting: dict[int, tuple[frozenset[str], float]] = field(default_factory=dict)
     # A spool several nodes share (PostgreSQL): this node delivers what it claims from
     # it, by lease, instead of scheduling the index it read at start; None otherwise.
     shared: SharedSpool | None = field(init=False, default=None)
@@ -318,7 +319,7 @@ class QueueManager:
         lifted = set(keys)
         now = self.clock.now()
         redriven: list[int] = []
-        for seq, waiting in list(self._waiting.items()):
+        for seq, (waiting, _next_attempt) in list(self._waiting.items()):
             if ALL_DESTINATIONS in lifted or waiting & lifted:
                 del self._waiting[seq]
                 if self.shared is not None or seq in self.due:
@@ -333,6 +334,13 @@ class QueueManager:
                 self.due.schedule(seq, now)
             self._wake.set()
         return len(redriven)
+
+    def _forget_due_waiting(self, now: float) -> None:
+        """On a shared spool, the next round of a message this node held back may be
+        another node's, and this node never hears of it: forget the entries whose next
+        attempt has come (the message is due by itself), so the table stays bounded."""
+        for seq in [s for s, (_, at) in self._waiting.items() if at <= now]:
+            del self._waiting[seq]
 
     async def _reschedule(self, seqs: list[int], now: float) -> None:
         for seq in seqs:
@@ -511,6 +519,7 @@ class QueueManager:
         while not self._stopping:
             self._routes_changed.clear()  # before reading: a notice meanwhile wakes us
             await self._follow_routes(spool)
+            self._forget_due_waiting(self.clock.now())
             await self.clock.sleep_until(self.clock.now() + SHARED_POLL, self._routes_changed)
 
     async def _renew_forever(self, spool: SharedSpool) -> None:
@@ -627,7 +636,10 @@ class QueueManager:
         # What it waits on is this node's to know, shared spool or not: a resume or a
         # delisting anywhere (ours, or another node's record) makes it due at once.
         if done.waiting:
-            self._waiting[done.message.seq] = frozenset(done.waiting)
+            self._waiting[done.message.seq] = (
+                frozenset(done.waiting),
+                done.message.next_attempt_at,
+            )
         else:
             self._waiting.pop(done.message.seq, None)
         if self.shared is not None:
