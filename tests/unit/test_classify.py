@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -267,11 +265,7 @@ _HINT_WORDS = [
 )
 def test_ascii_hints_read_as_the_case_blind_patterns_read_them(words):
     text = "".join(words)
-    assert _outcome(retry_hint, text) == _outcome(_case_blind_hint, text)
-
-
-def _outcome(read: Callable[[str], float | None], text: str) -> object:
-    return read(text)
+    assert retry_hint(text) == _case_blind_hint(text)
 
 
 def test_a_long_s_after_a_number_is_read_as_seconds_not_an_error() -> None:
