@@ -159,6 +159,9 @@ class RouteSettings:
     tls_verify: bool = False
     tls_ca_file: Path | None = None
     max_connections: int = 20
+    # Shared by every node on one PostgreSQL spool (None: each node has its own
+    # max_connections); on a spool of its own, one node is all of them.
+    max_connections_total: int | None = None
     helo_name: str | None = None
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
@@ -177,6 +180,12 @@ class RouteSettings:
     @property
     def egress_address(self) -> str | None:
         return self.public_address or self.source_address
+
+    @property
+    def node_connections(self) -> int:
+        """This node's cap on the route: never above what every node may have."""
+        total = self.max_connections_total
+        return self.max_connections if total is None else min(self.max_connections, total)
 
     def describe_auth(self) -> str | None:
         """What `routes` shows: the user and where the password comes from, never it."""
@@ -706,6 +715,12 @@ def _read_route(s: Table) -> RouteSettings:
         tls_ca_file=s.get("tls_ca_file", _path, d.tls_ca_file, "a file path"),
         max_connections=s.get(
             "max_connections", _int_range(1, 10_000), d.max_connections, "a number from 1"
+        ),
+        max_connections_total=s.get(
+            "max_connections_total",
+            _int_range(1, 100_000),
+            d.max_connections_total,
+            "a number from 1 (connections on this route across every node)",
         ),
         helo_name=s.get("helo_name", _str, d.helo_name, "a host name"),
         connect_timeout=s.get("connect_timeout", parse_duration, d.connect_timeout, "a duration"),

@@ -65,7 +65,7 @@ from relayguard.policy.categories import Category
 from relayguard.queue.kept import plan_resend
 from relayguard.queue.manager import bounce_now, route_table
 from relayguard.queue.scheduler import RouteTable
-from relayguard.queue.spool import MessageQuery, SharedSpool, Spool
+from relayguard.queue.spool import MessageQuery, SharedSpool, Spool, SpoolError
 from relayguard.queue.spool.factory import open_spool
 from relayguard.queue.spool.sqlite import DB_NAME
 
@@ -295,6 +295,18 @@ class Controller:
             ]
         return {"now": now, "shape": shape_of(entries, now)}
 
+    async def _connections_total(self, route: RouteSettings) -> Json:
+        """A cap the nodes share: how many connections every node together has now
+        (None when the database cannot say)."""
+        total = route.max_connections_total
+        if total is None:
+            return {}
+        in_use: int | None = None
+        if isinstance(self.spool, SharedSpool):
+            with contextlib.suppress(SpoolError):
+                in_use = await self.spool.slots_in_use(route.name, total)
+        return {"max_connections_total": total, "connections_total": in_use}
+
     async def _routes(self, _req: Json) -> Json:
         now = self.clock.now()
         table = self.manager.routes
@@ -325,10 +337,11 @@ class Controller:
                     # Who the route logs in as and where the password comes from; the
                     # password itself never leaves the route's settings.
                     "auth": r.describe_auth(),
-                    "max_connections": r.max_connections,
+                    "max_connections": r.node_connections,
                     "connections": sum(
                         n for (route, _), n in table.active.items() if route == r.name
                     ),
+                    **(await self._connections_total(r)),
                     "suspensions": suspensions,
                     "throttles": throttles,
                     "probing": probing,

@@ -389,6 +389,15 @@ def format_shape(table: Mapping[str, Any]) -> str:
     )
 
 
+def connections_total(route: Mapping[str, Any]) -> str:
+    """The part of a route's line about a cap its nodes share."""
+    total = route.get("max_connections_total")
+    if total is None:
+        return ""
+    in_use = route.get("connections_total")
+    return f", {'?' if in_use is None else in_use}/{total} across the nodes"
+
+
 def format_routes(data: Mapping[str, Any]) -> str:
     now = float(data["now"])
     lines: list[str] = []
@@ -400,7 +409,7 @@ def format_routes(data: Mapping[str, Any]) -> str:
     for r in data["routes"]:
         lines.append(
             f"{r['name']}  {r['host']}:{r['port']}  "
-            f"connections {r['connections']}/{r['max_connections']}"
+            f"connections {r['connections']}/{r['max_connections']}" + connections_total(r)
         )
         if r.get("auth"):
             lines.append(f"  auth: {r['auth']}")

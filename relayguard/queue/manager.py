@@ -35,6 +35,9 @@ log = structlog.get_logger("relayguard.queue")
 _WARNING_EVENTS = frozenset({"route_suspended", "route_throttled", "egress_listed"})
 # After a failed sweep of the kept copies (the spool refused), try again this much later.
 SWEEP_RETRY = 60.0
+# On a shared spool: look again this often for a connection slot of a route whose
+# nodes share a cap (a node that died gave its slots back without a notice).
+SLOT_RECHECK = 1.0
 # On a shared spool: look for due mail at least this often, whatever the notices say (a
 # notice is lost while the listening connection is being made again).
 SHARED_POLL = 10.0
@@ -72,8 +75,14 @@ def routes_of(settings: Settings) -> Routes:
 def route_table(settings: Settings) -> RouteTable:
     return RouteTable(
         tuple(r.name for r in settings.routes),
-        max_connections={r.name: r.max_connections for r in settings.routes},
+        max_connections={r.name: r.node_connections for r in settings.routes},
     )
+
+
+def max_in_flight_for(settings: Settings) -> int:
+    """Delivery rounds at once: twice the connections, so a round waiting on a reply
+    does not leave a connection idle."""
+    return 2 * sum(r.node_connections for r in settings.routes)
 
 
 def reports_for(done: Done, body: bytes, build: ReportBuilder, now: float) -> list[NewMessage]:
@@ -174,14 +183,24 @@ class QueueManager:
     _route_mark: int = 0  # the last shared route record applied (a shared spool's id)
     _routes_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _sharing: set[asyncio.Task[None]] = field(default_factory=set)
+    # Routes whose connections every node on the shared spool counts together
+    # (`max_connections_total`), and a notice that some node gave one back.
+    _totals: dict[str, int] = field(init=False, default_factory=dict)
+    _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         if isinstance(self.spool, SharedSpool):
             self.shared = self.spool
         self.routes = route_table(self.settings)
         self._routes = routes_of(self.settings)
+        if self.shared is not None:
+            self._totals = {
+                r.name: r.max_connections_total
+                for r in self.settings.routes
+                if r.max_connections_total is not None
+            }
         if not self.max_in_flight:
-            self.max_in_flight = 2 * sum(r.max_connections for r in self.settings.routes)
+            self.max_in_flight = max_in_flight_for(self.settings)
 
     # -- feeding the scheduler -----------------------------------------------------
 
@@ -423,7 +442,9 @@ class QueueManager:
         it, sleep until the next due time or a notice that mail arrived on any node."""
         await self._follow_routes(spool)  # before the first claim: held back as the others
         helpers = [
-            asyncio.create_task(spool.listen(self._wake.set, self._routes_changed.set)),
+            asyncio.create_task(
+                spool.listen(self._wake.set, self._routes_changed.set, self._slot_freed.set)
+            ),
             asyncio.create_task(self._renew_forever(spool)),
             asyncio.create_task(self._follow_routes_forever(spool)),
         ]
@@ -734,9 +755,33 @@ class QueueManager:
                 waiter.set_result(None)
 
     async def _send(self, step: Send) -> tuple[Outcome, float, float]:
-        started = self.clock.now()
-        outcome = await self.sender.send(step.route, step.transaction)
-        return outcome, started, self.clock.now()
+        slot = await self._take_slot(step.route)
+        try:
+            started = self.clock.now()
+            outcome = await self.sender.send(step.route, step.transaction)
+            return outcome, started, self.clock.now()
+        finally:
+            if slot is not None and self.shared is not None:
+                # Shielded: a round cut at shutdown still frees the slot for the others.
+                await asyncio.shield(self.shared.give_back_slot(step.route, slot))
+
+    async def _take_slot(self, route: str) -> int | None:
+        """One of the connection slots the route's nodes share, waited for (None: the
+        route has no shared cap). A slot another node gives back wakes the wait; one
+        a dead node held is found free at the next look, each second."""
+        total = self._totals.get(route)
+        if total is None or self.shared is None:
+            return None
+        while True:
+            self._slot_freed.clear()  # before the look: a notice meanwhile wakes us
+            try:
+                slot = await self.shared.take_slot(route, total)
+            except SpoolError as exc:
+                log.warning("connection_slot_failed", route=route, error=str(exc))
+                slot = None
+            if slot is not None:
+                return slot
+            await self.clock.sleep_until(self.clock.now() + SLOT_RECHECK, self._slot_freed)
 
 
 def emit(

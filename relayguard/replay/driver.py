@@ -25,7 +25,7 @@ from relayguard.dns.providers import ProviderTable, provider_key
 from relayguard.model import Attempt, MessageState, QueuedMessage, Recipient
 from relayguard.ndr.reports import make_report_builder
 from relayguard.policy import Policy
-from relayguard.queue.manager import emit, reports_for, route_table, routes_of
+from relayguard.queue.manager import emit, max_in_flight_for, reports_for, route_table, routes_of
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Send
 from relayguard.queue.scheduler import DueQueue
 from relayguard.queue.spool import Keep, NewMessage
@@ -175,7 +175,7 @@ class _Replay:
         self.due = DueQueue()
         self.table = route_table(self.settings)
         self.routes = routes_of(self.settings)
-        self.max_in_flight = 2 * sum(r.max_connections for r in self.settings.routes)
+        self.max_in_flight = max_in_flight_for(self.settings)
         self.scenario = scenario
         self.provider_table = ProviderTable.build(dict(self.settings.dns.providers))
         self.provider_keys: dict[str, str | None] = {}

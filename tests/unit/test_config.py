@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,10 @@ def test_full_config_parses_to_the_right_values():
     assert b.source_address == "2001:db8::1"  # normalised
     assert b.helo_name is None
     assert b.max_connections == 20
+    assert (b.max_connections_total, b.node_connections) == (None, 20)
+    # A cap every node shares is this node's too: it never has more on its own.
+    assert replace(b, max_connections_total=6).node_connections == 6
+    assert replace(b, max_connections_total=60).node_connections == 20
     t = s.route("third_route.x")
     assert (t.host, t.port, t.tls, t.ndr_only) == ("10.1.2.3", 2526, "opportunistic", True)
     assert not p.ndr_only
@@ -278,6 +283,11 @@ def test_unknown_key_lists_the_known_ones():
         (ROUTE + '[[route]]\nname = "b"\nhost = 4\n', "route[1].host", "host name or address"),
         (ROUTE + "helo_name = 7\n", "route[0].helo_name", "a host name"),
         (ROUTE + "max_connections = 0\n", "route[0].max_connections", "a number from 1"),
+        (
+            ROUTE + 'max_connections_total = "all"\n',
+            "route[0].max_connections_total",
+            "across every node",
+        ),
         (
             ROUTE + "messages_per_connection = -1\n",
             "route[0].messages_per_connection",

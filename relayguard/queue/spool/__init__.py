@@ -344,11 +344,27 @@ class SharedSpool(Protocol):
         ...
 
     async def listen(
-        self, wake: Callable[[], None], routes_changed: Callable[[], None] | None = None
+        self,
+        wake: Callable[[], None],
+        routes_changed: Callable[[], None] | None = None,
+        slot_freed: Callable[[], None] | None = None,
     ) -> None:
-        """Call `wake` whenever mail arrives or becomes due on any node, and
-        `routes_changed` whenever a node shares route state (runs until cancelled;
-        both also once after every reconnection, for what may have been missed)."""
+        """Call `wake` whenever mail arrives or becomes due on any node,
+        `routes_changed` whenever a node shares route state, and `slot_freed` whenever
+        a node gives back a connection slot (runs until cancelled; each also once
+        after every reconnection, for what may have been missed)."""
+        ...
+
+    async def take_slot(self, route: str, total: int) -> int | None:
+        """One of the `total` connection slots the route has across every node
+        (`max_connections_total`), held by this node until given back or until this
+        node dies; None when all are in use."""
+        ...
+
+    async def give_back_slot(self, route: str, slot: int) -> None: ...
+
+    async def slots_in_use(self, route: str, total: int) -> int:
+        """How many of the route's slots every node together holds now."""
         ...
 
     async def share_route_state(

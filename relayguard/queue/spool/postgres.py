@@ -53,6 +53,7 @@ from relayguard.queue.spool.common import (
     stored_json,
 )
 from relayguard.queue.spool.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
+from relayguard.queue.spool.postgres_slots import SLOTS_CHANNEL, ConnectionSlots
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -118,6 +119,7 @@ class PgSpool(StateChanges):
         self.node = node  # whose leases this spool claims, renews and ends ('' for none)
         self._conn: Conn | None = writer
         self._pool = pool
+        self._slots = ConnectionSlots(dsn)
         self._new_id = ids
         self._jobs: asyncio.Queue[tuple[JobFn, asyncio.Future[Any]] | None] = asyncio.Queue()
         self._closed = False
@@ -432,12 +434,32 @@ class PgSpool(StateChanges):
         return await self._leases(lambda c: leases.next_due(c, self.node))
 
     async def listen(
-        self, wake: Callable[[], None], routes_changed: Callable[[], None] | None = None
+        self,
+        wake: Callable[[], None],
+        routes_changed: Callable[[], None] | None = None,
+        slot_freed: Callable[[], None] | None = None,
     ) -> None:
         channels = {QUEUE_CHANNEL: wake}
         if routes_changed is not None:
             channels[leases.ROUTES_CHANNEL] = routes_changed
+        if slot_freed is not None:
+            channels[SLOTS_CHANNEL] = slot_freed
         await leases.listen_forever(self.dsn, channels)
+
+    async def take_slot(self, route: str, total: int) -> int | None:
+        try:
+            return await self._slots.take(route, total)
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
+
+    async def give_back_slot(self, route: str, slot: int) -> None:
+        await self._slots.give_back(route, slot)
+
+    async def slots_in_use(self, route: str, total: int) -> int:
+        try:
+            return await self._slots.in_use(route, total)
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
 
     async def share_route_state(
         self, kind: str, until: float, data: dict[str, Any], now: float
@@ -461,6 +483,7 @@ class PgSpool(StateChanges):
             await self._writer
         if self._conn is not None:
             await self._conn.close()
+        await self._slots.close()
         await self._pool.close()
 
 
