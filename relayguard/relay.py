@@ -176,9 +176,7 @@ class Relay:
                     self.manager.enqueue_seq(entry.seq, entry.next_attempt_at)
 
     def _egress_changed(self, what: str, check: ZoneCheck) -> None:
-        assert self.reputation is not None
-        still = bool(self.reputation.listed(check.route))
-        self.manager.egress_changed(what, check, still_listed=still)
+        self.manager.egress_changed(what, check)
 
     def _accepted(self, message: QueuedMessage) -> None:
         self.manager.enqueue(message)

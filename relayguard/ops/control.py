@@ -63,6 +63,7 @@ from relayguard.ops.queue_tools import (
 )
 from relayguard.policy.categories import Category
 from relayguard.queue.kept import plan_resend
+from relayguard.queue.listings import Listings
 from relayguard.queue.manager import bounce_now, route_table
 from relayguard.queue.scheduler import RouteTable
 from relayguard.queue.spool import MessageQuery, SharedSpool, Spool, SpoolError
@@ -134,6 +135,8 @@ class QueueView(Protocol):
     def delivering(self) -> Collection[int]: ...
     @property
     def routes(self) -> RouteTable: ...
+    @property
+    def listings(self) -> Listings: ...
     def hold(self, seq: int) -> None: ...
     def schedule_now(self, seq: int) -> bool: ...
     def enqueue(self, message: QueuedMessage) -> None: ...
@@ -152,6 +155,7 @@ class StoppedQueue:
 
         self.delivering: frozenset[int] = frozenset()
         self.routes = route_table(settings)
+        self.listings = Listings()  # checked by the running relay: none when stopped
         self._spool = spool
         self._clock = clock
         self._build = make_report_builder(settings)
@@ -345,9 +349,11 @@ class Controller:
                     "suspensions": suspensions,
                     "throttles": throttles,
                     "probing": probing,
-                    "listed": [c.to_dict() for c in self.reputation.listed(r.name)]
-                    if self.reputation
-                    else [],
+                    # By this node's checks and, on a shared spool, the other nodes'.
+                    "listed": [
+                        {**listing.check, "node": listing.node or None}
+                        for listing in self.manager.listings.seen_by(r.name)
+                    ],
                     "counts": dict(obs.counts.get(r.name, {})) if obs else {},
                     "recent": list(obs.recent.get(r.name, ())) if obs else [],
                 }

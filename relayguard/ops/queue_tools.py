@@ -427,6 +427,7 @@ def format_routes(data: Mapping[str, Any]) -> str:
             f"  listed in {c['zone']} ({c['address']} -> {', '.join(c['answers'])})"
             + (f": {c['reason']}" if c["reason"] else "")
             + (" [avoided while another route is clean]" if c["avoid"] else " [not avoided]")
+            + (f" [seen by {c['node']}]" if c.get("node") else "")
             for c in r.get("listed", ())
         )
         if r["probing"]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
@@ -26,9 +26,10 @@ from relayguard.policy import Policy
 from relayguard.policy.categories import Category
 from relayguard.queue import shared_routes
 from relayguard.queue.kept import egress_failures, keep_for
+from relayguard.queue.listings import LISTING_KEPT, Listing, Listings
 from relayguard.queue.round import Blocked, DeliveryRound, Done, Routes, Send, fail_pending
 from relayguard.queue.scheduler import ALL_DESTINATIONS, DueQueue, RouteTable
-from relayguard.queue.spool import Keep, NewMessage, SharedSpool, Spool, SpoolError
+from relayguard.queue.spool import Keep, NewMessage, RouteRecord, SharedSpool, Spool, SpoolError
 
 log = structlog.get_logger("relayguard.queue")
 
@@ -187,6 +188,8 @@ class QueueManager:
     # (`max_connections_total`), and a notice that some node gave one back.
     _totals: dict[str, int] = field(init=False, default_factory=dict)
     _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Which DNSBLs list which route, by this node's checks and (shared) the others'.
+    listings: Listings = field(default_factory=Listings)
 
     def __post_init__(self) -> None:
         if isinstance(self.spool, SharedSpool):
@@ -302,35 +305,81 @@ class QueueManager:
             )
         return len(lifted)
 
-    def egress_changed(self, what: str, check: ZoneCheck, *, still_listed: bool) -> None:
-        """A reputation check changed a route's standing in a zone (dns/reputation.py).
-        Listed (in a zone with avoid = "all"): mail avoids the route while another may
-        take it. Delisted, and listed nowhere else: its suspensions for blocklist
-        replies end now, and the mail they held back is due at once."""
-        route = check.route
-        zones = set(self.routes.avoided.get(route, ()))
+    def egress_changed(self, what: str, check: ZoneCheck) -> None:
+        """This node's reputation check changed a route's standing in a zone
+        (dns/reputation.py); on a shared spool the other nodes are told."""
+        node = self.node_name
+        if what == "listed":
+            listing = Listing(node, self.clock.now() + LISTING_KEPT, check.avoid, check.to_dict())
+            self.listings.listed(listing, check.route, check.zone)
+            self._share([(shared_routes.LISTED, listing.until, listing.check)])
+        else:
+            self.listings.delisted(node, check.route, check.zone)
+            until = self.clock.now() + LISTING_KEPT
+            self._share([(shared_routes.DELISTED, until, check.to_dict())])
+        self._listing_changed(what, check.to_dict(), node)
+
+    def _listing_changed(
+        self, what: str, check: dict[str, Any], node: str, *, lapsed: bool = False
+    ) -> None:
+        """A node's word on a route's listing changed what it is. Listed (in a zone
+        with avoid = "all"), by any node: mail avoids the route while another may take
+        it. Delisted, and listed nowhere else by any node: its suspensions for
+        blocklist replies end now, and the mail they held back is due at once."""
+        route = str(check["route"])
         fields: dict[str, Any] = {
             "route": route,
-            "zone": check.zone,
-            "address": check.address,
-            "answers": list(check.answers),
-            "reason": check.reason,
+            "zone": check["zone"],
+            "address": check["address"],
+            "answers": list(check.get("answers", ())),
+            "reason": check.get("reason", ""),
         }
+        if node != self.node_name:
+            fields["node"] = node  # another node's check
+        if lapsed:
+            fields["lapsed"] = "that node did not say it again in time (stopped, or cut off)"
         if what == "listed":
-            if check.avoid:
-                zones.add(check.zone)
-            fields["avoid"] = "all" if check.avoid else "none"
-        else:
-            zones.discard(check.zone)
-            if not still_listed:
-                lifted = self.routes.resume(route, category=Category.RBL_BLOCK.value)
-                fields.update(suspensions_lifted=sorted(lifted), due_now=self.redrive(lifted))
+            fields["avoid"] = "all" if check.get("avoid", True) else "none"
+        elif not self.listings.is_listed(route):
+            lifted = self.routes.resume(route, category=Category.RBL_BLOCK.value)
+            fields.update(suspensions_lifted=sorted(lifted), due_now=self.redrive(lifted))
+        zones = self.listings.avoided_zones(route)
         if zones:
-            self.routes.avoided[route] = frozenset(zones)
+            self.routes.avoided[route] = zones
         else:
             self.routes.avoided.pop(route, None)
         emit([(f"egress_{what}", fields)], self.on_event)
         self._wake.set()
+
+    @property
+    def node_name(self) -> str:
+        return self.shared.node if self.shared is not None else ""
+
+    def _follow_listing(self, record: RouteRecord) -> None:
+        """Another node's word on a route's listing."""
+        data = record.data
+        route, zone = str(data.get("route")), str(data.get("zone"))
+        if route not in self.routes.routes:
+            return  # a route this node does not have (configured differently)
+        if record.kind == shared_routes.LISTED:
+            listing = Listing(record.node, record.until, bool(data.get("avoid", True)), data)
+            self.listings.listed(listing, route, zone)
+            self._listing_changed("listed", data, record.node)
+        else:
+            self.listings.delisted(record.node, route, zone)
+            self._listing_changed("delisted", data, record.node)
+
+    def _tend_listings(self, now: float) -> None:
+        """Other nodes' listings not said again in time lapse; this node's own are
+        said again before theirs would."""
+        for listing in self.listings.lapse(now, self.node_name):
+            self._listing_changed("delisted", listing.check, listing.node, lapsed=True)
+        renewed = []
+        for listing in self.listings.due_again(self.node_name, now):
+            again = replace(listing, until=now + LISTING_KEPT)
+            self.listings.listed(again, str(listing.check["route"]), str(listing.check["zone"]))
+            renewed.append((shared_routes.LISTED, again.until, again.check))
+        self._share(renewed)
 
     def redrive(self, keys: Iterable[str]) -> int:
         """Messages waiting on a suspension of these destination keys (held while every
@@ -522,6 +571,9 @@ class QueueManager:
             self._route_mark = max(self._route_mark, record.id)
             if record.node == spool.node:
                 continue  # ours: applied when we found it
+            if record.kind in shared_routes.LISTING_KINDS:
+                self._follow_listing(record)
+                continue
             lifted = shared_routes.apply(self.routes, record)
             if lifted:
                 self.redrive(lifted)  # what this node held back for them is due now
@@ -541,6 +593,7 @@ class QueueManager:
             self._routes_changed.clear()  # before reading: a notice meanwhile wakes us
             await self._follow_routes(spool)
             self._forget_due_waiting(self.clock.now())
+            self._tend_listings(self.clock.now())
             await self.clock.sleep_until(self.clock.now() + SHARED_POLL, self._routes_changed)
 
     async def _renew_forever(self, spool: SharedSpool) -> None:

@@ -18,6 +18,10 @@ from relayguard.queue.spool import RouteRecord
 SUSPENSION = "suspension"
 THROTTLE = "throttle"
 RESUME = "resume"
+# An egress's DNSBL listing as one node sees it (queue/listings.py), and its end.
+LISTED = "listed"
+DELISTED = "delisted"
+LISTING_KINDS = frozenset({LISTED, DELISTED})
 
 
 def records_to_share(

@@ -300,8 +300,9 @@ class RouteRecord:
 
     id: int
     node: str
-    kind: str  # suspension | throttle | resume
+    kind: str  # suspension | throttle | resume | listed | delisted
     data: dict[str, Any]
+    until: float = 0.0  # when it stops mattering
 
 
 @runtime_checkable

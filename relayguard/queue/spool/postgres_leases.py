@@ -108,13 +108,13 @@ async def share_route_state(
 
 async def route_state(c: Conn, after: int, now: float) -> list[RouteRecord]:
     cur = await c.execute(
-        "SELECT id, node, kind, data FROM route_state"
+        "SELECT id, node, kind, data, until FROM route_state"
         " WHERE id > %s AND (until > %s OR kind = 'resume') ORDER BY id",
         (after, now),
     )
     return [
-        RouteRecord(int(i), node, kind, json.loads(data))
-        for i, node, kind, data in await cur.fetchall()
+        RouteRecord(int(i), node, kind, json.loads(data), float(until))
+        for i, node, kind, data, until in await cur.fetchall()
     ]
 
 
