@@ -102,19 +102,22 @@ class ConnectionSlots:
         server restarted, or ended it) is noticed only now: its slots are gone with
         it, and the query runs once more on a new one (`params` read afresh, as the
         slots held are none now)."""
-        for fresh in (self._conn is None or self._conn.closed, True):
-            conn = await self._connection()
-            try:
-                cur = await conn.execute(query, params())
-                return await cur.fetchone()
-            except psycopg.OperationalError:
-                await self._lost()
-                if fresh:
-                    raise
-            except psycopg.Error:
-                await self._lost()
+        reused = self._conn is not None and not self._conn.closed
+        try:
+            return await self._first_row(query, params())
+        except psycopg.OperationalError:
+            if not reused:
                 raise
-        return None  # not reached: the second pass returns or raises
+        return await self._first_row(query, params())
+
+    async def _first_row(self, query: str, params: Params) -> tuple[Any, ...] | None:
+        conn = await self._connection()
+        try:
+            cur = await conn.execute(query, params)
+            return await cur.fetchone()
+        except psycopg.Error:
+            await self._lost()
+            raise
 
     async def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed or self._conn.broken:
