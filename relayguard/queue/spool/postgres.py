@@ -625,11 +625,17 @@ async def _resend(c: Conn, r: Resend, new_id: QueueIdFactory) -> QueuedMessage |
 
 
 async def _delete(c: Conn, seq: int) -> bool:
-    cur = await c.execute("DELETE FROM messages WHERE seq = %s", (seq,))
-    gone = cur.rowcount > 0
-    if gone:  # else the seq may be a kept copy's, whose attempts these are
-        await c.execute("DELETE FROM attempts WHERE seq = %s", (seq,))
-    return gone
+    # One statement, one round trip: every delivered message ends here, in the writer's
+    # transaction that everything else waits behind. Attempts go only with the message
+    # (a seq not in messages may be a kept copy's, whose attempts these are).
+    cur = await c.execute(
+        "WITH gone AS (DELETE FROM messages WHERE seq = %s RETURNING seq),"
+        " a AS (DELETE FROM attempts WHERE seq IN (SELECT seq FROM gone))"
+        " SELECT COUNT(*) FROM gone",
+        (seq,),
+    )
+    row = await cur.fetchone()
+    return row is not None and int(row[0]) > 0
 
 
 async def _attempts(c: Conn, seqs: Sequence[int]) -> dict[int, list[Attempt]]:
