@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from relayguard.model import Envelope, MessageState, Recipient
-from relayguard.queue.spool import Claim, NewMessage, SharedSpool
+from relayguard.model import Attempt, Envelope, MessageState, Phase, Recipient, Reply
+from relayguard.queue.spool import Claim, ClaimRound, NewMessage, SharedSpool
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (relayguard[postgres])")
 
@@ -103,6 +103,30 @@ async def test_a_held_message_is_never_claimed_and_end_leases_frees_it(pg_cluste
         assert await one.claim_due(now=320.0, lease_until=330.0, limit=5) == [Claim(a.seq)]
         messages = {m.seq: m.state for m in await one.messages()}
         assert messages == {a.seq: MessageState.ACTIVE, b.seq: MessageState.ACTIVE}
+
+
+async def test_a_claim_brings_its_message_as_load_would_and_says_when_to_look_again(pg_cluster):
+    async with two_nodes(pg_cluster) as (one, two):
+        a, b, c = await one.accept_many([new(1, at=100.0), new(2, at=101.0), new(3, at=500.0)])
+        # A message with a round behind it: its attempts come with the claim, in order.
+        busy = Reply(451, "4.7.500", "Server busy", Phase.RCPT, "mx.example.net")
+        tried = [Attempt(at, "primary", ("r@example.com",), busy, "defer") for at in (1.0, 2.0)]
+        await one.update(a, tried)
+        assert await two.hold(b.seq)
+        found = await one.claim_round(now=200.0, lease_until=300.0, limit=5)
+        assert found.claims == [Claim(a.seq)]  # the held one is not claimed
+        assert not found.full
+        assert found.next_due == 500.0  # in the same look: c, nobody's yet
+        assert found.claims[0].loaded == await one.load(a.seq)
+        assert found.claims[0].loaded[0].attempts == tried
+        assert await two.release(b.seq, 150.0)
+        taken = await two.claim_round(now=250.0, lease_until=700.0, limit=1)
+        assert taken.claims == [Claim(b.seq)]
+        assert taken.full
+        assert taken.next_due is None  # full: no need to know
+        idle = await two.claim_round(now=250.0, lease_until=700.0, limit=0)
+        assert idle == ClaimRound([], 300.0, full=False)  # no room: when node 1's lease ends
+        assert c.seq not in {claim.seq for claim in found.claims + taken.claims}
 
 
 async def test_mail_accepted_on_one_node_wakes_the_other(pg_cluster):

@@ -22,7 +22,7 @@ tests/unit/test_spool_contract.py runs one suite over all of them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
@@ -288,10 +288,23 @@ class Spool(Protocol):
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A message a node has claimed to deliver, and the node whose lease on it had run
-    out ('' when nobody held it): a takeover after a node died."""
+    out ('' when nobody held it): a takeover after a node died. `loaded` is the message
+    and its body as the claim found them (what `load` would answer), so the node need
+    not read them again; it is a payload, not part of which claim this is."""
 
     seq: int
     taken_from: str = ""
+    loaded: tuple[QueuedMessage, bytes] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRound:
+    """What one look at a shared queue found: the claims, when to look again if it
+    took less than it could (`next_due`'s answer), and whether it took all it could."""
+
+    claims: list[Claim]
+    next_due: float | None
+    full: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +335,10 @@ class SharedSpool(Protocol):
         """Up to `limit` ACTIVE messages due by `now` that nobody holds (or whose lease
         has run out), leased to this node until `lease_until`; the most overdue first.
         Messages another node is claiming at this moment are skipped, never waited on."""
+        ...
+
+    async def claim_round(self, now: float, lease_until: float, limit: int) -> ClaimRound:
+        """`claim_due`, then (unless it took `limit`) `next_due`, in one go."""
         ...
 
     async def renew(self, seqs: Sequence[int], lease_until: float) -> set[int]:

@@ -30,6 +30,7 @@ from relayguard.clock import QueueIdFactory, new_queue_id
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
 from relayguard.queue.spool import (
     Claim,
+    ClaimRound,
     IndexEntry,
     Keep,
     KeptMessage,
@@ -45,6 +46,7 @@ from relayguard.queue.spool import (
     queued_domains,
 )
 from relayguard.queue.spool import postgres_leases as leases
+from relayguard.queue.spool import postgres_rows as rows
 from relayguard.queue.spool.common import (
     StateChanges,
     queued_for,
@@ -409,6 +411,11 @@ class PgSpool(StateChanges):
     async def claim_due(self, now: float, lease_until: float, limit: int) -> list[Claim]:
         return await self._leases(lambda c: leases.claim_due(c, self.node, now, lease_until, limit))
 
+    async def claim_round(self, now: float, lease_until: float, limit: int) -> ClaimRound:
+        return await self._leases(
+            lambda c: leases.claim_round(c, self.node, now, lease_until, limit)
+        )
+
     async def renew(self, seqs: Sequence[int], lease_until: float) -> set[int]:
         return await self._leases(lambda c: leases.renew(c, self.node, seqs, lease_until))
 
@@ -609,11 +616,16 @@ async def _kept(c: Conn, since: float | None) -> list[KeptMessage]:
         " kept_at, until, resent FROM kept WHERE kept_at >= %s ORDER BY kept_at, seq",
         (MessageState.KEPT.value, float("-inf") if since is None else since),
     )
-    rows = await cur.fetchall()
-    attempts = await _attempts(c, [r[0] for r in rows])
+    kept_rows = await cur.fetchall()
+    attempts = await _attempts(c, [r[0] for r in kept_rows])
     return [
-        KeptMessage(_message(row[:8], attempts), row[8], row[9], frozenset(json.loads(row[10])))
-        for row in rows
+        KeptMessage(
+            rows.message(row[:8], attempts.get(int(row[0]), [])),
+            row[8],
+            row[9],
+            frozenset(json.loads(row[10])),
+        )
+        for row in kept_rows
     ]
 
 
@@ -636,14 +648,17 @@ async def _resend(c: Conn, r: Resend, new_id: QueueIdFactory) -> QueuedMessage |
 
 
 async def _delete(c: Conn, seq: int) -> bool:
-    cur = await c.execute("DELETE FROM messages WHERE seq = %s", (seq,))
-    gone = cur.rowcount > 0
-    if gone:  # else the seq may be a kept copy's, whose attempts these are
-        await c.execute("DELETE FROM attempts WHERE seq = %s", (seq,))
-    return gone
-
-
-_COLUMNS = "seq, queue_id, state, arrival_at, next_attempt_at, message_id, size, envelope"
+    # One statement, one round trip: every delivered message ends here, in the writer's
+    # transaction that everything else waits behind. Attempts go only with the message
+    # (a seq not in messages may be a kept copy's, whose attempts these are).
+    cur = await c.execute(
+        "WITH gone AS (DELETE FROM messages WHERE seq = %s RETURNING seq),"
+        " a AS (DELETE FROM attempts WHERE seq IN (SELECT seq FROM gone))"
+        " SELECT COUNT(*) FROM gone",
+        (seq,),
+    )
+    row = await cur.fetchone()
+    return row is not None and int(row[0]) > 0
 
 
 async def _attempts(c: Conn, seqs: Sequence[int]) -> dict[int, list[Attempt]]:
@@ -659,30 +674,15 @@ async def _attempts(c: Conn, seqs: Sequence[int]) -> dict[int, list[Attempt]]:
     return out
 
 
-def _message(row: Sequence[Any], attempts: dict[int, list[Attempt]]) -> QueuedMessage:
-    seq, qid, state, arrival, nxt, mid, size, env = row
-    return QueuedMessage(
-        seq=int(seq),
-        queue_id=qid,
-        envelope=Envelope.from_dict(json.loads(env)),
-        arrival_at=arrival,
-        next_attempt_at=nxt,
-        state=MessageState(state),
-        size=int(size),
-        message_id=mid,
-        attempts=list(attempts.get(int(seq), [])),
-    )
-
-
 async def _load(c: Conn, seq: int) -> tuple[QueuedMessage, bytes] | None:
     cur = await c.execute(
-        f"SELECT {_COLUMNS}, body FROM messages WHERE seq = %s",  # noqa: S608 - constant columns
-        (seq,),
+        sql.SQL("SELECT {}, body FROM messages WHERE seq = %s").format(rows.columns()), (seq,)
     )
     row = await cur.fetchone()
     if row is None:
         return None
-    return _message(row[:-1], await _attempts(c, [seq])), bytes(row[-1])
+    attempts = await _attempts(c, [seq])
+    return rows.message(row[:-1], attempts.get(seq, [])), bytes(row[-1])
 
 
 def _where(query: MessageQuery | None) -> tuple[sql.Composable, list[object]]:
@@ -713,12 +713,12 @@ def _where(query: MessageQuery | None) -> tuple[sql.Composable, list[object]]:
 async def _select(c: Conn, query: MessageQuery | None) -> list[QueuedMessage]:
     where, params = _where(query)
     cur = await c.execute(
-        sql.SQL("SELECT {} FROM messages WHERE {} ORDER BY seq").format(sql.SQL(_COLUMNS), where),
+        sql.SQL("SELECT {} FROM messages WHERE {} ORDER BY seq").format(rows.columns(), where),
         params,
     )
-    rows = await cur.fetchall()
-    attempts = await _attempts(c, [r[0] for r in rows])
-    found = [_message(r, attempts) for r in rows]
+    found_rows = await cur.fetchall()
+    attempts = await _attempts(c, [r[0] for r in found_rows])
+    found = [rows.message(r, attempts.get(int(r[0]), [])) for r in found_rows]
     return [m for m in found if queued_for(query, m.envelope)]
 
 
