@@ -155,9 +155,11 @@ async def test_a_database_at_an_older_version_is_migrated_keeping_its_mail(pg_cl
         await conn.execute("SELECT id, node, kind, until, data FROM route_state")
 
 
-async def test_one_failing_commit_in_a_batch_spoils_no_other(pg_cluster):
+@pytest.mark.parametrize("named", [False, True], ids=["ids-drawn", "ids-given"])
+async def test_one_failing_commit_in_a_batch_spoils_no_other(pg_cluster, named):
     """Sessions committing together share a transaction. When one of them cannot be
-    queued (its queue id is taken), the others are still committed, each once."""
+    queued (its queue id is taken), the others are still committed, each once. With
+    their queue ids given (the front end's), a batch's messages go in one insert."""
     import asyncio  # noqa: PLC0415
 
     from relayguard.model import Envelope, Recipient  # noqa: PLC0415
@@ -173,7 +175,10 @@ async def test_one_failing_commit_in_a_batch_spoils_no_other(pg_cluster):
         await spool.accept(new(0, "TAKEN"))
         batches_before = spool.batches
         outcomes = await asyncio.gather(
-            *(spool.accept(new(i, "TAKEN" if i == 5 else "")) for i in range(1, 11)),
+            *(
+                spool.accept(new(i, "TAKEN" if i == 5 else (f"Q{i}" if named else "")))
+                for i in range(1, 11)
+            ),
             return_exceptions=True,
         )
         batched = spool.batches - batches_before
@@ -185,3 +190,9 @@ async def test_one_failing_commit_in_a_batch_spoils_no_other(pg_cluster):
     assert isinstance(failed[0], SpoolError)
     assert batched < 10  # they did share transactions
     assert sorted(m.message_id for m in stored) == sorted(f"<{i}@x>" for i in range(11) if i != 5)
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert {(m.seq, m.queue_id) for m in answered} <= {(m.seq, m.queue_id) for m in stored}
+    if named:
+        assert sorted(m.queue_id for m in answered) == sorted(
+            f"Q{i}" for i in range(1, 11) if i != 5
+        )

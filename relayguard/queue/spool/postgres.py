@@ -214,15 +214,34 @@ class PgSpool(StateChanges):
         savepoints: a savepoint and its release are two round trips per job, which
         halved ingest, and a job fails rarely (a queue id already queued), so the
         careful way is kept for the batch that needs it."""
-        self._notify = False
+        self._notify = any(isinstance(fn, _Accept) for fn, _ in batch)
         async with conn.transaction():
             if one_by_one:
                 await self._run_jobs(conn, batch, results)
             else:
-                for fn, waiter in batch:
+                rest = await self._accept_together(conn, batch, results)
+                for fn, waiter in rest:
                     results.append((waiter, await fn(conn), None))
             if self._notify:
                 await _notify_queue(conn)
+
+    async def _accept_together(
+        self,
+        conn: Conn,
+        batch: list[tuple[JobFn, asyncio.Future[Any]]],
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+    ) -> list[tuple[JobFn, asyncio.Future[Any]]]:
+        """The batch's new messages in one insert of them all (nothing else in a
+        batch can touch a message that has no seq yet); the other jobs, to run."""
+        accepts = [(fn, w) for fn, w in batch if isinstance(fn, _Accept) and fn.named]
+        if len(accepts) < 2:
+            return batch
+        messages = [m for fn, _ in accepts for m in fn.messages]
+        queued = iter(await _insert_many(conn, messages, self._new_id))
+        for fn, waiter in accepts:
+            results.append((waiter, [next(queued) for _ in fn.messages], None))
+        together = {id(fn) for fn, _ in accepts}
+        return [(fn, w) for fn, w in batch if id(fn) not in together]
 
     async def _run_jobs(
         self,
@@ -263,21 +282,13 @@ class PgSpool(StateChanges):
     # -- the Spool interface ---------------------------------------------------------
 
     async def accept(self, message: NewMessage) -> QueuedMessage:
-        async def job(c: Conn) -> QueuedMessage:
-            queued = await _insert(c, message, self._new_id)
-            self._notify = True
-            return queued
-
-        return await self._run(job)
+        queued: list[QueuedMessage] = await self._run(_Accept([message], self._new_id))
+        return queued[0]
 
     async def accept_many(self, messages: Sequence[NewMessage]) -> list[QueuedMessage]:
-        async def job(c: Conn) -> list[QueuedMessage]:
-            queued = [await _insert(c, m, self._new_id) for m in messages]
-            if queued:
-                self._notify = True
-            return queued
-
-        return await self._run(job)
+        if not messages:
+            return []
+        return await self._run(_Accept(messages, self._new_id))
 
     async def load(self, seq: int) -> tuple[QueuedMessage, bytes] | None:
         return await self.read(lambda c: _load(c, seq))
@@ -497,16 +508,49 @@ class PgSpool(StateChanges):
 # ---------------------------------------------------------------- the queries
 
 
+class _Accept:
+    """A writer job that queues new messages. The writer inserts every such job of
+    a batch at once; alone (or in the careful rerun, a savepoint each) it runs as
+    any job does."""
+
+    def __init__(self, messages: Sequence[NewMessage], new_id: QueueIdFactory) -> None:
+        self.messages = messages
+        self._new_id = new_id
+
+    @property
+    def named(self) -> bool:
+        """Every message has its queue id already (the front end's, in its Received
+        header): inserting them together draws no ids."""
+        return all(m.queue_id for m in self.messages)
+
+    async def __call__(self, c: Conn) -> list[QueuedMessage]:
+        # One by one: an id is drawn only for a message reached, as SQLite does.
+        return [await _insert(c, m, self._new_id) for m in self.messages]
+
+
 async def _notify_queue(c: Conn) -> None:
     # Sent at commit; PostgreSQL folds the same notice within one transaction.
     await c.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(QUEUE_CHANNEL)))
 
 
+_INSERT = (
+    "INSERT INTO messages (queue_id, state, arrival_at, next_attempt_at, sender, message_id,"
+    " size, envelope, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq"
+)
+
+
 async def _insert(c: Conn, m: NewMessage, new_id: QueueIdFactory) -> QueuedMessage:
-    qid = m.queue_id or new_id()
-    cur = await c.execute(
-        "INSERT INTO messages (queue_id, state, arrival_at, next_attempt_at, sender, message_id,"
-        " size, envelope, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq",
+    [queued] = await _insert_many(c, [m], new_id)
+    return queued
+
+
+async def _insert_many(
+    c: Conn, messages: Sequence[NewMessage], new_id: QueueIdFactory
+) -> list[QueuedMessage]:
+    """Insert them all in one pipelined exchange (executemany): one round trip for
+    the lot instead of one each."""
+    ids = [m.queue_id or new_id() for m in messages]
+    params = [
         (
             qid,
             MessageState.ACTIVE.value,
@@ -517,19 +561,30 @@ async def _insert(c: Conn, m: NewMessage, new_id: QueueIdFactory) -> QueuedMessa
             len(m.body),
             stored_json(m.envelope.to_dict()),
             m.body,
-        ),
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    return QueuedMessage(
-        seq=int(row[0]),
-        queue_id=qid,
-        envelope=m.envelope,
-        arrival_at=m.arrival_at,
-        next_attempt_at=m.arrival_at,
-        size=len(m.body),
-        message_id=m.message_id,
-    )
+        )
+        for qid, m in zip(ids, messages, strict=True)
+    ]
+    seqs: list[int] = []
+    async with c.cursor() as cur:
+        await cur.executemany(_INSERT, params, returning=True)
+        while True:
+            row = await cur.fetchone()
+            assert row is not None
+            seqs.append(int(row[0]))
+            if not cur.nextset():
+                break
+    return [
+        QueuedMessage(
+            seq=seq,
+            queue_id=qid,
+            envelope=m.envelope,
+            arrival_at=m.arrival_at,
+            next_attempt_at=m.arrival_at,
+            size=len(m.body),
+            message_id=m.message_id,
+        )
+        for seq, qid, m in zip(seqs, ids, messages, strict=True)
+    ]
 
 
 async def _update(c: Conn, m: QueuedMessage, new_attempts: Sequence[Attempt], node: str) -> bool:
