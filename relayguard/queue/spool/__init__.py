@@ -53,6 +53,18 @@ class NewMessage:
     message_id: str = ""
     queue_id: str = ""  # chosen by the front end for its Received header; made here if empty
 
+    def queued(self, seq: int, queue_id: str) -> QueuedMessage:
+        """The message as a spool answers once it has stored it, as `seq`."""
+        return QueuedMessage(
+            seq=seq,
+            queue_id=queue_id,
+            envelope=self.envelope,
+            arrival_at=self.arrival_at,
+            next_attempt_at=self.arrival_at,
+            size=len(self.body),
+            message_id=self.message_id,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class MessageQuery:

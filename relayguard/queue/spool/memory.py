@@ -130,15 +130,7 @@ class MemorySpool:
             envelope=m.envelope,
             body=m.body,
         )
-        return QueuedMessage(
-            seq=seq,
-            queue_id=qid,
-            envelope=m.envelope,
-            arrival_at=m.arrival_at,
-            next_attempt_at=m.arrival_at,
-            size=len(m.body),
-            message_id=m.message_id,
-        )
+        return m.queued(seq, qid)
 
     def _remove(self, seq: int) -> bool:
         stored = self._messages.pop(seq, None)

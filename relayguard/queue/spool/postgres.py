@@ -573,18 +573,7 @@ async def _insert_many(
             seqs.append(int(row[0]))
             if not cur.nextset():
                 break
-    return [
-        QueuedMessage(
-            seq=seq,
-            queue_id=qid,
-            envelope=m.envelope,
-            arrival_at=m.arrival_at,
-            next_attempt_at=m.arrival_at,
-            size=len(m.body),
-            message_id=m.message_id,
-        )
-        for seq, qid, m in zip(seqs, ids, messages, strict=True)
-    ]
+    return [m.queued(seq, qid) for seq, qid, m in zip(seqs, ids, messages, strict=True)]
 
 
 async def _update(c: Conn, m: QueuedMessage, new_attempts: Sequence[Attempt], node: str) -> bool:

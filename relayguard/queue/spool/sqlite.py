@@ -399,15 +399,7 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, new_id: QueueIdFactory) -> 
     )
     seq = cur.lastrowid
     assert seq is not None
-    return QueuedMessage(
-        seq=seq,
-        queue_id=qid,
-        envelope=m.envelope,
-        arrival_at=m.arrival_at,
-        next_attempt_at=m.arrival_at,
-        size=len(m.body),
-        message_id=m.message_id,
-    )
+    return m.queued(seq, qid)
 
 
 def _update(conn: sqlite3.Connection, m: QueuedMessage, new_attempts: Sequence[Attempt]) -> bool:
