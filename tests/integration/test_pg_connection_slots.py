@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from support import UpstreamHandler, make_message, running_relay, send, upstream
+from support import UpstreamHandler, make_message, running_relay, send, until, upstream
 
 from relayguard.config import load_settings
 from relayguard.ops.control import Controller
@@ -119,7 +119,7 @@ async def deliver_across_two_nodes(
                 for i in range(count)
             )
         )
-        await asyncio.sleep(0.15)  # mid-run: both nodes are delivering
+        await until(lambda: handler.concurrent > 0)  # mid-run: a DATA under way
         controller = Controller(one.settings, one.spool, one.manager, one.clock, one.observer)
         shown = format_routes(await controller.handle({"op": "routes"}))
         got = await up.wait_for(count)
