@@ -19,7 +19,7 @@ import structlog
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.config import Settings, load_settings
-from relayguard.dns.reputation import ReputationMonitor, ZoneCheck
+from relayguard.dns.reputation import ReputationMonitor
 from relayguard.dns.wiring import monitor_for, provider_keys_for
 from relayguard.model import MessageState, QueuedMessage
 from relayguard.ndr.reports import make_report_builder
@@ -136,7 +136,7 @@ class Relay:
         else:
             self._servers = await start_servers(self.handler, per_worker_limits(s, 1), listeners)
         self._run_task = asyncio.create_task(self.manager.run())
-        self.reputation = monitor_for(s, self.clock, self._egress_changed)
+        self.reputation = monitor_for(s, self.clock, self.manager.egress_changed)
         if self.reputation is not None:
             self._reputation_task = asyncio.create_task(self.reputation.run(self._stopped))
         self.control = ControlServer(
@@ -174,9 +174,6 @@ class Relay:
                 mark = max(mark, entry.seq)
                 if entry.state is MessageState.ACTIVE:
                     self.manager.enqueue_seq(entry.seq, entry.next_attempt_at)
-
-    def _egress_changed(self, what: str, check: ZoneCheck) -> None:
-        self.manager.egress_changed(what, check)
 
     def _accepted(self, message: QueuedMessage) -> None:
         self.manager.enqueue(message)

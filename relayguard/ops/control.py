@@ -303,12 +303,11 @@ class Controller:
         """A cap the nodes share: how many connections every node together has now
         (None when the database cannot say)."""
         total = route.max_connections_total
-        if total is None:
-            return {}
+        if total is None or not isinstance(self.spool, SharedSpool):
+            return {}  # one node is all of them: max_connections is the total already
         in_use: int | None = None
-        if isinstance(self.spool, SharedSpool):
-            with contextlib.suppress(SpoolError):
-                in_use = await self.spool.slots_in_use(route.name, total)
+        with contextlib.suppress(SpoolError):
+            in_use = await self.spool.slots_in_use(route.name, total)
         return {"max_connections_total": total, "connections_total": in_use}
 
     async def _routes(self, _req: Json) -> Json:

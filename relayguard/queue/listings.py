@@ -23,8 +23,16 @@ LISTING_KEPT = 1800.0
 class Listing:
     node: str
     until: float
-    avoid: bool  # the zone's avoid = "all": mail avoids the route while another is clean
     check: dict[str, Any]  # the check as the node that made it saw it (ZoneCheck.to_dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return str(self.check["route"]), str(self.check["zone"])
+
+    @property
+    def avoid(self) -> bool:
+        """The zone's avoid = "all": mail avoids the route while another is clean."""
+        return bool(self.check.get("avoid", True))
 
 
 @dataclass
@@ -32,8 +40,8 @@ class Listings:
     # (route, zone) -> node -> its listing
     by_zone: dict[tuple[str, str], dict[str, Listing]] = field(default_factory=dict)
 
-    def listed(self, listing: Listing, route: str, zone: str) -> None:
-        self.by_zone.setdefault((route, zone), {})[listing.node] = listing
+    def listed(self, listing: Listing) -> None:
+        self.by_zone.setdefault(listing.key, {})[listing.node] = listing
 
     def delisted(self, node: str, route: str, zone: str) -> None:
         nodes = self.by_zone.get((route, zone), {})

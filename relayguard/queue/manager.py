@@ -311,16 +311,14 @@ class QueueManager:
     def egress_changed(self, what: str, check: ZoneCheck) -> None:
         """This node's reputation check changed a route's standing in a zone
         (dns/reputation.py); on a shared spool the other nodes are told."""
-        node = self.node_name
+        node, data, until = self.node_name, check.to_dict(), self.clock.now() + LISTING_KEPT
         if what == "listed":
-            listing = Listing(node, self.clock.now() + LISTING_KEPT, check.avoid, check.to_dict())
-            self.listings.listed(listing, check.route, check.zone)
-            self._share([(shared_routes.LISTED, listing.until, listing.check)])
+            self.listings.listed(Listing(node, until, data))
+            self._share([(shared_routes.LISTED, until, data)])
         else:
             self.listings.delisted(node, check.route, check.zone)
-            until = self.clock.now() + LISTING_KEPT
-            self._share([(shared_routes.DELISTED, until, check.to_dict())])
-        self._listing_changed(what, check.to_dict(), node)
+            self._share([(shared_routes.DELISTED, until, data)])
+        self._listing_changed(what, data, node)
 
     def _listing_changed(
         self, what: str, check: dict[str, Any], node: str, *, lapsed: bool = False
@@ -365,8 +363,7 @@ class QueueManager:
         if route not in self.routes.routes:
             return  # a route this node does not have (configured differently)
         if record.kind == shared_routes.LISTED:
-            listing = Listing(record.node, record.until, bool(data.get("avoid", True)), data)
-            self.listings.listed(listing, route, zone)
+            self.listings.listed(Listing(record.node, record.until, data))
             self._listing_changed("listed", data, record.node)
         else:
             self.listings.delisted(record.node, route, zone)
@@ -380,7 +377,7 @@ class QueueManager:
         renewed = []
         for listing in self.listings.due_again(self.node_name, now):
             again = replace(listing, until=now + LISTING_KEPT)
-            self.listings.listed(again, str(listing.check["route"]), str(listing.check["zone"]))
+            self.listings.listed(again)
             renewed.append((shared_routes.LISTED, again.until, again.check))
         self._share(renewed)
 
@@ -518,7 +515,6 @@ class QueueManager:
         now = self.clock.now()
         room = self.max_in_flight - len(self._tasks)
         try:
-            # Full: no need to know when more is due (one query fewer per busy round).
             found = await spool.claim_round(now, now + lease, max(room, 0))
         except SpoolError as exc:
             log.warning("claim_failed", error=str(exc), retry_in=CLAIM_RETRY)

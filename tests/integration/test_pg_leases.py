@@ -26,6 +26,15 @@ def new(n: int, at: float = 100.0) -> NewMessage:
     return NewMessage(env, f"Subject: {n}\r\n\r\nhi\r\n".encode(), at, f"<{n}@x>")
 
 
+async def claim(spool: PgSpool, now: float, lease_until: float, limit: int) -> list[Claim]:
+    return (await spool.claim_round(now, lease_until, limit)).claims
+
+
+async def next_due(spool: PgSpool) -> float | None:
+    """When there may next be something to claim: a look that claims nothing."""
+    return (await spool.claim_round(0.0, 0.0, 0)).next_due
+
+
 @contextlib.asynccontextmanager
 async def two_nodes(pg_cluster) -> AsyncIterator[tuple[PgSpool, PgSpool]]:
     dsn = pg_cluster.create_database()
@@ -52,22 +61,22 @@ async def test_a_claim_is_one_nodes_until_its_lease_runs_out(pg_cluster):
         assert isinstance(one, SharedSpool)
         queued = await one.accept_many([new(i, at=100.0 + i) for i in range(4)])
         seqs = [q.seq for q in queued]
-        assert await one.next_due() == 100.0
-        assert await one.claim_due(now=99.0, lease_until=130.0, limit=10) == []  # not due
-        first = await one.claim_due(now=102.0, lease_until=130.0, limit=2)
+        assert await next_due(one) == 100.0
+        assert await claim(one, now=99.0, lease_until=130.0, limit=10) == []  # not due
+        first = await claim(one, now=102.0, lease_until=130.0, limit=2)
         assert first == [Claim(seqs[0]), Claim(seqs[1])]  # most overdue first
         # Node 2 takes only what node 1 does not hold.
-        assert await two.claim_due(now=110.0, lease_until=1000.0, limit=10) == [
+        assert await claim(two, now=110.0, lease_until=1000.0, limit=10) == [
             Claim(seqs[2]),
             Claim(seqs[3]),
         ]
         # Node 2 waits for node 1's leases to run out; node 1 for nothing of its own.
-        assert await two.next_due() == 130.0
-        assert await one.next_due() == 1000.0
+        assert await next_due(two) == 130.0
+        assert await next_due(one) == 1000.0
         assert await one.renew(seqs[:2], lease_until=150.0) == set(seqs[:2])
-        assert await two.claim_due(now=139.0, lease_until=170.0, limit=10) == []  # renewed
+        assert await claim(two, now=139.0, lease_until=170.0, limit=10) == []  # renewed
         # Node 1 dies: its leases run out, node 2 takes them over and says from whom.
-        taken = await two.claim_due(now=151.0, lease_until=1000.0, limit=10)
+        taken = await claim(two, now=151.0, lease_until=1000.0, limit=10)
         assert taken == [Claim(seqs[0], "node-1"), Claim(seqs[1], "node-1")]
         assert await one.renew(seqs[:2], lease_until=200.0) == set()  # lost, and it knows
 
@@ -75,32 +84,30 @@ async def test_a_claim_is_one_nodes_until_its_lease_runs_out(pg_cluster):
 async def test_recording_a_round_ends_only_this_nodes_lease(pg_cluster):
     async with two_nodes(pg_cluster) as (one, two):
         q = await one.accept(new(1))
-        await one.claim_due(now=100.0, lease_until=110.0, limit=1)
+        await claim(one, now=100.0, lease_until=110.0, limit=1)
         # Node 1 stalls past its lease; node 2 takes the message over.
-        assert await two.claim_due(now=111.0, lease_until=1000.0, limit=1) == [
-            Claim(q.seq, "node-1")
-        ]
+        assert await claim(two, now=111.0, lease_until=1000.0, limit=1) == [Claim(q.seq, "node-1")]
         loaded = await one.load(q.seq)
         assert loaded is not None
         late = loaded[0]
         late.next_attempt_at = 500.0
         await one.update(late, [])  # node 1's late round: node 2 keeps its lease
-        assert await one.claim_due(now=600.0, lease_until=700.0, limit=1) == []
+        assert await claim(one, now=600.0, lease_until=700.0, limit=1) == []
         assert await two.renew([q.seq], lease_until=1000.0) == {q.seq}
         await two.update(late, [])  # node 2's round ends its lease
-        assert await one.claim_due(now=600.0, lease_until=700.0, limit=1) == [Claim(q.seq)]
+        assert await claim(one, now=600.0, lease_until=700.0, limit=1) == [Claim(q.seq)]
 
 
 async def test_a_held_message_is_never_claimed_and_end_leases_frees_it(pg_cluster):
     async with two_nodes(pg_cluster) as (one, two):
         a, b = await one.accept_many([new(1), new(2)])
         assert await two.hold(a.seq)
-        assert await one.claim_due(now=200.0, lease_until=210.0, limit=5) == [Claim(b.seq)]
+        assert await claim(one, now=200.0, lease_until=210.0, limit=5) == [Claim(b.seq)]
         await one.end_leases([b.seq], next_attempt_at=300.0)  # a round cut by a bug
-        assert await two.claim_due(now=250.0, lease_until=260.0, limit=5) == []
-        assert await two.claim_due(now=300.0, lease_until=400.0, limit=5) == [Claim(b.seq)]
+        assert await claim(two, now=250.0, lease_until=260.0, limit=5) == []
+        assert await claim(two, now=300.0, lease_until=400.0, limit=5) == [Claim(b.seq)]
         assert await one.release(a.seq, 100.0)
-        assert await one.claim_due(now=320.0, lease_until=330.0, limit=5) == [Claim(a.seq)]
+        assert await claim(one, now=320.0, lease_until=330.0, limit=5) == [Claim(a.seq)]
         messages = {m.seq: m.state for m in await one.messages()}
         assert messages == {a.seq: MessageState.ACTIVE, b.seq: MessageState.ACTIVE}
 
@@ -161,8 +168,8 @@ async def test_queue_list_shows_which_node_holds_what(pg_cluster):
     settings = load_settings_text('[[route]]\nname = "primary"\nhost = "127.0.0.1"\n')
     async with two_nodes(pg_cluster) as (one, two):
         a, b, c = await one.accept_many([new(1), new(2), new(3)])
-        await one.claim_due(now=100.0, lease_until=130.0, limit=1)
-        await two.claim_due(now=100.0, lease_until=105.0, limit=1)
+        await claim(one, now=100.0, lease_until=130.0, limit=1)
+        await claim(two, now=100.0, lease_until=105.0, limit=1)
         clock = VirtualClock(110.0)
         controller = Controller(
             settings, two, StoppedQueue(settings, two, clock), clock, running=False

@@ -8,14 +8,16 @@ from relayguard.queue.listings import LISTING_KEPT, Listing, Listings
 
 
 def listing(node: str, until: float, *, avoid: bool = True, zone: str = "bl.test") -> Listing:
-    return Listing(node, until, avoid, {"route": "A", "zone": zone, "address": "192.0.2.10"})
+    return Listing(
+        node, until, {"route": "A", "zone": zone, "address": "192.0.2.10", "avoid": avoid}
+    )
 
 
 def test_a_route_is_listed_while_any_node_says_so():
     table = Listings()
-    table.listed(listing("node-1", 100.0), "A", "bl.test")
-    table.listed(listing("node-2", 100.0), "A", "bl.test")
-    table.listed(listing("node-2", 100.0, avoid=False, zone="info.test"), "A", "info.test")
+    table.listed(listing("node-1", 100.0))
+    table.listed(listing("node-2", 100.0))
+    table.listed(listing("node-2", 100.0, avoid=False, zone="info.test"))
     assert table.avoided_zones("A") == frozenset({"bl.test"})  # info.test: listed, not avoided
     assert table.is_listed("A")
     assert not table.is_listed("B")
@@ -32,9 +34,9 @@ def test_a_route_is_listed_while_any_node_says_so():
 
 def test_other_nodes_words_lapse_this_nodes_own_are_said_again():
     table = Listings()
-    table.listed(listing("me", 100.0), "A", "bl.test")
-    table.listed(listing("dead", 100.0), "A", "bl.test")
-    table.listed(listing("alive", 300.0), "A", "bl.test")
+    table.listed(listing("me", 100.0))
+    table.listed(listing("dead", 100.0))
+    table.listed(listing("alive", 300.0))
     assert table.lapse(99.0, "me") == []
     assert [x.node for x in table.lapse(100.0, "me")] == ["dead"]
     assert sorted(x.node for x in table.seen_by("A")) == ["alive", "me"]

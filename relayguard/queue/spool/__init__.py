@@ -311,8 +311,8 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class ClaimRound:
-    """What one look at a shared queue found: the claims, when to look again if it
-    took less than it could (`next_due`'s answer), and whether it took all it could."""
+    """What one look at a shared queue found: the claims, whether it took all it
+    could, and if not, when there may next be something to claim."""
 
     claims: list[Claim]
     next_due: float | None
@@ -343,14 +343,13 @@ class SharedSpool(Protocol):
 
     node: str
 
-    async def claim_due(self, now: float, lease_until: float, limit: int) -> list[Claim]:
-        """Up to `limit` ACTIVE messages due by `now` that nobody holds (or whose lease
-        has run out), leased to this node until `lease_until`; the most overdue first.
-        Messages another node is claiming at this moment are skipped, never waited on."""
-        ...
-
     async def claim_round(self, now: float, lease_until: float, limit: int) -> ClaimRound:
-        """`claim_due`, then (unless it took `limit`) `next_due`, in one go."""
+        """Up to `limit` ACTIVE messages due by `now` that nobody holds (or whose lease
+        has run out), leased to this node until `lease_until`, the most overdue first,
+        each with its message and body; messages another node is claiming at this
+        moment are skipped, never waited on. Unless it took `limit`: when there may
+        next be something to claim (the earliest due message nobody holds, or the
+        earliest end of another node's lease; None: nothing queued)."""
         ...
 
     async def renew(self, seqs: Sequence[int], lease_until: float) -> set[int]:
@@ -366,11 +365,6 @@ class SharedSpool(Protocol):
     async def leases(self, seqs: Sequence[int]) -> dict[int, tuple[str, float]]:
         """Which node holds each of these messages, until when (those nobody holds are
         left out): for `queue list`."""
-        ...
-
-    async def next_due(self) -> float | None:
-        """When there may next be something to claim: the earliest due message nobody
-        holds, or the earliest end of another node's lease (None: nothing queued)."""
         ...
 
     async def listen(

@@ -29,7 +29,6 @@ from psycopg_pool import AsyncConnectionPool
 from relayguard.clock import QueueIdFactory, new_queue_id
 from relayguard.model import Attempt, Envelope, MessageState, QueuedMessage
 from relayguard.queue.spool import (
-    Claim,
     ClaimRound,
     IndexEntry,
     Keep,
@@ -419,9 +418,6 @@ class PgSpool(StateChanges):
         except TimeoutError as exc:
             raise SpoolError(f"no connection to PostgreSQL: {exc}") from exc
 
-    async def claim_due(self, now: float, lease_until: float, limit: int) -> list[Claim]:
-        return await self._leases(lambda c: leases.claim_due(c, self.node, now, lease_until, limit))
-
     async def claim_round(self, now: float, lease_until: float, limit: int) -> ClaimRound:
         return await self._leases(
             lambda c: leases.claim_round(c, self.node, now, lease_until, limit)
@@ -447,9 +443,6 @@ class PgSpool(StateChanges):
             return {int(s): (str(n), float(u)) for s, n, u in await cur.fetchall()}
 
         return await self.read(query) if seqs else {}
-
-    async def next_due(self) -> float | None:
-        return await self._leases(lambda c: leases.next_due(c, self.node))
 
     async def listen(
         self,
